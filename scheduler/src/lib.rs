@@ -1,0 +1,139 @@
+//! jetcron scheduler.
+//!
+//! - [`config`]: settings with defaults.
+//! - [`catalog`]: watches the jobs bucket; every change becomes a catalog event.
+//! - [`lease`]: the leader lease (create / update-at-revision, local deadline).
+//! - [`engine`]: the fire loop: job table, [`timer`], fire state, misfires.
+//! - [`dispatch`]: publishes a fire's shard messages, deduplicated.
+//! - [`state`]: per-job fire state in KV, compare-and-set.
+//! - [`events`]: events on the events stream.
+//! - [`api`]: the control API micro service.
+//!
+//! A definition travels: jobs bucket -> catalog -> engine (job table) ->
+//! timer -> at its instant, if this replica holds a valid lease: dispatch
+//! (one message per shard on `jetcron.work.<group>.<job>`) -> state (CAS) ->
+//! `fired` event -> timer holds the next instant.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod events;
+pub mod lease;
+pub mod state;
+pub mod timer;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use jetcron_shared::connect::{ConnectError, Patience};
+use jetcron_shared::names::InvalidPrefix;
+use jetcron_shared::setup::{self, Resources, SetupError};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::SchedulerConfig;
+
+#[derive(Debug, Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Prefix(#[from] InvalidPrefix),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Service(#[from] api::ServiceError),
+}
+
+/// Runs a scheduler replica until `shutdown` is cancelled.
+pub async fn run(
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SchedulerError> {
+    let names = config.connect.names()?;
+    let client = config
+        .connect
+        .connect(
+            &format!("jetcron-scheduler {}", config.id),
+            Patience::WaitForServer,
+        )
+        .await?;
+    let js = jetstream::new(client.clone());
+    let Some(res) = ensure_resources(&js, &names, &config, &shutdown).await? else {
+        return Ok(());
+    };
+    // The lease lifetime is the bucket's, whatever this replica was told.
+    let ttl = res.lease.stream.cached_info().config.max_age;
+    let ttl = if ttl.is_zero() {
+        config.setup.lease_ttl
+    } else {
+        ttl
+    };
+    info!(id = %config.id, prefix = names.prefix(), lease_ttl = ?ttl, "scheduler starting");
+
+    let events = events::Events::new(js.clone(), names.clone());
+    let api = api::spawn(client.clone(), &names, res.jobs.clone(), shutdown.clone()).await?;
+    let (catalog_tx, catalog_rx) = mpsc::channel(4096);
+    let catalog = tokio::spawn(catalog::watch(
+        res.jobs.clone(),
+        events.clone(),
+        catalog_tx,
+        shutdown.clone(),
+    ));
+    // The lease outlives the engine so that it is released only after the
+    // engine has stopped firing.
+    let lease_stop = CancellationToken::new();
+    let (leadership, lease_task) = lease::spawn(
+        res.lease.clone(),
+        lease::LeaseSettings {
+            holder: config.id.clone(),
+            key: names.lease_key().to_string(),
+            ttl,
+            poll: config.takeover_poll,
+        },
+        lease_stop.clone(),
+    );
+    let engine = engine::Engine::new(
+        engine::EngineSettings {
+            holder: config.id.clone(),
+            misfire_threshold: config.misfire_threshold,
+        },
+        leadership,
+        state::StateStore::new(res.state.clone()),
+        dispatch::Dispatcher::new(js.clone(), names.clone()),
+        events,
+    );
+    engine.run(catalog_rx, shutdown.clone()).await;
+    lease_stop.cancel();
+    let _ = lease_task.await;
+    let _ = catalog.await;
+    let _ = api.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    info!(id = %config.id, "scheduler stopped");
+    Ok(())
+}
+
+/// Creates the resources, retrying while the server is unreachable.
+async fn ensure_resources(
+    js: &jetstream::Context,
+    names: &jetcron_shared::Names,
+    config: &SchedulerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Resources>, SchedulerError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match setup::ensure(js, names, &config.setup).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) => warn!(error = %e, "cannot set up NATS resources yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,612 @@
+//! The job definition: what users write (`JobSpec`, JSON as stored in the
+//! jobs bucket) and what the scheduler runs (`Job`, validated).
+//!
+//! Validation errors always name the field and the reason, e.g.
+//! `schedule: '61 * * * * *': second must be 0-59`, so that an operator can
+//! fix a definition from the error alone.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+use crate::schedule::Schedule;
+
+/// Largest number of shards one fire may have.
+pub const MAX_SHARDS: u32 = 1000;
+/// Largest encoded definition accepted.
+pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+/// Timeout when a definition does not set one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Delay before a retry when `retry.backoff` is not set.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+const MAX_ATTEMPTS: u32 = 100;
+const MAX_PARAM_BYTES: usize = 4096;
+
+/// Why a definition was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Not JSON at all, or not a JSON object.
+    #[error("invalid JSON: {0}")]
+    Syntax(String),
+    /// A field is missing, of the wrong type, unknown, or has a bad value.
+    #[error("{field}: {reason}")]
+    Field { field: String, reason: String },
+    /// The definition is larger than [`MAX_DEFINITION_BYTES`].
+    #[error("definition is {0} bytes, the limit is {MAX_DEFINITION_BYTES}")]
+    TooLarge(usize),
+}
+
+impl JobError {
+    pub fn field(field: impl Into<String>, reason: impl fmt::Display) -> JobError {
+        JobError::Field {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The field the error is about, if any.
+    pub fn field_name(&self) -> Option<&str> {
+        match self {
+            JobError::Field { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// A job definition as written by users and stored in the jobs bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub id: String,
+    pub schedule: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub shards: Shards,
+    #[serde(default = "default_group")]
+    pub group: String,
+    pub run: Run,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Free-form data handed to every shard of every fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn default_timezone() -> String {
+    "UTC".to_string()
+}
+
+fn default_group() -> String {
+    "default".to_string()
+}
+
+/// How a fire is split: a count, or one shard per listed parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shards {
+    Count(u32),
+    Params(Vec<String>),
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Shards::Count(1)
+    }
+}
+
+impl Shards {
+    pub fn count(&self) -> u32 {
+        match self {
+            Shards::Count(n) => *n,
+            Shards::Params(p) => u32::try_from(p.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn param(&self, shard: u32) -> Option<&str> {
+        match self {
+            Shards::Count(_) => None,
+            Shards::Params(p) => p.get(shard as usize).map(String::as_str),
+        }
+    }
+}
+
+impl Serialize for Shards {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shards::Count(n) => s.serialize_u32(*n),
+            Shards::Params(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shards {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ShardsVisitor;
+        impl<'de> Visitor<'de> for ShardsVisitor {
+            type Value = Shards;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a shard count or a list of shard parameters (strings)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Shards, E> {
+                u32::try_from(v)
+                    .map(Shards::Count)
+                    .map_err(|_| E::custom(format!("shard count must be 1-{MAX_SHARDS}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Shards, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("shard count must be 1-{MAX_SHARDS}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shards, A::Error> {
+                let mut params = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    params.push(p);
+                }
+                Ok(Shards::Params(params))
+            }
+        }
+        d.deserialize_any(ShardsVisitor)
+    }
+}
+
+/// What a shard runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Run {
+    /// A command line run by `sh -c` on a worker started with `--allow-shell`.
+    Shell(String),
+}
+
+impl Run {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Run::Shell(_) => "shell",
+        }
+    }
+}
+
+/// Retry settings as written in a definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, the first one included.
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+    /// Delay before attempt 2, 3, ...; the last entry repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backoff: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            max_attempts: 1,
+            backoff: Vec::new(),
+        }
+    }
+}
+
+/// Retry settings, validated; carried in every shard message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    #[serde(with = "millis_vec")]
+    pub backoff: Vec<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: vec![DEFAULT_BACKOFF],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the attempt after `attempt` (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let i = attempt.saturating_sub(1) as usize;
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(DEFAULT_BACKOFF)
+    }
+}
+
+mod millis_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| d.as_millis() as u64))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v = Vec::<u64>::deserialize(d)?;
+        Ok(v.into_iter().map(Duration::from_millis).collect())
+    }
+}
+
+/// A definition that passed validation, ready to schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Job {
+    /// Decodes and validates a definition. `key`, when given, is the jobs
+    /// bucket key the definition was stored under; the id must match it.
+    pub fn decode(bytes: &[u8], key: Option<&str>) -> Result<Job, JobError> {
+        let spec = JobSpec::decode(bytes)?;
+        if let Some(key) = key
+            && key != spec.id
+        {
+            return Err(JobError::field(
+                "id",
+                format!(
+                    "'{}' does not match the key '{key}' it is stored under",
+                    spec.id
+                ),
+            ));
+        }
+        Job::validate(spec)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    pub fn group(&self) -> &str {
+        &self.spec.group
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.spec.shards.count()
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(spec: JobSpec) -> Result<Job, JobError> {
+        check_name("id", &spec.id, 128)?;
+        check_name("group", &spec.group, 64)?;
+        let tz: chrono_tz::Tz = spec.timezone.parse().map_err(|_| {
+            JobError::field(
+                "timezone",
+                format!(
+                    "'{}' is not an IANA time zone name (such as UTC or Europe/Berlin)",
+                    spec.timezone
+                ),
+            )
+        })?;
+        let schedule =
+            Schedule::parse(&spec.schedule, tz).map_err(|e| JobError::field("schedule", e))?;
+        match &spec.shards {
+            Shards::Count(n) if !(1..=MAX_SHARDS).contains(n) => {
+                return Err(JobError::field(
+                    "shards",
+                    format!("shard count must be 1-{MAX_SHARDS}, found {n}"),
+                ));
+            }
+            Shards::Params(p) if p.is_empty() || p.len() > MAX_SHARDS as usize => {
+                return Err(JobError::field(
+                    "shards",
+                    format!(
+                        "list must hold 1-{MAX_SHARDS} parameters, found {}",
+                        p.len()
+                    ),
+                ));
+            }
+            Shards::Params(p) => {
+                if let Some((i, _)) = p
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| p.len() > MAX_PARAM_BYTES)
+                {
+                    return Err(JobError::field(
+                        format!("shards[{i}]"),
+                        format!("parameter is longer than {MAX_PARAM_BYTES} bytes"),
+                    ));
+                }
+            }
+            Shards::Count(_) => {}
+        }
+        match &spec.run {
+            Run::Shell(cmd) if cmd.trim().is_empty() => {
+                return Err(JobError::field("run.shell", "command is empty"));
+            }
+            Run::Shell(_) => {}
+        }
+        let timeout = match &spec.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => parse_duration("timeout", t, Duration::from_millis(1), MAX_TIMEOUT)?,
+        };
+        let max = spec.retry.max_attempts;
+        if !(1..=MAX_ATTEMPTS).contains(&max) {
+            return Err(JobError::field(
+                "retry.max_attempts",
+                format!("must be 1-{MAX_ATTEMPTS}, found {max}"),
+            ));
+        }
+        let backoff = if spec.retry.backoff.is_empty() {
+            vec![DEFAULT_BACKOFF]
+        } else {
+            spec.retry
+                .backoff
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    parse_duration(
+                        &format!("retry.backoff[{i}]"),
+                        b,
+                        Duration::ZERO,
+                        MAX_BACKOFF,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(Job {
+            schedule,
+            timeout,
+            retry: RetryPolicy {
+                max_attempts: max,
+                backoff,
+            },
+            spec,
+        })
+    }
+}
+
+impl JobSpec {
+    /// Decodes JSON; type errors name the path of the offending field.
+    pub fn decode(bytes: &[u8]) -> Result<JobSpec, JobError> {
+        if bytes.len() > MAX_DEFINITION_BYTES {
+            return Err(JobError::TooLarge(bytes.len()));
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(JobError::Syntax("definition is empty".into()));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data if path != "." => {
+                    JobError::field(path, strip_position(&inner))
+                }
+                serde_json::error::Category::Data => missing_or_unknown(&inner),
+                _ => JobError::Syntax(inner.to_string()),
+            }
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // A JobSpec holds only strings, numbers, lists and JSON values, all of
+        // which serialize; the fallback is unreachable.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Top-level data errors carry no path; name the field from serde's text.
+fn missing_or_unknown(e: &serde_json::Error) -> JobError {
+    let text = strip_position(e);
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some(rest) = text.strip_prefix(marker)
+            && let Some(end) = rest.find('`')
+        {
+            let field = &rest[..end];
+            let reason = if marker.starts_with("missing") {
+                "is required".to_string()
+            } else {
+                "unknown field (known: id, schedule, timezone, shards, group, run, timeout, \
+                 retry, payload, description)"
+                    .to_string()
+            };
+            return JobError::field(field, reason);
+        }
+    }
+    JobError::Syntax(text)
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+fn check_name(field: &str, value: &str, max: usize) -> Result<(), JobError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(JobError::field(
+            field,
+            format!("'{value}' must be 1-{max} characters of A-Z, a-z, 0-9, '_' or '-'"),
+        ))
+    }
+}
+
+/// Parses a duration such as `30s`, `5m`, `1h30m`, `250ms`.
+pub fn parse_duration(
+    field: &str,
+    text: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, JobError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        JobError::field(
+            field,
+            format!("'{text}' is not a duration ({e}); use e.g. 30s, 5m, 1h30m"),
+        )
+    })?;
+    if d < min || d > max {
+        return Err(JobError::field(
+            field,
+            format!(
+                "'{text}' must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a duration command-line flag such as `3s` or `500ms` (for clap's `value_parser`).
+pub fn parse_flag_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("'{text}' is not a duration ({e}); use e.g. 500ms, 3s, 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(json: &str) -> Result<Job, JobError> {
+        Job::decode(json.as_bytes(), None)
+    }
+
+    fn field_err(json: &str) -> (String, String) {
+        match job(json) {
+            Err(JobError::Field { field, reason }) => (field, reason),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_definition_decodes_with_defaults_applied() {
+        let j = job(
+            r#"{"id":"sms","schedule":"0 0 2 * * *","timezone":"Asia/Shanghai",
+            "shards":["beijing","tianjin"],"group":"billing","run":{"shell":"echo hi"},
+            "timeout":"30m","retry":{"max_attempts":3,"backoff":["30s","5m"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(j.shard_count(), 2);
+        assert_eq!(j.spec.shards.param(1), Some("tianjin"));
+        assert_eq!(j.timeout, Duration::from_secs(1800));
+        assert_eq!(j.retry.delay_after(1), Duration::from_secs(30));
+        assert_eq!(j.retry.delay_after(2), Duration::from_secs(300));
+        assert_eq!(j.retry.delay_after(7), Duration::from_secs(300));
+
+        let d = job(r#"{"id":"x","schedule":"@hourly","run":{"shell":"true"}}"#).unwrap();
+        assert_eq!(d.group(), "default");
+        assert_eq!(d.spec.timezone, "UTC");
+        assert_eq!(d.shard_count(), 1);
+        assert_eq!(d.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(d.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let j = job(r#"{"id":"x","schedule":"@every 5s","shards":3,"run":{"shell":"true"},"payload":{"a":1}}"#)
+            .unwrap();
+        let again = JobSpec::decode(&j.spec.encode()).unwrap();
+        assert_eq!(again, j.spec);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_reason() {
+        let (f, r) = field_err(r#"{"id":"x","schedule":"61 * * * * *","run":{"shell":"true"}}"#);
+        assert_eq!(f, "schedule");
+        assert!(r.contains("second must be 0-59"), "{r}");
+
+        let (f, r) = field_err(r#"{"id":"a.b","schedule":"@hourly","run":{"shell":"true"}}"#);
+        assert_eq!((f.as_str(), r.contains("'a.b'")), ("id", true));
+
+        let (f, _) = field_err(
+            r#"{"id":"x","schedule":"@hourly","timezone":"Mars/Base","run":{"shell":"true"}}"#,
+        );
+        assert_eq!(f, "timezone");
+
+        let (f, r) =
+            field_err(r#"{"id":"x","schedule":"@hourly","shards":0,"run":{"shell":"true"}}"#);
+        assert_eq!(f, "shards");
+        assert!(r.contains("1-1000"), "{r}");
+
+        let (f, _) =
+            field_err(r#"{"id":"x","schedule":"@hourly","shards":[],"run":{"shell":"true"}}"#);
+        assert_eq!(f, "shards");
+
+        let (f, r) =
+            field_err(r#"{"id":"x","schedule":"@hourly","shards":"many","run":{"shell":"true"}}"#);
+        assert_eq!(f, "shards");
+        assert!(r.contains("shard count or a list"), "{r}");
+
+        let (f, _) = field_err(r#"{"id":"x","schedule":"@hourly","run":{"shell":"  "}}"#);
+        assert_eq!(f, "run.shell");
+
+        let (f, r) = field_err(r#"{"id":"x","schedule":"@hourly","run":{"python":"x"}}"#);
+        assert_eq!(f, "run");
+        assert!(r.contains("shell"), "{r}");
+
+        let (f, _) =
+            field_err(r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"},"timeout":"soon"}"#);
+        assert_eq!(f, "timeout");
+
+        let (f, _) = field_err(
+            r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"},"retry":{"max_attempts":0}}"#,
+        );
+        assert_eq!(f, "retry.max_attempts");
+
+        let (f, _) = field_err(
+            r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"},"retry":{"backoff":["1s","x"]}}"#,
+        );
+        assert_eq!(f, "retry.backoff[1]");
+
+        let (f, r) = field_err(r#"{"id":"x","run":{"shell":"t"}}"#);
+        assert_eq!((f.as_str(), r.as_str()), ("schedule", "is required"));
+
+        let (f, r) =
+            field_err(r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"},"timout":"1s"}"#);
+        assert_eq!(f, "timout");
+        assert!(r.starts_with("unknown field"), "{r}");
+
+        let (f, _) = field_err(r#"{"id":7,"schedule":"@hourly","run":{"shell":"t"}}"#);
+        assert_eq!(f, "id");
+    }
+
+    #[test]
+    fn syntax_errors_and_empty_bodies_are_reported_as_such() {
+        assert!(matches!(job("{not json"), Err(JobError::Syntax(_))));
+        assert!(matches!(job(""), Err(JobError::Syntax(_))));
+        assert!(matches!(
+            job("[1,2]"),
+            Err(JobError::Syntax(_)) | Err(JobError::Field { .. })
+        ));
+        let big = format!(
+            r#"{{"id":"x","description":"{}"}}"#,
+            "a".repeat(MAX_DEFINITION_BYTES)
+        );
+        assert!(matches!(job(&big), Err(JobError::TooLarge(_))));
+    }
+
+    #[test]
+    fn id_must_match_the_key() {
+        let body = br#"{"id":"a","schedule":"@hourly","run":{"shell":"t"}}"#;
+        let err = Job::decode(body, Some("b")).unwrap_err();
+        assert_eq!(err.field_name(), Some("id"));
+        assert!(Job::decode(body, Some("a")).is_ok());
+    }
+}

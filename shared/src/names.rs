@@ -1,0 +1,203 @@
+//! Every NATS resource and subject name, derived from one prefix.
+//!
+//! With the default prefix `jetcron` the names are the ones in the README:
+//! buckets `jetcron_jobs`, `jetcron_state`, `jetcron_lease`, `jetcron_workers`,
+//! streams `JETCRON_WORK`, `JETCRON_RESULTS`, `JETCRON_EVENTS`, subjects under
+//! `jetcron.>`. Two deployments with different prefixes share a NATS account
+//! without seeing each other.
+
+use thiserror::Error;
+
+/// The default prefix for every name.
+pub const DEFAULT_PREFIX: &str = "jetcron";
+
+/// A prefix is refused when it could not be part of a subject or bucket name.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("prefix '{0}' must be 1-32 characters of a-z, 0-9, '_' or '-', starting with a letter")]
+pub struct InvalidPrefix(pub String);
+
+/// All resource and subject names of one jetcron deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names {
+            prefix: DEFAULT_PREFIX.to_string(),
+        }
+    }
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Result<Names, InvalidPrefix> {
+        let ok = (1..=32).contains(&prefix.len())
+            && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if ok {
+            Ok(Names {
+                prefix: prefix.to_string(),
+            })
+        } else {
+            Err(InvalidPrefix(prefix.to_string()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn upper(&self) -> String {
+        self.prefix.to_ascii_uppercase().replace('-', "_")
+    }
+
+    fn bucket(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix.replace('-', "_"))
+    }
+
+    /// KV bucket holding job definitions, key = job id.
+    pub fn jobs_bucket(&self) -> String {
+        self.bucket("jobs")
+    }
+
+    /// KV bucket holding per-job fire state, key = job id.
+    pub fn state_bucket(&self) -> String {
+        self.bucket("state")
+    }
+
+    /// KV bucket holding the leader lease.
+    pub fn lease_bucket(&self) -> String {
+        self.bucket("lease")
+    }
+
+    /// KV bucket holding worker heartbeats.
+    pub fn workers_bucket(&self) -> String {
+        self.bucket("workers")
+    }
+
+    /// The one key of the lease bucket.
+    pub fn lease_key(&self) -> &'static str {
+        "leader"
+    }
+
+    /// Work-queue stream of shard messages.
+    pub fn work_stream(&self) -> String {
+        format!("{}_WORK", self.upper())
+    }
+
+    /// Stream of run results.
+    pub fn results_stream(&self) -> String {
+        format!("{}_RESULTS", self.upper())
+    }
+
+    /// Stream of events.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
+    }
+
+    /// `jetcron.work.>`: everything the work stream holds.
+    pub fn work_all(&self) -> String {
+        format!("{}.work.>", self.prefix)
+    }
+
+    /// `jetcron.work.<group>.>`: one group's shard messages.
+    pub fn work_group(&self, group: &str) -> String {
+        format!("{}.work.{group}.>", self.prefix)
+    }
+
+    /// `jetcron.work.<group>.<job>`: where a job's shard messages go.
+    pub fn work_subject(&self, group: &str, job: &str) -> String {
+        format!("{}.work.{group}.{job}", self.prefix)
+    }
+
+    /// Durable pull consumer shared by every worker of a group.
+    pub fn work_consumer(&self, group: &str) -> String {
+        format!("{}-{group}", self.prefix)
+    }
+
+    /// `jetcron.results.>`
+    pub fn results_all(&self) -> String {
+        format!("{}.results.>", self.prefix)
+    }
+
+    /// `jetcron.results.<job>`
+    pub fn results_subject(&self, job: &str) -> String {
+        format!("{}.results.{job}", self.prefix)
+    }
+
+    /// `jetcron.events.>`
+    pub fn events_all(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// `jetcron.events.<kind>.<job>`; the leader event has no job: `jetcron.events.leader`.
+    pub fn event_subject(&self, kind: &str, job: Option<&str>) -> String {
+        match job {
+            Some(job) => format!("{}.events.{kind}.{job}", self.prefix),
+            None => format!("{}.events.{kind}", self.prefix),
+        }
+    }
+
+    /// Name of the control micro service.
+    pub fn service_name(&self) -> String {
+        self.prefix.clone()
+    }
+
+    /// `jetcron.api`: the control API's subject prefix.
+    pub fn api_prefix(&self) -> String {
+        format!("{}.api", self.prefix)
+    }
+
+    /// `jetcron.api.<endpoint>`, e.g. `jetcron.api.job.put`.
+    pub fn api_subject(&self, endpoint: &str) -> String {
+        format!("{}.api.{endpoint}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_match_the_readme() {
+        let n = Names::default();
+        assert_eq!(n.jobs_bucket(), "jetcron_jobs");
+        assert_eq!(n.state_bucket(), "jetcron_state");
+        assert_eq!(n.lease_bucket(), "jetcron_lease");
+        assert_eq!(n.workers_bucket(), "jetcron_workers");
+        assert_eq!(n.work_stream(), "JETCRON_WORK");
+        assert_eq!(n.results_stream(), "JETCRON_RESULTS");
+        assert_eq!(n.events_stream(), "JETCRON_EVENTS");
+        assert_eq!(
+            n.work_subject("billing", "nightly"),
+            "jetcron.work.billing.nightly"
+        );
+        assert_eq!(n.results_subject("nightly"), "jetcron.results.nightly");
+        assert_eq!(n.event_subject("dead", Some("x")), "jetcron.events.dead.x");
+        assert_eq!(n.event_subject("leader", None), "jetcron.events.leader");
+        assert_eq!(n.api_subject("job.put"), "jetcron.api.job.put");
+        assert_eq!(n.work_consumer("default"), "jetcron-default");
+    }
+
+    #[test]
+    fn prefix_with_dash_maps_to_valid_bucket_and_stream_names() {
+        let n = Names::new("team-a").unwrap();
+        assert_eq!(n.jobs_bucket(), "team_a_jobs");
+        assert_eq!(n.work_stream(), "TEAM_A_WORK");
+        assert_eq!(n.work_subject("g", "j"), "team-a.work.g.j");
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for bad in ["", "Jetcron", "a.b", "a b", "1abc", "a>", &"x".repeat(33)] {
+            assert_eq!(
+                Names::new(bad),
+                Err(InvalidPrefix(bad.to_string())),
+                "{bad}"
+            );
+        }
+    }
+}

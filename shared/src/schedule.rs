@@ -1,0 +1,1570 @@
+//! Job schedules: parsing a `schedule` string (cron, macro, `@every`, `@at`) in an IANA time
+//! zone, and computing the instants at which it fires.
+//!
+//! Accepted forms:
+//!
+//! * 6-field cron with seconds: `sec min hour day-of-month month day-of-week`;
+//! * 5-field cron: `min hour day-of-month month day-of-week` (second 0);
+//! * macros: `@yearly`/`@annually`, `@monthly`, `@weekly`, `@daily`/`@midnight`, `@hourly`,
+//!   `@minutely`, `@secondly`;
+//! * `@every <duration>` (humantime syntax, 100ms to 366 days, whole milliseconds), firing at
+//!   every multiple of the period since the Unix epoch, independent of the time zone;
+//! * `@at <RFC 3339 instant>`: a single fire.
+//!
+//! Cron schedules are evaluated on the local wall clock of the schedule's time zone. Matching
+//! wall-clock times are visited in increasing order and mapped to UTC: a time that exists once
+//! maps to that instant; a time that exists twice (fall-back fold) maps to its first occurrence;
+//! a time that does not exist (spring-forward gap) maps to the instant the gap ends. Instants
+//! that are not strictly after the previous fire are dropped, so a schedule never fires the same
+//! instant twice and never goes backwards. Because this mapping is monotonic, the fires are
+//! exactly the distinct mapped instants in increasing order.
+
+use std::fmt;
+
+use chrono::{
+    DateTime, Datelike, MappedLocalTime, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone,
+    Timelike, Utc,
+};
+use chrono_tz::Tz;
+
+/// How many calendar years past the starting year the cron search looks before giving up.
+///
+/// Eight years is the longest possible wait for a satisfiable expression: `0 0 0 29 2 *` from
+/// just after 2096-02-29 next fires on 2104-02-29 (2100 is not a leap year). Any expression
+/// that cannot fire within this window can never fire.
+const SEARCH_YEARS: i32 = 8;
+
+/// Shortest accepted `@every` period, in milliseconds.
+const MIN_INTERVAL_MS: u64 = 100;
+
+/// Longest accepted `@every` period, in milliseconds (366 days).
+const MAX_INTERVAL_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+const NANOS_PER_MILLI: i128 = 1_000_000;
+
+/// A parsed job schedule bound to a time zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    expr: String,
+    tz: Tz,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Cron(CronSpec),
+    /// Fires at every multiple of the period since the Unix epoch.
+    Every {
+        period_ms: u64,
+    },
+    /// Fires once.
+    At(DateTime<Utc>),
+}
+
+/// One field of a cron expression, used to name the culprit in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CronField {
+    Second,
+    Minute,
+    Hour,
+    DayOfMonth,
+    Month,
+    DayOfWeek,
+}
+
+impl CronField {
+    fn name(self) -> &'static str {
+        match self {
+            CronField::Second => "second",
+            CronField::Minute => "minute",
+            CronField::Hour => "hour",
+            CronField::DayOfMonth => "day-of-month",
+            CronField::Month => "month",
+            CronField::DayOfWeek => "day-of-week",
+        }
+    }
+
+    /// Inclusive bounds of the numeric values accepted in this field.
+    fn bounds(self) -> (u32, u32) {
+        match self {
+            CronField::Second | CronField::Minute => (0, 59),
+            CronField::Hour => (0, 23),
+            CronField::DayOfMonth => (1, 31),
+            CronField::Month => (1, 12),
+            CronField::DayOfWeek => (0, 7),
+        }
+    }
+
+    /// Human description of the accepted values, as used in error messages.
+    pub fn allowed(self) -> &'static str {
+        match self {
+            CronField::Second | CronField::Minute => "0-59",
+            CronField::Hour => "0-23",
+            CronField::DayOfMonth => "1-31",
+            CronField::Month => "1-12 or JAN-DEC",
+            CronField::DayOfWeek => "0-7 or SUN-SAT",
+        }
+    }
+
+    fn names(self) -> &'static [&'static str] {
+        const MONTHS: &[&str] = &[
+            "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+        ];
+        const DAYS: &[&str] = &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+        match self {
+            CronField::Month => MONTHS,
+            CronField::DayOfWeek => DAYS,
+            _ => &[],
+        }
+    }
+
+    /// Value of the first name in `names()` (JAN = 1, SUN = 0).
+    fn first_name_value(self) -> u32 {
+        match self {
+            CronField::Month => 1,
+            _ => 0,
+        }
+    }
+}
+
+impl fmt::Display for CronField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a schedule string was rejected. The text quotes the whole expression and then gives the
+/// reason; it does not name the configuration field (the caller adds that).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("schedule is empty")]
+    Empty,
+
+    #[error(
+        "'{expr}': expected 5 or 6 fields (or a macro such as @hourly, @every 5m, @at <RFC 3339>), found {found}"
+    )]
+    FieldCount { expr: String, found: usize },
+
+    #[error("'{expr}': {field} must be {}", .field.allowed())]
+    OutOfRange {
+        expr: String,
+        field: CronField,
+        /// The offending value (saturated at `u32::MAX` when it does not even fit).
+        value: u32,
+    },
+
+    #[error("'{expr}': {field}: step must be at least 1")]
+    BadStep { expr: String, field: CronField },
+
+    #[error("'{expr}': {field}: range start {start} is after its end {end}")]
+    BadRange {
+        expr: String,
+        field: CronField,
+        start: u32,
+        end: u32,
+    },
+
+    #[error("'{expr}': {field}: '{token}' is not a number")]
+    NotANumber {
+        expr: String,
+        field: CronField,
+        token: String,
+    },
+
+    #[error("'{expr}': {field}: missing value in '{text}'")]
+    MissingValue {
+        expr: String,
+        field: CronField,
+        /// The whole text of the field.
+        text: String,
+    },
+
+    #[error("'{expr}': {field}: '?' is only allowed on its own in day-of-month or day-of-week")]
+    MisplacedQuestionMark { expr: String, field: CronField },
+
+    #[error(
+        "'{expr}': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @at <RFC 3339 instant>)"
+    )]
+    UnknownMacro { expr: String },
+
+    #[error("'{expr}': {name} takes no argument")]
+    UnexpectedArgument { expr: String, name: String },
+
+    #[error("'{expr}': {name} needs an argument, e.g. {example}")]
+    MissingArgument {
+        expr: String,
+        name: &'static str,
+        example: &'static str,
+    },
+
+    #[error("'{expr}': invalid duration '{text}': {reason}")]
+    BadDuration {
+        expr: String,
+        text: String,
+        reason: String,
+    },
+
+    #[error("'{expr}': interval must be at least 100ms")]
+    IntervalTooShort { expr: String },
+
+    #[error("'{expr}': interval must be at most 366 days")]
+    IntervalTooLong { expr: String },
+
+    #[error("'{expr}': interval must be a whole number of milliseconds")]
+    IntervalNotWholeMillis { expr: String },
+
+    #[error("'{expr}': invalid RFC 3339 instant '{text}'")]
+    BadInstant { expr: String, text: String },
+}
+
+impl Schedule {
+    /// Parses `expr` (cron, macro, `@every <duration>` or `@at <RFC 3339>`) for time zone `tz`.
+    pub fn parse(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
+        let trimmed = expr.trim();
+        if trimmed.is_empty() {
+            return Err(ScheduleError::Empty);
+        }
+        let kind = if let Some(body) = trimmed.strip_prefix('@') {
+            parse_macro(expr, body)?
+        } else {
+            Kind::Cron(CronSpec::parse(expr, trimmed)?)
+        };
+        Ok(Schedule {
+            expr: expr.to_owned(),
+            tz,
+            kind,
+        })
+    }
+
+    /// First fire instant strictly after `after`, or `None` when the schedule has no more fires
+    /// (an `@at` instant that is not after `after`, or a cron expression that can never match,
+    /// such as `0 0 0 30 2 *`).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            Kind::Cron(spec) => spec.next_after(self.tz, after),
+            Kind::Every { period_ms } => next_interval(*period_ms, after),
+            Kind::At(at) => (*at > after).then_some(*at),
+        }
+    }
+
+    /// Up to `n` successive fire instants strictly after `after`, in increasing order.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(n.min(1024));
+        let mut cursor = after;
+        while out.len() < n {
+            match self.next_after(cursor) {
+                Some(next) => {
+                    out.push(next);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The schedule text exactly as given to [`Schedule::parse`].
+    pub fn expression(&self) -> &str {
+        &self.expr
+    }
+
+    /// The time zone cron schedules are evaluated in.
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+}
+
+fn parse_macro(expr: &str, body: &str) -> Result<Kind, ScheduleError> {
+    let (name, arg) = match body.split_once(char::is_whitespace) {
+        Some((name, arg)) => (name, arg.trim()),
+        None => (body, ""),
+    };
+    let name = name.to_ascii_lowercase();
+    let cron = match name.as_str() {
+        "yearly" | "annually" => "0 0 0 1 1 *",
+        "monthly" => "0 0 0 1 * *",
+        "weekly" => "0 0 0 * * 0",
+        "daily" | "midnight" => "0 0 0 * * *",
+        "hourly" => "0 0 * * * *",
+        "minutely" => "0 * * * * *",
+        "secondly" => "* * * * * *",
+        "every" => return parse_every(expr, arg),
+        "at" => return parse_at(expr, arg),
+        _ => {
+            return Err(ScheduleError::UnknownMacro {
+                expr: expr.to_owned(),
+            });
+        }
+    };
+    if !arg.is_empty() {
+        return Err(ScheduleError::UnexpectedArgument {
+            expr: expr.to_owned(),
+            name: format!("@{name}"),
+        });
+    }
+    Ok(Kind::Cron(CronSpec::parse(expr, cron)?))
+}
+
+fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
+    if arg.is_empty() {
+        return Err(ScheduleError::MissingArgument {
+            expr: expr.to_owned(),
+            name: "@every",
+            example: "@every 5m",
+        });
+    }
+    let period = humantime::parse_duration(arg).map_err(|e| ScheduleError::BadDuration {
+        expr: expr.to_owned(),
+        text: arg.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if period.subsec_nanos() % 1_000_000 != 0 {
+        return Err(ScheduleError::IntervalNotWholeMillis {
+            expr: expr.to_owned(),
+        });
+    }
+    // Saturate: anything that does not fit in u64 milliseconds is far above the maximum.
+    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+    if period_ms < MIN_INTERVAL_MS {
+        return Err(ScheduleError::IntervalTooShort {
+            expr: expr.to_owned(),
+        });
+    }
+    if period_ms > MAX_INTERVAL_MS {
+        return Err(ScheduleError::IntervalTooLong {
+            expr: expr.to_owned(),
+        });
+    }
+    Ok(Kind::Every { period_ms })
+}
+
+fn parse_at(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
+    if arg.is_empty() {
+        return Err(ScheduleError::MissingArgument {
+            expr: expr.to_owned(),
+            name: "@at",
+            example: "@at 2026-12-01T09:00:00+01:00",
+        });
+    }
+    let at = DateTime::parse_from_rfc3339(arg).map_err(|_| ScheduleError::BadInstant {
+        expr: expr.to_owned(),
+        text: arg.to_owned(),
+    })?;
+    Ok(Kind::At(at.with_timezone(&Utc)))
+}
+
+/// Smallest `k * period` (since the Unix epoch) strictly after `after`.
+fn next_interval(period_ms: u64, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let period_ns = i128::from(period_ms) * NANOS_PER_MILLI;
+    let after_ns =
+        i128::from(after.timestamp()) * NANOS_PER_SEC + i128::from(after.timestamp_subsec_nanos());
+    let k = after_ns.div_euclid(period_ns) + 1;
+    let next_ns = k.checked_mul(period_ns)?;
+    let secs = i64::try_from(next_ns.div_euclid(NANOS_PER_SEC)).ok()?;
+    let nanos = u32::try_from(next_ns.rem_euclid(NANOS_PER_SEC)).ok()?;
+    DateTime::from_timestamp(secs, nanos)
+}
+
+/// A cron expression as one bitset per field (bit `v` set when value `v` matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CronSpec {
+    seconds: u64,
+    minutes: u64,
+    hours: u64,
+    days_of_month: u64,
+    months: u64,
+    /// Bits 0-6, Sunday = 0 (7 is folded into 0 at parse time).
+    days_of_week: u64,
+    /// Day-of-month is something other than `*` or `?`.
+    dom_restricted: bool,
+    /// Day-of-week is something other than `*` or `?`.
+    dow_restricted: bool,
+}
+
+impl CronSpec {
+    /// Parses a 5- or 6-field expression. `expr` is the original text, used in errors.
+    fn parse(expr: &str, text: &str) -> Result<CronSpec, ScheduleError> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let (second, rest) = match fields.len() {
+            6 => (fields[0], &fields[1..]),
+            5 => ("0", &fields[..]),
+            found => {
+                return Err(ScheduleError::FieldCount {
+                    expr: expr.to_owned(),
+                    found,
+                });
+            }
+        };
+        let [minute, hour, dom, month, dow] = rest else {
+            return Err(ScheduleError::FieldCount {
+                expr: expr.to_owned(),
+                found: fields.len(),
+            });
+        };
+        let mut days_of_week = parse_field(expr, CronField::DayOfWeek, dow)?;
+        if days_of_week & (1 << 7) != 0 {
+            days_of_week = (days_of_week & !(1 << 7)) | 1;
+        }
+        Ok(CronSpec {
+            seconds: parse_field(expr, CronField::Second, second)?,
+            minutes: parse_field(expr, CronField::Minute, minute)?,
+            hours: parse_field(expr, CronField::Hour, hour)?,
+            days_of_month: parse_field(expr, CronField::DayOfMonth, dom)?,
+            months: parse_field(expr, CronField::Month, month)?,
+            days_of_week,
+            dom_restricted: !is_unrestricted(dom),
+            dow_restricted: !is_unrestricted(dow),
+        })
+    }
+
+    /// Vixie-cron day matching: when both day fields are restricted, either may match;
+    /// otherwise the unrestricted one matches every day and only the other one counts.
+    fn day_matches(&self, date: NaiveDate) -> bool {
+        let dom = has_bit(self.days_of_month, date.day());
+        let dow = has_bit(self.days_of_week, date.weekday().num_days_from_sunday());
+        if self.dom_restricted && self.dow_restricted {
+            dom || dow
+        } else {
+            dom && dow
+        }
+    }
+
+    /// First matching wall-clock time at or after `start` (whole seconds), giving up once the
+    /// search passes the end of `max_year`. Skips whole months, days, hours and minutes that
+    /// cannot match.
+    fn next_local_match(&self, start: NaiveDateTime, max_year: i32) -> Option<NaiveDateTime> {
+        let mut date = start.date();
+        let (mut hour, mut minute, mut second) = (start.hour(), start.minute(), start.second());
+        loop {
+            if date.year() > max_year {
+                return None;
+            }
+            let month = date.month();
+            if !has_bit(self.months, month) {
+                date = match next_bit(self.months, month + 1) {
+                    Some(next) => NaiveDate::from_ymd_opt(date.year(), next, 1)?,
+                    None => NaiveDate::from_ymd_opt(
+                        date.year().checked_add(1)?,
+                        next_bit(self.months, 1)?,
+                        1,
+                    )?,
+                };
+                (hour, minute, second) = (0, 0, 0);
+                continue;
+            }
+            if !self.day_matches(date) {
+                date = date.succ_opt()?;
+                (hour, minute, second) = (0, 0, 0);
+                continue;
+            }
+            let Some(h) = next_bit(self.hours, hour) else {
+                date = date.succ_opt()?;
+                (hour, minute, second) = (0, 0, 0);
+                continue;
+            };
+            if h != hour {
+                (hour, minute, second) = (h, 0, 0);
+            }
+            let Some(m) = next_bit(self.minutes, minute) else {
+                (hour, minute, second) = (hour + 1, 0, 0);
+                continue;
+            };
+            if m != minute {
+                (minute, second) = (m, 0);
+            }
+            let Some(s) = next_bit(self.seconds, second) else {
+                (minute, second) = (minute + 1, 0);
+                continue;
+            };
+            return date.and_hms_opt(hour, minute, s);
+        }
+    }
+
+    fn next_after(&self, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Local wall-clock time of `after`, truncated to the second. Every wall time up to and
+        // including it maps to an instant <= `after` (the mapping is monotonic and maps this
+        // one to `after` itself or, in the second pass of a fold, to its earlier occurrence),
+        // so the search can start one second later.
+        let utc = after.naive_utc();
+        let offset = tz.offset_from_utc_datetime(&utc).fix().local_minus_utc();
+        let local = utc
+            .checked_add_signed(TimeDelta::seconds(i64::from(offset)))?
+            .with_nanosecond(0)?;
+        let mut cursor = local.checked_add_signed(TimeDelta::seconds(1))?;
+        let max_year = cursor.year().checked_add(SEARCH_YEARS)?;
+        loop {
+            let wall = self.next_local_match(cursor, max_year)?;
+            // Wall times that map to `after` or earlier (already fired in the first pass of a
+            // fold, or collapsed into a gap's end) are skipped.
+            if let Some(instant) = resolve_local(tz, wall)
+                && instant > after
+            {
+                return Some(instant);
+            }
+            cursor = wall.checked_add_signed(TimeDelta::seconds(1))?;
+        }
+    }
+}
+
+/// `*` and `?` leave a day field unrestricted for the Vixie day-matching rule.
+fn is_unrestricted(field: &str) -> bool {
+    field == "*" || field == "?"
+}
+
+fn has_bit(mask: u64, bit: u32) -> bool {
+    bit < 64 && mask & (1 << bit) != 0
+}
+
+/// Smallest set bit at or above `from`.
+fn next_bit(mask: u64, from: u32) -> Option<u32> {
+    if from >= 64 {
+        return None;
+    }
+    let shifted = mask >> from;
+    (shifted != 0).then(|| from + shifted.trailing_zeros())
+}
+
+fn parse_field(expr: &str, field: CronField, text: &str) -> Result<u64, ScheduleError> {
+    let (min, max) = field.bounds();
+    if text == "?" {
+        return match field {
+            CronField::DayOfMonth | CronField::DayOfWeek => Ok(bit_range(min, max, 1)),
+            _ => Err(ScheduleError::MisplacedQuestionMark {
+                expr: expr.to_owned(),
+                field,
+            }),
+        };
+    }
+    let missing = || ScheduleError::MissingValue {
+        expr: expr.to_owned(),
+        field,
+        text: text.to_owned(),
+    };
+    let mut mask = 0;
+    for item in text.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => {
+                if step.is_empty() {
+                    return Err(missing());
+                }
+                let step = parse_number(expr, field, step)?;
+                if step == 0 {
+                    return Err(ScheduleError::BadStep {
+                        expr: expr.to_owned(),
+                        field,
+                    });
+                }
+                (range, Some(step))
+            }
+            None => (item, None),
+        };
+        let (start, end) = if range == "*" {
+            (min, max)
+        } else if range.contains('?') {
+            return Err(ScheduleError::MisplacedQuestionMark {
+                expr: expr.to_owned(),
+                field,
+            });
+        } else if let Some((a, b)) = range.split_once('-') {
+            if a.is_empty() || b.is_empty() {
+                return Err(missing());
+            }
+            let start = parse_value(expr, field, a)?;
+            let mut end = parse_value(expr, field, b)?;
+            // `FRI-SUN`: a day-of-week range ending in the name SUN wraps to 7.
+            if field == CronField::DayOfWeek && start > 0 && b.eq_ignore_ascii_case("SUN") {
+                end = 7;
+            }
+            if start > end {
+                return Err(ScheduleError::BadRange {
+                    expr: expr.to_owned(),
+                    field,
+                    start,
+                    end,
+                });
+            }
+            (start, end)
+        } else {
+            if range.is_empty() {
+                return Err(missing());
+            }
+            let value = parse_value(expr, field, range)?;
+            // `a/n` runs from a through the field maximum.
+            (value, if step.is_some() { max } else { value })
+        };
+        mask |= bit_range(start, end, step.unwrap_or(1));
+    }
+    Ok(mask)
+}
+
+/// Bits `start, start + step, ...` up to `end` inclusive.
+fn bit_range(start: u32, end: u32, step: u32) -> u64 {
+    let mut mask = 0;
+    let mut v = start;
+    while v <= end {
+        mask |= 1 << v;
+        match v.checked_add(step) {
+            Some(next) => v = next,
+            None => break,
+        }
+    }
+    mask
+}
+
+/// A plain decimal number (saturating at `u32::MAX`).
+fn parse_number(expr: &str, field: CronField, token: &str) -> Result<u32, ScheduleError> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ScheduleError::NotANumber {
+            expr: expr.to_owned(),
+            field,
+            token: token.to_owned(),
+        });
+    }
+    Ok(token.parse().unwrap_or(u32::MAX))
+}
+
+/// A value of `field`: a number within its bounds, or a month / weekday name.
+fn parse_value(expr: &str, field: CronField, token: &str) -> Result<u32, ScheduleError> {
+    if let Some(index) = field
+        .names()
+        .iter()
+        .position(|name| name.eq_ignore_ascii_case(token))
+    {
+        // At most 12 names, so the index always fits.
+        return Ok(field.first_name_value() + u32::try_from(index).unwrap_or(0));
+    }
+    let value = parse_number(expr, field, token)?;
+    let (min, max) = field.bounds();
+    if value < min || value > max {
+        return Err(ScheduleError::OutOfRange {
+            expr: expr.to_owned(),
+            field,
+            value,
+        });
+    }
+    Ok(value)
+}
+
+/// Maps a local wall-clock time to UTC: unique → that instant; ambiguous (fold) → the earlier
+/// instant; non-existent (gap) → the instant at which the gap ends.
+fn resolve_local(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+    match tz.from_local_datetime(&wall) {
+        MappedLocalTime::Single(dt) => Some(dt.with_timezone(&Utc)),
+        MappedLocalTime::Ambiguous(a, b) => Some(a.min(b).with_timezone(&Utc)),
+        MappedLocalTime::None => gap_end(tz, wall),
+    }
+}
+
+/// For a wall time inside a gap, the first UTC instant whose local time is after it (the
+/// transition instant; its local time is the end of the gap).
+fn gap_end(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+    const WINDOW: i64 = 2 * 24 * 60 * 60; // wider than any UTC offset and any gap
+    let local_secs = |utc_secs: i64| -> Option<i64> {
+        let utc = DateTime::from_timestamp(utc_secs, 0)?.naive_utc();
+        let offset = tz.offset_from_utc_datetime(&utc).fix().local_minus_utc();
+        utc_secs.checked_add(i64::from(offset))
+    };
+    let target = wall.and_utc().timestamp();
+    let mut lo = target.checked_sub(WINDOW)?;
+    let mut hi = target.checked_add(WINDOW)?;
+    // Invariant: local(lo) <= target < local(hi). The wall time never occurs, so the crossing
+    // found is a jump over it, i.e. the gap that contains it.
+    if local_secs(lo)? > target || local_secs(hi)? <= target {
+        return None;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if local_secs(mid)? > target {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    DateTime::from_timestamp(hi, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Weekday;
+    use chrono_tz::America::New_York;
+    use chrono_tz::Europe::Berlin;
+    use chrono_tz::UTC;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .unwrap_or_else(|e| panic!("bad test instant {s}: {e}"))
+            .with_timezone(&Utc)
+    }
+
+    fn sched(expr: &str, tz: Tz) -> Schedule {
+        Schedule::parse(expr, tz).unwrap_or_else(|e| panic!("{expr} should parse: {e}"))
+    }
+
+    fn err(expr: &str) -> ScheduleError {
+        match Schedule::parse(expr, UTC) {
+            Ok(s) => panic!("{expr} should not parse: {s:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn walk(expr: &str, tz: Tz, after: &str, n: usize) -> Vec<DateTime<Utc>> {
+        let all = sched(expr, tz).upcoming(utc(after), n);
+        assert_strictly_increasing(utc(after), &all);
+        all
+    }
+
+    fn assert_strictly_increasing(after: DateTime<Utc>, all: &[DateTime<Utc>]) {
+        let mut prev = after;
+        for t in all {
+            assert!(*t > prev, "{t} is not after {prev} in {all:?}");
+            prev = *t;
+        }
+    }
+
+    fn instants(list: &[&str]) -> Vec<DateTime<Utc>> {
+        list.iter().map(|s| utc(s)).collect()
+    }
+
+    // ---- parsing ----
+
+    #[test]
+    fn schedule_parses_every_form() {
+        for expr in [
+            "0 0 2 * * *",
+            "*/5 * * * * *",
+            "30 2 * * 1-5",
+            "0 0 0 ? * MON-FRI",
+            "0 0 0 1,15 jan-mar,dec ?",
+            "5/10 1-30/7 */2 * * *",
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@midnight",
+            "@hourly",
+            "@minutely",
+            "@secondly",
+            "@Daily",
+            "@every 90s",
+            "@every 1h30m",
+            "@every 500ms",
+            "@every 100ms",
+            "@every 366days",
+            "@at 2026-12-01T09:00:00+01:00",
+            "@at 2026-12-01T08:00:00Z",
+            "  0 0 2 * * *  ",
+        ] {
+            let s = sched(expr, Berlin);
+            assert_eq!(s.expression(), expr);
+            assert_eq!(s.timezone(), Berlin);
+        }
+    }
+
+    #[test]
+    fn schedule_macros_are_equivalent_to_cron() {
+        let after = utc("2026-05-17T13:14:15.5Z");
+        for (mac, cron) in [
+            ("@yearly", "0 0 0 1 1 *"),
+            ("@annually", "0 0 0 1 1 *"),
+            ("@monthly", "0 0 0 1 * *"),
+            ("@weekly", "0 0 0 * * 0"),
+            ("@daily", "0 0 0 * * *"),
+            ("@midnight", "0 0 0 * * *"),
+            ("@hourly", "0 0 * * * *"),
+            ("@minutely", "0 * * * * *"),
+            ("@secondly", "* * * * * *"),
+        ] {
+            assert_eq!(
+                sched(mac, Berlin).upcoming(after, 5),
+                sched(cron, Berlin).upcoming(after, 5),
+                "{mac}"
+            );
+        }
+        assert_eq!(
+            sched("@weekly", UTC).next_after(after),
+            Some(utc("2026-05-24T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn schedule_five_fields_means_second_zero() {
+        assert_eq!(
+            sched("30 2 * * 1-5", UTC).upcoming(utc("2026-05-15T03:00:00Z"), 2),
+            instants(&["2026-05-18T02:30:00Z", "2026-05-19T02:30:00Z"])
+        );
+    }
+
+    #[test]
+    fn schedule_error_messages() {
+        let cases: &[(&str, &str)] = &[
+            ("61 * * * * *", "'61 * * * * *': second must be 0-59"),
+            ("0 60 * * * *", "'0 60 * * * *': minute must be 0-59"),
+            ("60 * * * *", "'60 * * * *': minute must be 0-59"),
+            (
+                "* * *",
+                "'* * *': expected 5 or 6 fields (or a macro such as @hourly, @every 5m, @at <RFC 3339>), found 3",
+            ),
+            ("0 0 25 * * *", "'0 0 25 * * *': hour must be 0-23"),
+            ("0 0 0 0 * *", "'0 0 0 0 * *': day-of-month must be 1-31"),
+            ("0 0 0 32 * *", "'0 0 0 32 * *': day-of-month must be 1-31"),
+            (
+                "0 0 0 * 13 *",
+                "'0 0 0 * 13 *': month must be 1-12 or JAN-DEC",
+            ),
+            (
+                "0 0 0 * 0 *",
+                "'0 0 0 * 0 *': month must be 1-12 or JAN-DEC",
+            ),
+            (
+                "0 0 0 * * 8",
+                "'0 0 0 * * 8': day-of-week must be 0-7 or SUN-SAT",
+            ),
+            (
+                "0 0 0 * * 99999999999",
+                "'0 0 0 * * 99999999999': day-of-week must be 0-7 or SUN-SAT",
+            ),
+            (
+                "*/0 * * * * *",
+                "'*/0 * * * * *': second: step must be at least 1",
+            ),
+            (
+                "5-2 * * * * *",
+                "'5-2 * * * * *': second: range start 5 is after its end 2",
+            ),
+            (
+                "0 0 0 * * FRI-MON",
+                "'0 0 0 * * FRI-MON': day-of-week: range start 5 is after its end 1",
+            ),
+            ("x * * * * *", "'x * * * * *': second: 'x' is not a number"),
+            (
+                "0 0 0 * * FUN",
+                "'0 0 0 * * FUN': day-of-week: 'FUN' is not a number",
+            ),
+            (
+                "0 0 JAN * * *",
+                "'0 0 JAN * * *': hour: 'JAN' is not a number",
+            ),
+            (
+                "*/x * * * * *",
+                "'*/x * * * * *': second: 'x' is not a number",
+            ),
+            (
+                "1,,2 * * * * *",
+                "'1,,2 * * * * *': second: missing value in '1,,2'",
+            ),
+            (
+                "1- * * * * *",
+                "'1- * * * * *': second: missing value in '1-'",
+            ),
+            (
+                "*/ * * * * *",
+                "'*/ * * * * *': second: missing value in '*/'",
+            ),
+            (
+                "? * * * * *",
+                "'? * * * * *': second: '?' is only allowed on its own in day-of-month or day-of-week",
+            ),
+            (
+                "0 0 0 ?/2 * *",
+                "'0 0 0 ?/2 * *': day-of-month: '?' is only allowed on its own in day-of-month or day-of-week",
+            ),
+            (
+                "@fortnightly",
+                "'@fortnightly': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @at <RFC 3339 instant>)",
+            ),
+            ("@hourly 5", "'@hourly 5': @hourly takes no argument"),
+            (
+                "@every",
+                "'@every': @every needs an argument, e.g. @every 5m",
+            ),
+            (
+                "@at",
+                "'@at': @at needs an argument, e.g. @at 2026-12-01T09:00:00+01:00",
+            ),
+            (
+                "@every 10ms",
+                "'@every 10ms': interval must be at least 100ms",
+            ),
+            ("@every 0s", "'@every 0s': interval must be at least 100ms"),
+            (
+                "@every 367days",
+                "'@every 367days': interval must be at most 366 days",
+            ),
+            (
+                "@every 1s 5us",
+                "'@every 1s 5us': interval must be a whole number of milliseconds",
+            ),
+            (
+                "@at tomorrow",
+                "'@at tomorrow': invalid RFC 3339 instant 'tomorrow'",
+            ),
+            (
+                "@at 2026-12-01T09:00:00",
+                "'@at 2026-12-01T09:00:00': invalid RFC 3339 instant '2026-12-01T09:00:00'",
+            ),
+            ("", "schedule is empty"),
+            ("   ", "schedule is empty"),
+        ];
+        for (expr, want) in cases {
+            assert_eq!(err(expr).to_string(), *want, "for {expr:?}");
+        }
+        let bad_duration = err("@every 5 parsecs").to_string();
+        assert!(
+            bad_duration.starts_with("'@every 5 parsecs': invalid duration '5 parsecs': "),
+            "{bad_duration}"
+        );
+    }
+
+    #[test]
+    fn schedule_error_variants() {
+        assert_eq!(err(""), ScheduleError::Empty);
+        assert!(matches!(
+            err("* * *"),
+            ScheduleError::FieldCount { found: 3, .. }
+        ));
+        assert!(matches!(
+            err("* * * * * * *"),
+            ScheduleError::FieldCount { found: 7, .. }
+        ));
+        assert!(matches!(
+            err("61 * * * * *"),
+            ScheduleError::OutOfRange {
+                field: CronField::Second,
+                value: 61,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("0 0 0 * * 8"),
+            ScheduleError::OutOfRange {
+                field: CronField::DayOfWeek,
+                value: 8,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("*/0 * * * * *"),
+            ScheduleError::BadStep {
+                field: CronField::Second,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("5-2 * * * * *"),
+            ScheduleError::BadRange {
+                field: CronField::Second,
+                start: 5,
+                end: 2,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("x * * * * *"),
+            ScheduleError::NotANumber { field: CronField::Second, ref token, .. } if token == "x"
+        ));
+        assert!(matches!(
+            err("1,,2 * * * * *"),
+            ScheduleError::MissingValue { .. }
+        ));
+        assert!(matches!(
+            err("0 ? * * * *"),
+            ScheduleError::MisplacedQuestionMark {
+                field: CronField::Minute,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("@fortnightly"),
+            ScheduleError::UnknownMacro { .. }
+        ));
+        assert!(matches!(
+            err("@daily now"),
+            ScheduleError::UnexpectedArgument { .. }
+        ));
+        assert!(matches!(
+            err("@every  "),
+            ScheduleError::MissingArgument { name: "@every", .. }
+        ));
+        assert!(matches!(
+            err("@every 5 parsecs"),
+            ScheduleError::BadDuration { ref text, .. } if text == "5 parsecs"
+        ));
+        assert!(matches!(
+            err("@every 10ms"),
+            ScheduleError::IntervalTooShort { .. }
+        ));
+        assert!(matches!(
+            err("@every 400days"),
+            ScheduleError::IntervalTooLong { .. }
+        ));
+        assert!(matches!(
+            err("@every 150us"),
+            ScheduleError::IntervalNotWholeMillis { .. }
+        ));
+        assert!(matches!(
+            err("@at tomorrow"),
+            ScheduleError::BadInstant { ref text, .. } if text == "tomorrow"
+        ));
+    }
+
+    // ---- cron semantics ----
+
+    #[test]
+    fn schedule_day_of_week_zero_and_seven_are_sunday() {
+        let after = utc("2026-01-01T00:00:00Z");
+        let zero = sched("0 0 0 * * 0", UTC).upcoming(after, 10);
+        let seven = sched("0 0 0 * * 7", UTC).upcoming(after, 10);
+        let sun = sched("0 0 0 * * sun", UTC).upcoming(after, 10);
+        assert_eq!(zero.len(), 10);
+        assert_eq!(zero, seven);
+        assert_eq!(zero, sun);
+        assert!(zero.iter().all(|t| t.weekday() == Weekday::Sun));
+        assert_eq!(zero[0], utc("2026-01-04T00:00:00Z"));
+        // 7 inside a range, and a named range ending in SUN.
+        let fri_sun = sched("0 0 0 * * 5-7", UTC).upcoming(after, 30);
+        assert_eq!(fri_sun, sched("0 0 0 * * FRI-SUN", UTC).upcoming(after, 30));
+        assert!(
+            fri_sun
+                .iter()
+                .all(|t| matches!(t.weekday(), Weekday::Fri | Weekday::Sat | Weekday::Sun))
+        );
+        assert_eq!(fri_sun.len(), 30);
+    }
+
+    #[test]
+    fn schedule_mon_fri() {
+        let after = utc("2026-01-01T00:00:00Z");
+        let all = walk("0 0 9 * * MON-FRI", UTC, "2026-01-01T00:00:00Z", 50);
+        assert_eq!(all.len(), 50);
+        assert!(
+            all.iter()
+                .all(|t| (1..=5).contains(&t.weekday().num_days_from_sunday()))
+        );
+        assert_eq!(all, sched("0 9 * * 1-5", UTC).upcoming(after, 50));
+        assert_eq!(all, sched("0 0 9 ? * mon-fri", UTC).upcoming(after, 50));
+        // Jan 1 2026 is a Thursday.
+        assert_eq!(
+            &all[..3],
+            &instants(&[
+                "2026-01-01T09:00:00Z",
+                "2026-01-02T09:00:00Z",
+                "2026-01-05T09:00:00Z"
+            ])[..]
+        );
+    }
+
+    #[test]
+    fn schedule_vixie_or_of_day_fields() {
+        // Fires on the 13th (any weekday) and on every Friday.
+        let all = walk("0 0 0 13 * 5", UTC, "2026-01-01T00:00:00Z", 8);
+        assert_eq!(
+            all,
+            instants(&[
+                "2026-01-02T00:00:00Z",
+                "2026-01-09T00:00:00Z",
+                "2026-01-13T00:00:00Z",
+                "2026-01-16T00:00:00Z",
+                "2026-01-23T00:00:00Z",
+                "2026-01-30T00:00:00Z",
+                "2026-02-06T00:00:00Z",
+                "2026-02-13T00:00:00Z",
+            ])
+        );
+        // With one side unrestricted only the other one counts.
+        assert_eq!(
+            walk("0 0 0 13 * ?", UTC, "2026-01-01T00:00:00Z", 2),
+            instants(&["2026-01-13T00:00:00Z", "2026-02-13T00:00:00Z"])
+        );
+        assert_eq!(
+            walk("0 0 0 * * 5", UTC, "2026-01-01T00:00:00Z", 2),
+            instants(&["2026-01-02T00:00:00Z", "2026-01-09T00:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn schedule_steps_ranges_lists() {
+        assert_eq!(
+            walk("5/20 * * * * *", UTC, "2026-01-01T00:00:00Z", 4),
+            instants(&[
+                "2026-01-01T00:00:05Z",
+                "2026-01-01T00:00:25Z",
+                "2026-01-01T00:00:45Z",
+                "2026-01-01T00:01:05Z"
+            ])
+        );
+        assert_eq!(
+            walk("0 10-40/15,59 8 * * *", UTC, "2026-01-01T00:00:00Z", 5),
+            instants(&[
+                "2026-01-01T08:10:00Z",
+                "2026-01-01T08:25:00Z",
+                "2026-01-01T08:40:00Z",
+                "2026-01-01T08:59:00Z",
+                "2026-01-02T08:10:00Z"
+            ])
+        );
+        assert_eq!(
+            walk("0 0 0 1 jan,Jul *", UTC, "2026-03-01T00:00:00Z", 3),
+            instants(&[
+                "2026-07-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+                "2027-07-01T00:00:00Z"
+            ])
+        );
+        assert_eq!(
+            walk("0 0 0 31 * *", UTC, "2026-01-31T00:00:00Z", 3),
+            instants(&[
+                "2026-03-31T00:00:00Z",
+                "2026-05-31T00:00:00Z",
+                "2026-07-31T00:00:00Z"
+            ])
+        );
+    }
+
+    #[test]
+    fn schedule_leap_day_and_impossible_dates() {
+        let s = sched("0 0 0 29 2 *", UTC);
+        assert_eq!(
+            s.next_after(utc("2027-01-01T00:00:00Z")),
+            Some(utc("2028-02-29T00:00:00Z"))
+        );
+        // 2100 is not a leap year: the longest possible wait.
+        assert_eq!(
+            s.next_after(utc("2096-02-29T00:00:00Z")),
+            Some(utc("2104-02-29T00:00:00Z"))
+        );
+        assert_eq!(
+            sched("0 0 0 30 2 *", UTC).next_after(utc("2026-01-01T00:00:00Z")),
+            None
+        );
+        assert!(
+            sched("0 0 0 31 4,6,9,11 *", Berlin)
+                .upcoming(utc("2026-01-01T00:00:00Z"), 3)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn schedule_cron_whole_seconds_and_strictly_after() {
+        let s = sched("* * * * * *", UTC);
+        assert_eq!(
+            s.next_after(utc("2026-01-01T00:00:00.999Z")),
+            Some(utc("2026-01-01T00:00:01Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-01-01T00:00:01Z")),
+            Some(utc("2026-01-01T00:00:02Z"))
+        );
+        let s = sched("0 0 2 * * *", UTC);
+        assert_eq!(
+            s.next_after(utc("2026-01-01T02:00:00Z")),
+            Some(utc("2026-01-02T02:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-01-01T01:59:59.5Z")),
+            Some(utc("2026-01-01T02:00:00Z"))
+        );
+        // Year boundary.
+        assert_eq!(
+            sched("@yearly", UTC).next_after(utc("2026-12-31T23:59:59Z")),
+            Some(utc("2027-01-01T00:00:00Z"))
+        );
+        for t in s.upcoming(utc("2026-01-01T00:00:00.123Z"), 5) {
+            assert_eq!(t.timestamp_subsec_nanos(), 0);
+        }
+    }
+
+    #[test]
+    fn schedule_time_zone_is_applied() {
+        // 02:00 Berlin is 01:00Z in winter and 00:00Z in summer.
+        assert_eq!(
+            walk("0 0 2 * * *", Berlin, "2026-01-10T12:00:00Z", 1),
+            instants(&["2026-01-11T01:00:00Z"])
+        );
+        assert_eq!(
+            walk("0 0 2 * * *", Berlin, "2026-07-10T12:00:00Z", 1),
+            instants(&["2026-07-11T00:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn schedule_extreme_instants_do_not_panic() {
+        for expr in [
+            "* * * * * *",
+            "0 0 0 29 2 *",
+            "@every 1h",
+            "@at 2026-01-01T00:00:00Z",
+        ] {
+            for tz in [UTC, Berlin, New_York, chrono_tz::Pacific::Kiritimati] {
+                let s = sched(expr, tz);
+                let _ = s.upcoming(DateTime::<Utc>::MAX_UTC, 3);
+                let _ = s.upcoming(DateTime::<Utc>::MIN_UTC, 3);
+            }
+        }
+    }
+
+    // ---- DST: Europe/Berlin 2026 (gap 03-29 02:00->03:00, fold 10-25 03:00->02:00) ----
+
+    #[test]
+    fn schedule_dst_berlin_daily_0230() {
+        assert_eq!(
+            walk("0 30 2 * * *", Berlin, "2026-03-27T12:00:00Z", 3),
+            instants(&[
+                "2026-03-28T01:30:00Z", // CET
+                "2026-03-29T01:00:00Z", // 02:30 does not exist: end of gap, 03:00 CEST
+                "2026-03-30T00:30:00Z", // CEST
+            ])
+        );
+        assert_eq!(
+            walk("0 30 2 * * *", Berlin, "2026-10-23T12:00:00Z", 3),
+            instants(&[
+                "2026-10-24T00:30:00Z", // CEST
+                "2026-10-25T00:30:00Z", // first 02:30 (CEST) only
+                "2026-10-26T01:30:00Z", // CET
+            ])
+        );
+        let s = sched("0 30 2 * * *", Berlin);
+        // From the first 02:30, and from inside the second pass, the second 02:30 is skipped.
+        for after in [
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T01:15:00Z",
+            "2026-10-25T01:30:00Z",
+        ] {
+            assert_eq!(
+                s.next_after(utc(after)),
+                Some(utc("2026-10-26T01:30:00Z")),
+                "{after}"
+            );
+        }
+        assert_eq!(
+            s.next_after(utc("2026-03-29T00:59:59Z")),
+            Some(utc("2026-03-29T01:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-03-29T01:00:00Z")),
+            Some(utc("2026-03-30T00:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn schedule_dst_berlin_every_15_minutes() {
+        assert_eq!(
+            walk("0 */15 * * * *", Berlin, "2026-03-29T00:00:00Z", 6),
+            instants(&[
+                "2026-03-29T00:15:00Z", // 01:15 CET
+                "2026-03-29T00:30:00Z",
+                "2026-03-29T00:45:00Z",
+                "2026-03-29T01:00:00Z", // 02:00-02:45 (gap) and 03:00 CEST collapse
+                "2026-03-29T01:15:00Z", // 03:15 CEST
+                "2026-03-29T01:30:00Z",
+            ])
+        );
+        assert_eq!(
+            walk("0 */15 * * * *", Berlin, "2026-10-24T23:30:00Z", 7),
+            instants(&[
+                "2026-10-24T23:45:00Z", // 01:45 CEST
+                "2026-10-25T00:00:00Z", // 02:00 CEST
+                "2026-10-25T00:15:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T00:45:00Z", // 02:45 CEST; the CET pass 02:00-02:45 does not fire
+                "2026-10-25T02:00:00Z", // 03:00 CET
+                "2026-10-25T02:15:00Z",
+            ])
+        );
+        let s = sched("0 */15 * * * *", Berlin);
+        assert_eq!(
+            s.next_after(utc("2026-10-25T01:20:00Z")), // 02:20 CET, second pass
+            Some(utc("2026-10-25T02:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn schedule_dst_berlin_hourly() {
+        assert_eq!(
+            walk("0 0 * * * *", Berlin, "2026-03-28T22:30:00Z", 5),
+            instants(&[
+                "2026-03-28T23:00:00Z", // 00:00 CET
+                "2026-03-29T00:00:00Z", // 01:00 CET
+                "2026-03-29T01:00:00Z", // 02:00 (gap) and 03:00 CEST collapse
+                "2026-03-29T02:00:00Z", // 04:00 CEST
+                "2026-03-29T03:00:00Z",
+            ])
+        );
+        assert_eq!(
+            walk("0 0 * * * *", Berlin, "2026-10-24T21:30:00Z", 5),
+            instants(&[
+                "2026-10-24T22:00:00Z", // 00:00 CEST
+                "2026-10-24T23:00:00Z", // 01:00 CEST
+                "2026-10-25T00:00:00Z", // 02:00 CEST (first pass only)
+                "2026-10-25T02:00:00Z", // 03:00 CET
+                "2026-10-25T03:00:00Z", // 04:00 CET
+            ])
+        );
+        let s = sched("@hourly", Berlin);
+        for after in [
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T01:00:00Z",
+            "2026-10-25T01:59:59Z",
+        ] {
+            assert_eq!(
+                s.next_after(utc(after)),
+                Some(utc("2026-10-25T02:00:00Z")),
+                "{after}"
+            );
+        }
+    }
+
+    #[test]
+    fn schedule_dst_berlin_secondly_collapses_gap() {
+        assert_eq!(
+            walk("* * * * * *", Berlin, "2026-03-29T00:59:58Z", 3),
+            instants(&[
+                "2026-03-29T00:59:59Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T01:00:01Z"
+            ])
+        );
+        // Across the fold every UTC second still fires exactly once until the wall clock
+        // reaches times not fired yet: the CET pass 02:00:00-02:59:59 is silent.
+        assert_eq!(
+            walk("* * * * * *", Berlin, "2026-10-25T00:59:58Z", 2),
+            instants(&["2026-10-25T00:59:59Z", "2026-10-25T02:00:00Z"])
+        );
+    }
+
+    // ---- DST: America/New_York 2026 (gap 03-08 02:00->03:00, fold 11-01 02:00->01:00) ----
+
+    #[test]
+    fn schedule_dst_new_york_daily() {
+        assert_eq!(
+            walk("0 30 2 * * *", New_York, "2026-03-06T12:00:00Z", 3),
+            instants(&[
+                "2026-03-07T07:30:00Z", // EST
+                "2026-03-08T07:00:00Z", // gap end, 03:00 EDT
+                "2026-03-09T06:30:00Z", // EDT
+            ])
+        );
+        assert_eq!(
+            walk("0 30 2 * * *", New_York, "2026-10-30T12:00:00Z", 3),
+            instants(&[
+                "2026-10-31T06:30:00Z", // EDT
+                "2026-11-01T07:30:00Z", // 02:30 is after the fold: EST
+                "2026-11-02T07:30:00Z",
+            ])
+        );
+        assert_eq!(
+            walk("0 30 1 * * *", New_York, "2026-10-30T12:00:00Z", 3),
+            instants(&[
+                "2026-10-31T05:30:00Z", // EDT
+                "2026-11-01T05:30:00Z", // first 01:30 (EDT) only
+                "2026-11-02T06:30:00Z", // EST
+            ])
+        );
+    }
+
+    #[test]
+    fn schedule_dst_new_york_every_15_minutes() {
+        assert_eq!(
+            walk("0 */15 * * * *", New_York, "2026-03-08T06:30:00Z", 4),
+            instants(&[
+                "2026-03-08T06:45:00Z", // 01:45 EST
+                "2026-03-08T07:00:00Z", // gap 02:00-02:45 and 03:00 EDT collapse
+                "2026-03-08T07:15:00Z",
+                "2026-03-08T07:30:00Z",
+            ])
+        );
+        assert_eq!(
+            walk("0 */15 * * * *", New_York, "2026-11-01T05:30:00Z", 4),
+            instants(&[
+                "2026-11-01T05:45:00Z", // 01:45 EDT; the EST pass 01:00-01:45 is silent
+                "2026-11-01T07:00:00Z", // 02:00 EST
+                "2026-11-01T07:15:00Z",
+                "2026-11-01T07:30:00Z",
+            ])
+        );
+    }
+
+    #[test]
+    fn schedule_dst_new_york_hourly() {
+        assert_eq!(
+            walk("0 0 * * * *", New_York, "2026-03-08T04:30:00Z", 4),
+            instants(&[
+                "2026-03-08T05:00:00Z", // 00:00 EST
+                "2026-03-08T06:00:00Z", // 01:00 EST
+                "2026-03-08T07:00:00Z", // 02:00 (gap) and 03:00 EDT collapse
+                "2026-03-08T08:00:00Z", // 04:00 EDT
+            ])
+        );
+        assert_eq!(
+            walk("0 0 * * * *", New_York, "2026-11-01T03:30:00Z", 4),
+            instants(&[
+                "2026-11-01T04:00:00Z", // 00:00 EDT
+                "2026-11-01T05:00:00Z", // 01:00 EDT (first pass only)
+                "2026-11-01T07:00:00Z", // 02:00 EST
+                "2026-11-01T08:00:00Z", // 03:00 EST
+            ])
+        );
+    }
+
+    /// Reference implementation straight from the definition: map every matching wall time in
+    /// a window to UTC and keep the distinct instants after `after`.
+    fn reference(expr: &str, tz: Tz, after: DateTime<Utc>, hours: i64) -> Vec<DateTime<Utc>> {
+        let Kind::Cron(spec) = sched(expr, tz).kind else {
+            panic!("not cron")
+        };
+        let start = after.naive_utc() - TimeDelta::hours(16);
+        let mut out: Vec<DateTime<Utc>> = Vec::new();
+        let mut wall = start.with_nanosecond(0).unwrap_or(start);
+        let end = start + TimeDelta::hours(hours);
+        while wall < end {
+            let matches = has_bit(spec.seconds, wall.second())
+                && has_bit(spec.minutes, wall.minute())
+                && has_bit(spec.hours, wall.hour())
+                && has_bit(spec.months, wall.month())
+                && spec.day_matches(wall.date());
+            if matches
+                && let Some(t) = resolve_local(tz, wall)
+                && t > after
+                && out.last().is_none_or(|last| t > *last)
+            {
+                out.push(t);
+            }
+            wall += TimeDelta::seconds(60);
+        }
+        out
+    }
+
+    #[test]
+    fn schedule_dst_matches_reference_definition() {
+        let zones = [
+            Berlin,
+            New_York,
+            chrono_tz::Australia::Lord_Howe, // 30-minute DST shift
+            chrono_tz::America::Santiago,    // transitions at midnight
+            chrono_tz::Pacific::Apia,        // skipped a whole day in 2011
+        ];
+        let exprs = [
+            "0 30 2 * * *",
+            "0 */15 * * * *",
+            "0 0 * * * *",
+            "0 * * * * *",
+            "0 0 0 * * *",
+            "0 45 1,2,3 * * *",
+        ];
+        let afters = [
+            "2026-03-28T20:00:00Z",
+            "2026-10-24T20:00:00Z",
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T01:10:00Z",
+            "2026-03-08T04:00:00Z",
+            "2026-11-01T05:40:00Z",
+            "2026-11-01T06:20:00Z",
+            "2026-04-04T14:00:00Z",
+            "2026-04-04T15:40:00Z",
+            "2026-10-03T15:00:00Z",
+            "2026-04-05T02:30:00Z",
+            "2026-04-05T03:30:00Z",
+            "2026-09-06T03:00:00Z",
+            "2011-12-29T09:00:00Z",
+            "2011-12-30T09:59:00Z",
+        ];
+        for tz in zones {
+            for expr in exprs {
+                for after in afters {
+                    let after = utc(after);
+                    let want = reference(expr, tz, after, 96);
+                    assert!(want.len() >= 2, "{expr} in {tz} after {after}: {want:?}");
+                    let got = sched(expr, tz).upcoming(after, want.len());
+                    assert_eq!(got, want, "{expr} in {tz} after {after}");
+                }
+            }
+        }
+    }
+
+    // ---- @every and @at ----
+
+    #[test]
+    fn schedule_every_is_anchored_to_epoch() {
+        let s = sched("@every 1h", Berlin);
+        assert_eq!(
+            s.next_after(utc("2026-05-01T10:20:00Z")),
+            Some(utc("2026-05-01T11:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-05-01T11:00:00Z")),
+            Some(utc("2026-05-01T12:00:00Z"))
+        );
+        // Unaffected by DST: steady hourly UTC instants across the Berlin fold.
+        assert_eq!(
+            walk("@every 1h", Berlin, "2026-10-24T23:30:00Z", 4),
+            instants(&[
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T02:00:00Z",
+                "2026-10-25T03:00:00Z"
+            ])
+        );
+        let all = walk("@every 7s", UTC, "2026-05-01T10:20:00.123Z", 20);
+        assert_eq!(all.len(), 20);
+        for w in all.windows(2) {
+            assert_eq!(w[1] - w[0], TimeDelta::seconds(7));
+        }
+        assert!(
+            all.iter()
+                .all(|t| t.timestamp() % 7 == 0 && t.timestamp_subsec_nanos() == 0)
+        );
+        let all = walk("@every 1h30m", UTC, "2026-05-01T10:20:00Z", 3);
+        assert!(all.iter().all(|t| t.timestamp() % 5400 == 0));
+        // Millisecond periods.
+        let all = walk("@every 250ms", UTC, "2026-05-01T10:20:00.1Z", 3);
+        assert_eq!(
+            all,
+            instants(&[
+                "2026-05-01T10:20:00.25Z",
+                "2026-05-01T10:20:00.5Z",
+                "2026-05-01T10:20:00.75Z"
+            ])
+        );
+        // Before the epoch too.
+        assert_eq!(
+            sched("@every 90s", UTC).next_after(utc("1969-12-31T23:58:00Z")),
+            Some(utc("1969-12-31T23:58:30Z"))
+        );
+    }
+
+    #[test]
+    fn schedule_at_fires_once() {
+        let s = sched("@at 2026-12-01T09:00:00+01:00", New_York);
+        let at = utc("2026-12-01T08:00:00Z");
+        assert_eq!(s.next_after(utc("2026-11-30T00:00:00Z")), Some(at));
+        assert_eq!(s.next_after(at - TimeDelta::milliseconds(1)), Some(at));
+        assert_eq!(s.next_after(at), None);
+        assert_eq!(s.next_after(utc("2027-01-01T00:00:00Z")), None);
+        assert_eq!(s.upcoming(utc("2026-01-01T00:00:00Z"), 5), vec![at]);
+    }
+
+    #[test]
+    fn schedule_upcoming_strictly_increasing() {
+        for expr in [
+            "*/5 * * * * *",
+            "0 0 0 13 * 5",
+            "@every 500ms",
+            "0 */7 1-3 * * *",
+            "@monthly",
+        ] {
+            for tz in [UTC, Berlin, New_York] {
+                let after = utc("2026-03-01T00:00:00Z");
+                let all = sched(expr, tz).upcoming(after, 200);
+                assert_eq!(all.len(), 200, "{expr}");
+                assert_strictly_increasing(after, &all);
+            }
+        }
+        assert!(
+            sched("@daily", UTC)
+                .upcoming(utc("2026-03-01T00:00:00Z"), 0)
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! The messages that cross NATS between scheduler, workers and watchers.
+//!
+//! Each type encodes to JSON and decodes from it here, so that both sides
+//! and any NATS client see the same shape.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::job::{Job, RetryPolicy, Run};
+
+/// Header carrying the leader epoch (lease revision at takeover) of the dispatch.
+pub const HEADER_EPOCH: &str = "Jetcron-Epoch";
+/// Header carrying the job id.
+pub const HEADER_JOB: &str = "Jetcron-Job";
+/// Header carrying the shard index.
+pub const HEADER_SHARD: &str = "Jetcron-Shard";
+
+#[derive(Debug, Error)]
+pub enum WireError {
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The id of one fire: `<job>:<instant unix ms>`.
+pub fn fire_id(job: &str, instant: DateTime<Utc>) -> String {
+    format!("{job}:{}", instant.timestamp_millis())
+}
+
+/// The JetStream deduplication id of one shard of one fire:
+/// `<job>:<instant unix ms>:<shard>`.
+pub fn shard_msg_id(job: &str, instant: DateTime<Utc>, shard: u32) -> String {
+    format!("{job}:{}:{shard}", instant.timestamp_millis())
+}
+
+/// Why a fire happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// On time, from the schedule.
+    Schedule,
+    /// Late: the instant was missed (leader takeover, scheduler down) and is fired once now.
+    Misfire,
+}
+
+/// One shard of one fire, as stored in the work stream. Carries everything a
+/// worker needs, so workers never read the jobs bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardMessage {
+    pub job: String,
+    pub group: String,
+    /// Scheduled instant of the fire.
+    pub instant: DateTime<Utc>,
+    pub shard: u32,
+    pub shards: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    pub run: Run,
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// Leader epoch that dispatched it.
+    pub epoch: u64,
+    pub cause: Cause,
+    pub dispatched_at: DateTime<Utc>,
+}
+
+impl ShardMessage {
+    pub fn new(
+        job: &Job,
+        instant: DateTime<Utc>,
+        shard: u32,
+        epoch: u64,
+        cause: Cause,
+    ) -> ShardMessage {
+        ShardMessage {
+            job: job.id().to_string(),
+            group: job.group().to_string(),
+            instant,
+            shard,
+            shards: job.shard_count(),
+            param: job.spec.shards.param(shard).map(str::to_string),
+            run: job.spec.run.clone(),
+            timeout_ms: job.timeout.as_millis() as u64,
+            retry: job.retry.clone(),
+            payload: job.spec.payload.clone(),
+            epoch,
+            cause,
+            dispatched_at: Utc::now(),
+        }
+    }
+
+    pub fn fire_id(&self) -> String {
+        fire_id(&self.job, self.instant)
+    }
+
+    pub fn msg_id(&self) -> String {
+        shard_msg_id(&self.job, self.instant, self.shard)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Headers for the work stream: dedup id, epoch, job, shard.
+    pub fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(async_nats::header::NATS_MESSAGE_ID, self.msg_id().as_str());
+        h.insert(HEADER_EPOCH, self.epoch.to_string().as_str());
+        h.insert(HEADER_JOB, self.job.as_str());
+        h.insert(HEADER_SHARD, self.shard.to_string().as_str());
+        h
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ShardMessage, WireError> {
+        decode("shard message", bytes)
+    }
+}
+
+/// How one attempt of one shard ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// The result of one attempt of one shard, on `jetcron.results.<job>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub job: String,
+    pub instant: DateTime<Utc>,
+    pub shard: u32,
+    pub shards: u32,
+    pub attempt: u32,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub exit_code: Option<i32>,
+    /// Combined stdout and stderr, bounded.
+    pub output: String,
+    #[serde(default)]
+    pub output_truncated: bool,
+    /// Why the attempt failed when the command itself says nothing (spawn error, refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether another attempt will follow.
+    #[serde(default)]
+    pub will_retry: bool,
+    pub epoch: u64,
+}
+
+impl RunResult {
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RunResult, WireError> {
+        decode("run result", bytes)
+    }
+}
+
+/// Something worth telling operators, on `jetcron.events.<kind>[.<job>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A fire was dispatched.
+    Fired {
+        job: String,
+        instant: DateTime<Utc>,
+        shards: u32,
+        epoch: u64,
+        cause: Cause,
+        /// Dispatch time minus scheduled instant.
+        late_ms: i64,
+    },
+    /// Instants were missed; `fired` is the one fired in their place.
+    Misfired {
+        job: String,
+        missed: u64,
+        first_missed: DateTime<Utc>,
+        last_missed: DateTime<Utc>,
+        fired: DateTime<Utc>,
+        epoch: u64,
+    },
+    /// A shard failed its last attempt.
+    Dead {
+        job: String,
+        instant: DateTime<Utc>,
+        shard: u32,
+        attempts: u32,
+        status: RunStatus,
+        run_id: String,
+        worker: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A definition in the jobs bucket does not parse or validate.
+    Invalid {
+        job: String,
+        revision: u64,
+        error: String,
+    },
+    /// Leadership changed hands.
+    Leader { holder: String, epoch: u64 },
+}
+
+impl Event {
+    pub fn now(body: EventBody) -> Event {
+        Event {
+            at: Utc::now(),
+            body,
+        }
+    }
+
+    /// The event kind, as used in the subject.
+    pub fn kind(&self) -> &'static str {
+        match self.body {
+            EventBody::Fired { .. } => "fired",
+            EventBody::Misfired { .. } => "misfired",
+            EventBody::Dead { .. } => "dead",
+            EventBody::Invalid { .. } => "invalid",
+            EventBody::Leader { .. } => "leader",
+        }
+    }
+
+    pub fn job(&self) -> Option<&str> {
+        match &self.body {
+            EventBody::Fired { job, .. }
+            | EventBody::Misfired { job, .. }
+            | EventBody::Dead { job, .. }
+            | EventBody::Invalid { job, .. } => Some(job),
+            EventBody::Leader { .. } => None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Event, WireError> {
+        decode("event", bytes)
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // These types hold only strings, numbers, timestamps and JSON values,
+    // all of which serialize, so the fallback is unreachable.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, WireError> {
+    serde_json::from_slice(bytes).map_err(|source| WireError::Decode { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job() -> Job {
+        Job::decode(
+            br#"{"id":"sync","schedule":"@every 1s","shards":["a","b"],"group":"g","run":{"shell":"true"},"payload":{"k":1}}"#,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn shard_message_ids_and_round_trip() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let m = ShardMessage::new(&job(), at, 1, 42, Cause::Schedule);
+        assert_eq!(m.msg_id(), format!("sync:{}:1", at.timestamp_millis()));
+        assert_eq!(m.fire_id(), format!("sync:{}", at.timestamp_millis()));
+        assert_eq!(m.param.as_deref(), Some("b"));
+        assert_eq!(m.shards, 2);
+        let h = m.headers();
+        assert_eq!(
+            h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(),
+            m.msg_id()
+        );
+        assert_eq!(h.get(HEADER_EPOCH).unwrap().as_str(), "42");
+        assert_eq!(ShardMessage::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn result_json_has_the_documented_fields() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let r = RunResult {
+            job: "sync".into(),
+            instant: at,
+            shard: 0,
+            shards: 1,
+            attempt: 1,
+            run_id: "r1".into(),
+            status: RunStatus::TimedOut,
+            worker: "w1".into(),
+            started_at: at,
+            finished_at: at,
+            exit_code: None,
+            output: String::new(),
+            output_truncated: false,
+            error: None,
+            will_retry: false,
+            epoch: 3,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        for f in [
+            "job",
+            "instant",
+            "shard",
+            "shards",
+            "attempt",
+            "run_id",
+            "status",
+            "worker",
+            "started_at",
+            "finished_at",
+            "exit_code",
+            "output",
+        ] {
+            assert!(v.get(f).is_some(), "missing {f}");
+        }
+        assert_eq!(v["status"], "timed_out");
+        assert_eq!(RunResult::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn events_carry_kind_and_round_trip() {
+        let e = Event::now(EventBody::Invalid {
+            job: "x".into(),
+            revision: 4,
+            error: "schedule: bad".into(),
+        });
+        let v: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert_eq!(v["kind"], "invalid");
+        assert_eq!(e.kind(), "invalid");
+        assert_eq!(e.job(), Some("x"));
+        assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        assert!(ShardMessage::decode(b"{}").is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! Runs jetcron pieces in-process against a test server and observes what
+//! they publish.
+//!
+//! A "killed" scheduler or worker is its task aborted: its NATS connection
+//! drops and it never renews, acks or releases anything, as after SIGKILL.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use jetcron_scheduler::SchedulerConfig;
+use jetcron_shared::Names;
+use jetcron_shared::connect::ConnectArgs;
+use jetcron_shared::wire::{Event, RunResult, ShardMessage};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Installs a test log subscriber once (`RUST_LOG` to see it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn connect_args(url: &str) -> ConnectArgs {
+    ConnectArgs {
+        nats_url: url.to_string(),
+        ..ConnectArgs::default()
+    }
+}
+
+pub fn scheduler_config(url: &str, id: &str) -> SchedulerConfig {
+    SchedulerConfig {
+        connect: connect_args(url),
+        id: id.to_string(),
+        ..SchedulerConfig::default()
+    }
+}
+
+/// A task tree on a runtime of its own, so that killing it stops every
+/// task it spawned and drops its NATS connection, as a crashed process would.
+#[derive(Debug)]
+pub struct Isolated<T: Send + 'static> {
+    rt: Option<tokio::runtime::Runtime>,
+    token: CancellationToken,
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Isolated<T> {
+    pub fn spawn<F>(f: impl FnOnce(CancellationToken) -> F) -> Isolated<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let token = CancellationToken::new();
+        let handle = rt.spawn(f(token.clone()));
+        Isolated {
+            rt: Some(rt),
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// Crash: every task stops where it is; nothing is released or acked.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Graceful stop: cancels and waits (at most `limit`) for the result.
+    pub async fn stop(mut self, limit: Duration) -> T {
+        self.token.cancel();
+        let handle = self.handle.take().expect("handle");
+        let out = tokio::time::timeout(limit, handle)
+            .await
+            .unwrap_or_else(|_| panic!("did not stop within {limit:?}"))
+            .expect("task panicked");
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        out
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+}
+
+impl<T: Send + 'static> Drop for Isolated<T> {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A scheduler replica running in this process on its own runtime.
+#[derive(Debug)]
+pub struct Scheduler {
+    pub id: String,
+    inner: Isolated<Result<(), jetcron_scheduler::SchedulerError>>,
+}
+
+impl Scheduler {
+    pub fn start(url: &str, id: &str) -> Scheduler {
+        Scheduler::start_with(scheduler_config(url, id))
+    }
+
+    pub fn start_with(config: SchedulerConfig) -> Scheduler {
+        let id = config.id.clone();
+        let inner = Isolated::spawn(move |token| jetcron_scheduler::run(config, token));
+        Scheduler { id, inner }
+    }
+
+    /// Crash: no lease release, no goodbye.
+    pub fn kill(self) {
+        self.inner.kill();
+    }
+
+    /// Graceful stop; panics if it takes longer than 10 s or fails.
+    pub async fn stop(self) {
+        self.inner
+            .stop(Duration::from_secs(10))
+            .await
+            .expect("scheduler returned an error");
+    }
+}
+
+/// Collects every message on a subject, decoded, in arrival order.
+#[derive(Debug, Clone)]
+pub struct Collector<T> {
+    items: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T: Clone + Send + 'static> Collector<T> {
+    pub async fn subscribe(
+        client: &async_nats::Client,
+        subject: String,
+        decode: fn(&[u8]) -> Option<T>,
+    ) -> Collector<T> {
+        let mut sub = client.subscribe(subject).await.expect("subscribe");
+        client.flush().await.expect("flush");
+        let items = Arc::new(Mutex::new(Vec::new()));
+        let sink = items.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Some(item) = decode(&msg.payload) {
+                    sink.lock().unwrap().push(item);
+                }
+            }
+        });
+        Collector { items }
+    }
+
+    pub fn snapshot(&self) -> Vec<T> {
+        self.items.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the collected items; panics with `what`
+    /// and the items after `limit`.
+    pub async fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&[T]) -> bool) -> Vec<T>
+    where
+        T: std::fmt::Debug,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let items = self.snapshot();
+            if done(&items) {
+                return items;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {limit:?} waiting for {what}; collected: {items:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn results(client: &async_nats::Client, names: &Names) -> Collector<RunResult> {
+    Collector::subscribe(client, names.results_all(), |b| RunResult::decode(b).ok()).await
+}
+
+pub async fn events(client: &async_nats::Client, names: &Names) -> Collector<Event> {
+    Collector::subscribe(client, names.events_all(), |b| Event::decode(b).ok()).await
+}
+
+/// A shard message as stored in the work stream, with its headers.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub msg: ShardMessage,
+    pub msg_id: String,
+    pub epoch: u64,
+}
+
+/// Drains the work stream through a test consumer (only for tests without
+/// workers: a work-queue stream allows one consumer per subject).
+#[derive(Debug, Clone)]
+pub struct WorkTap {
+    items: Arc<Mutex<Vec<Stored>>>,
+}
+
+impl WorkTap {
+    pub async fn start(client: &async_nats::Client, names: &Names) -> WorkTap {
+        let js = jetstream::new(client.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let stream = loop {
+            match js.get_stream(names.work_stream()).await {
+                Ok(s) => break s,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("work stream never appeared: {e}"),
+            }
+        };
+        let consumer = stream
+            .get_or_create_consumer(
+                "test-tap",
+                pull::Config {
+                    durable_name: Some("test-tap".into()),
+                    filter_subject: names.work_all(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("tap consumer");
+        let items = Arc::new(Mutex::new(Vec::new()));
+        let sink = items.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut msgs) = consumer.messages().await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                while let Some(Ok(m)) = msgs.next().await {
+                    let header = |k: &str| {
+                        m.headers
+                            .as_ref()
+                            .and_then(|h| h.get(k))
+                            .map(|v| v.as_str().to_string())
+                            .unwrap_or_default()
+                    };
+                    if let Ok(msg) = ShardMessage::decode(&m.payload) {
+                        sink.lock().unwrap().push(Stored {
+                            msg,
+                            msg_id: header("Nats-Msg-Id"),
+                            epoch: header("Jetcron-Epoch").parse().unwrap_or(0),
+                        });
+                    }
+                    let _ = m.ack().await;
+                }
+            }
+        });
+        WorkTap { items }
+    }
+
+    pub fn snapshot(&self) -> Vec<Stored> {
+        self.items.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[Stored]) -> bool,
+    ) -> Vec<Stored> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let items = self.snapshot();
+            if done(&items) {
+                return items;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let ids: Vec<&str> = items.iter().map(|s| s.msg_id.as_str()).collect();
+                panic!("timed out after {limit:?} waiting for {what}; stored: {ids:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Puts raw bytes under a key of the jobs bucket, bypassing the API.
+pub async fn kv_put(client: &async_nats::Client, names: &Names, key: &str, value: &[u8]) -> u64 {
+    let js = jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let kv = loop {
+        match js.get_key_value(names.jobs_bucket()).await {
+            Ok(kv) => break kv,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("jobs bucket never appeared: {e}"),
+        }
+    };
+    kv.put(key, value.to_vec().into()).await.expect("kv put")
+}
+
+/// Waits until the control API answers (some scheduler replica is up).
+pub async fn api(client: &async_nats::Client, names: &Names) -> jetcron_shared::api::ApiClient {
+    let api = jetcron_shared::api::ApiClient::new(client.clone(), names.clone())
+        .with_timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match api.list().await {
+            Ok(_) => return api,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("control API never answered: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
