@@ -135,6 +135,47 @@ impl Scheduler {
     }
 }
 
+pub fn worker_config(url: &str, id: &str) -> jetcron_worker::WorkerConfig {
+    jetcron_worker::WorkerConfig {
+        connect: connect_args(url),
+        id: id.to_string(),
+        allow_shell: true,
+        ..jetcron_worker::WorkerConfig::default()
+    }
+}
+
+/// A worker running in this process on its own runtime.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: String,
+    inner: Isolated<Result<(), jetcron_worker::WorkerError>>,
+}
+
+impl Worker {
+    pub fn start(url: &str, id: &str) -> Worker {
+        Worker::start_with(worker_config(url, id))
+    }
+
+    pub fn start_with(config: jetcron_worker::WorkerConfig) -> Worker {
+        let id = config.id.clone();
+        let inner = Isolated::spawn(move |token| jetcron_worker::run(config, token));
+        Worker { id, inner }
+    }
+
+    /// Crash: runs in flight are abandoned, nothing is acked.
+    pub fn kill(self) {
+        self.inner.kill();
+    }
+
+    /// Graceful stop; panics if it takes longer than `limit` or fails.
+    pub async fn stop(self, limit: Duration) {
+        self.inner
+            .stop(limit)
+            .await
+            .expect("worker returned an error");
+    }
+}
+
 /// Collects every message on a subject, decoded, in arrival order.
 #[derive(Debug, Clone)]
 pub struct Collector<T> {
