@@ -17,7 +17,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "stopped; logs were in $run"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 130" INT TERM
 
 .tools/nats-server/bin/nats-server -a 127.0.0.1 -p "$port" -js -sd "$run/store" >"$run/nats.log" 2>&1 &
 pids+=($!)

@@ -18,7 +18,10 @@ use jetcron_shared::api::{
     ApiError, DeleteReply, ErrorCode, GetReply, IdRequest, JobSummary, ListReply, PutReply,
     encode_err, encode_ok, endpoint,
 };
+use jetcron_shared::wire::{Event, EventBody};
 use jetcron_shared::{Job, JobSpec, Names};
+
+use crate::events::Events;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -40,6 +43,7 @@ pub async fn spawn(
     client: async_nats::Client,
     names: &Names,
     jobs: kv::Store,
+    events: Events,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ServiceError> {
     let service = client
@@ -72,9 +76,10 @@ pub async fn spawn(
             };
             let Some((ep, req)) = next else { break };
             let jobs = jobs.clone();
+            let events = events.clone();
             tokio::spawn(async move {
                 let reply = match ep {
-                    Endpoint::Put => put(&jobs, &req.message.payload).await,
+                    Endpoint::Put => put(&jobs, &events, &req.message.payload).await,
                     Endpoint::Get => get(&jobs, &req.message.payload).await,
                     Endpoint::Delete => delete(&jobs, &req.message.payload).await,
                     Endpoint::List => list(&jobs).await,
@@ -118,9 +123,21 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("job '{id}' does not exist"))
 }
 
-async fn put(jobs: &kv::Store, body: &[u8]) -> Result<Bytes, ApiError> {
-    let job =
-        Job::decode(body, None).map_err(|e| ApiError::new(ErrorCode::InvalidJob, e.to_string()))?;
+async fn put(jobs: &kv::Store, events: &Events, body: &[u8]) -> Result<Bytes, ApiError> {
+    let job = match Job::decode(body, None) {
+        Ok(job) => job,
+        Err(e) => {
+            let id = claimed_id(body);
+            warn!(job = %id, error = %e, "refused an invalid job definition");
+            let event = Event::now(EventBody::Invalid {
+                job: id,
+                revision: 0,
+                error: e.to_string(),
+            });
+            events.publish(&event, None).await;
+            return Err(ApiError::new(ErrorCode::InvalidJob, e.to_string()));
+        }
+    };
     let spec = job.spec;
     let previous = jobs.entry(spec.id.as_str()).await.map_err(unavailable)?;
     let created = previous.is_none_or(|e| e.operation != Operation::Put);
@@ -135,6 +152,24 @@ async fn put(jobs: &kv::Store, body: &[u8]) -> Result<Bytes, ApiError> {
     }))
 }
 
+/// The id a refused definition claims, if it is usable in a subject;
+/// `_unknown` otherwise.
+fn claimed_id(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        .filter(|id| valid_id(id))
+        .unwrap_or_else(|| "_unknown".to_string())
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// Parses `{"id": "..."}` and checks the id is a possible job id.
 fn id_request(body: &[u8]) -> Result<String, ApiError> {
     let bad = |why: String| {
@@ -147,13 +182,7 @@ fn id_request(body: &[u8]) -> Result<String, ApiError> {
         return Err(bad("the body is empty".into()));
     }
     let req: IdRequest = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let valid = !req.id.is_empty()
-        && req.id.len() <= 128
-        && req
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !valid {
+    if !valid_id(&req.id) {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             format!(

@@ -117,7 +117,9 @@ impl Engine {
     fn wake_at(&self) -> Instant {
         let now = Instant::now();
         let mut at = now + MAX_SLEEP;
-        if self.epoch.is_some()
+        if self.epoch.is_some() && !self.unloaded.is_empty() {
+            at = now;
+        } else if self.epoch.is_some()
             && let Some(t) = self.timer.earliest()
         {
             let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -189,7 +191,10 @@ impl Engine {
                     self.states.insert(id.clone(), v);
                     self.plan(&id);
                 }
-                Err(e) => warn!(job = %id, error = %e, "cannot read fire state; will retry"),
+                Err(e) => {
+                    warn!(job = %id, error = %e, "cannot read fire state; will retry");
+                    self.hold_until = Some(Instant::now() + Duration::from_millis(500));
+                }
             }
         }
     }
@@ -229,11 +234,13 @@ impl Engine {
                     },
                 );
                 if self.epoch.is_some() {
-                    if !self.states.contains_key(&id) {
-                        self.unloaded.insert(id.clone());
-                        self.load_unloaded().await;
+                    if self.states.contains_key(&id) {
+                        self.plan(&id);
+                    } else {
+                        // Loaded in one batch by the next wake-up, so a burst
+                        // of new definitions costs one round of reads.
+                        self.unloaded.insert(id);
                     }
-                    self.plan(&id);
                 }
             }
             CatalogEvent::Remove { id } => {

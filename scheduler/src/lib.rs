@@ -76,7 +76,14 @@ pub async fn run(
     info!(id = %config.id, prefix = names.prefix(), lease_ttl = ?ttl, "scheduler starting");
 
     let events = events::Events::new(js.clone(), names.clone());
-    let api = api::spawn(client.clone(), &names, res.jobs.clone(), shutdown.clone()).await?;
+    let api = api::spawn(
+        client.clone(),
+        &names,
+        res.jobs.clone(),
+        events.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let (catalog_tx, catalog_rx) = mpsc::channel(4096);
     let catalog = tokio::spawn(catalog::watch(
         res.jobs.clone(),

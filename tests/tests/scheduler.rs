@@ -322,6 +322,21 @@ async fn bad_definitions_are_refused_or_reported_and_other_jobs_keep_firing() {
             .contains("schedule")
     );
     assert!(api.list().await.unwrap().jobs.is_empty());
+    // Each refusal is also reported as an event naming the job it claimed.
+    let refused = events
+        .wait_for("refusal events", Duration::from_secs(10), |e| {
+            e.iter().filter(|e| e.kind() == "invalid").count() >= 6
+        })
+        .await;
+    let first = refused.iter().find(|e| e.kind() == "invalid").unwrap();
+    match &first.body {
+        EventBody::Invalid { job, error, .. } => {
+            assert_eq!(job, "x");
+            assert!(error.starts_with("schedule: '61 * * * * *'"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let before = refused.iter().filter(|e| e.kind() == "invalid").count();
 
     // Straight into KV: reported, and the good job keeps firing.
     api.put_raw(job("good", "* * * * * *", 1)).await.unwrap();
@@ -335,8 +350,8 @@ async fn bad_definitions_are_refused_or_reported_and_other_jobs_keep_firing() {
     .await;
     let written = Utc::now();
     let evs = events
-        .wait_for("two invalid events", Duration::from_secs(10), |e| {
-            e.iter().filter(|e| e.kind() == "invalid").count() >= 2
+        .wait_for("two more invalid events", Duration::from_secs(10), |e| {
+            e.iter().filter(|e| e.kind() == "invalid").count() >= before + 2
         })
         .await;
     let invalid: Vec<(String, String)> = evs
@@ -542,4 +557,55 @@ async fn runs_on_a_three_node_cluster_with_replicated_resources() {
         .await;
     assert_unique_ids(&stored);
     a.stop().await;
+}
+
+/// A leader that published a fire but died before recording it: the next
+/// leader dispatches the same instant again, and the stream drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_dispatched_again_after_a_lost_state_write_is_stored_once() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let events = harness::events(&client, &names()).await;
+    let a = Scheduler::start(&server.url(), "a");
+    let api = harness::api(&client, &names()).await;
+    let tap = WorkTap::start(&client, &names()).await;
+    let at = (Utc::now() + chrono::Duration::seconds(2)).format("%Y-%m-%dT%H:%M:%SZ");
+    let put = api
+        .put_raw(
+            format!(r#"{{"id":"once","schedule":"@at {at}","shards":2,"run":{{"shell":"true"}}}}"#)
+                .into(),
+        )
+        .await
+        .unwrap();
+    let stored = tap
+        .wait_for("the fire", Duration::from_secs(15), |s| s.len() >= 2)
+        .await;
+    let instant = stored[0].msg.instant;
+    a.stop().await;
+
+    // Rewind the fire state to before the fire, as if the write was lost.
+    let js = async_nats::jetstream::new(client.clone());
+    let state = js.get_key_value(names().state_bucket()).await.unwrap();
+    let rewound =
+        serde_json::json!({"job_revision": put.revision, "next_instant": instant, "epoch": 0});
+    state.put("once", rewound.to_string().into()).await.unwrap();
+
+    let b = Scheduler::start(&server.url(), "b");
+    let fired = events
+        .wait_for("the second dispatch", Duration::from_secs(15), |e| {
+            e.iter().filter(|e| e.kind() == "fired").count() >= 2
+        })
+        .await;
+    assert!(
+        fired
+            .iter()
+            .filter(|e| e.kind() == "fired")
+            .all(|e| { matches!(&e.body, EventBody::Fired { instant: i, .. } if *i == instant) })
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = tap.snapshot();
+    assert_eq!(stored.len(), 2, "each shard stored once");
+    assert_unique_ids(&stored);
+    b.stop().await;
 }

@@ -1,0 +1,684 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The worker against a real nats-server: shard messages are published into
+//! the work stream by the test (no scheduler runs here), results and events
+//! are watched on `jetcron.results.>` and `jetcron.events.>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use jetcron_shared::connect::ConnectArgs;
+use jetcron_shared::setup::{self, SetupOptions};
+use jetcron_shared::wire::{Cause, Event, EventBody, RunResult, RunStatus, ShardMessage};
+use jetcron_shared::{Job, Names};
+use jetcron_tests::NatsServer;
+use jetcron_worker::{WorkerConfig, WorkerError};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for anything a test expects; the machine is shared and slow.
+const LIMIT: Duration = Duration::from_secs(45);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,jetcron_worker=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One server with the jetcron resources, and a client of the test's own.
+struct Env {
+    server: NatsServer,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    names: Names,
+}
+
+impl Env {
+    async fn start() -> Env {
+        init_tracing();
+        let server = NatsServer::start().await;
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        let names = Names::default();
+        setup::ensure(&js, &names, &SetupOptions::default())
+            .await
+            .unwrap();
+        Env {
+            server,
+            js,
+            client,
+            names,
+        }
+    }
+
+    /// A fresh client, e.g. after a server restart.
+    async fn reconnect(&mut self) {
+        self.client = self.server.client().await;
+        self.js = jetstream::new(self.client.clone());
+    }
+
+    fn config(&self, id: &str) -> WorkerConfig {
+        WorkerConfig {
+            connect: ConnectArgs {
+                nats_url: self.server.url(),
+                ..ConnectArgs::default()
+            },
+            group: "default".into(),
+            concurrency: 2,
+            allow_shell: true,
+            id: id.into(),
+            ack_wait: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            max_output: 64 * 1024,
+            kill_grace: Duration::from_secs(1),
+            replicas: 1,
+        }
+    }
+
+    async fn watch(&self) -> Watch {
+        let results = self
+            .client
+            .subscribe(self.names.results_all())
+            .await
+            .unwrap();
+        let events = self
+            .client
+            .subscribe(self.names.events_all())
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        Watch { results, events }
+    }
+
+    /// Publishes every shard of one fire of `job` into the work stream.
+    async fn dispatch(&self, job: &Job, instant: DateTime<Utc>) -> Vec<ShardMessage> {
+        let mut sent = Vec::new();
+        for shard in 0..job.shard_count() {
+            let msg = ShardMessage::new(job, instant, shard, 7, Cause::Schedule);
+            self.publish(
+                self.names.work_subject(&msg.group, &msg.job),
+                msg.headers(),
+                msg.encode(),
+            )
+            .await;
+            sent.push(msg);
+        }
+        sent
+    }
+
+    async fn publish(&self, subject: String, headers: async_nats::HeaderMap, body: Vec<u8>) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let tried = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
+                    .await?
+                    .await
+                    .map_err(async_nats::Error::from)
+            };
+            match timeout(Duration::from_secs(10), tried).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => assert!(Instant::now() < deadline, "cannot publish: {e}"),
+                Err(_) => assert!(Instant::now() < deadline, "cannot publish: timed out"),
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `n` pull requests wait at the group's consumer: the
+    /// workers are ready.
+    async fn wait_pulling(&self, n: usize) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let waiting = async {
+                let stream = self.js.get_stream(self.names.work_stream()).await.ok()?;
+                let mut consumer: jetstream::consumer::PullConsumer = stream
+                    .get_consumer(&self.names.work_consumer("default"))
+                    .await
+                    .ok()?;
+                Some(consumer.info().await.ok()?.num_waiting)
+            };
+            if let Ok(Some(w)) = timeout(Duration::from_secs(5), waiting).await
+                && w >= n
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} workers are not pulling");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages left in the work stream.
+    async fn work_left(&self) -> u64 {
+        let mut stream = self.js.get_stream(self.names.work_stream()).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    async fn wait_work_empty(&self) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = self.work_left().await;
+            if left == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} messages left in the work stream"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+struct Watch {
+    results: async_nats::Subscriber,
+    events: async_nats::Subscriber,
+}
+
+impl Watch {
+    async fn result(&mut self) -> RunResult {
+        let msg = timeout(LIMIT, self.results.next())
+            .await
+            .expect("no result in time")
+            .expect("results subscription ended");
+        RunResult::decode(&msg.payload).unwrap()
+    }
+
+    async fn results(&mut self, n: usize) -> Vec<RunResult> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.result().await);
+        }
+        out
+    }
+
+    /// Fails if a result arrives within `quiet`.
+    async fn no_more_results(&mut self, quiet: Duration) {
+        if let Ok(Some(msg)) = timeout(quiet, self.results.next()).await {
+            panic!(
+                "unexpected result: {:?}",
+                RunResult::decode(&msg.payload).unwrap()
+            );
+        }
+    }
+
+    /// The next `dead` event (other kinds are skipped).
+    async fn dead(&mut self) -> Event {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let msg = timeout(deadline - Instant::now(), self.events.next())
+                .await
+                .expect("no dead event in time")
+                .expect("events subscription ended");
+            let event = Event::decode(&msg.payload).unwrap();
+            if event.kind() == "dead" {
+                assert_eq!(
+                    msg.subject.as_str(),
+                    format!("jetcron.events.dead.{}", event.job().unwrap())
+                );
+                return event;
+            }
+        }
+    }
+}
+
+type Running = (JoinHandle<Result<(), WorkerError>>, CancellationToken);
+
+fn start_worker(config: WorkerConfig) -> Running {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(jetcron_worker::run(config, token.clone()));
+    (handle, token)
+}
+
+async fn stop_worker((handle, token): Running) {
+    token.cancel();
+    timeout(LIMIT, handle)
+        .await
+        .expect("worker did not stop in time")
+        .unwrap()
+        .unwrap();
+}
+
+fn job(def: serde_json::Value) -> Job {
+    Job::decode(&serde_json::to_vec(&def).unwrap(), None).unwrap()
+}
+
+/// An instant with millisecond precision, as the wire keeps it.
+fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
+}
+
+async fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a live (not zombie) process of group `pgid` exists.
+fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_runs_and_reports_success_with_its_environment() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    let script = r#"echo "$JETCRON_JOB|$JETCRON_INSTANT|$JETCRON_SHARD|$JETCRON_SHARDS|$JETCRON_SHARD_PARAM|$JETCRON_ATTEMPT|$JETCRON_RUN_ID|$JETCRON_PAYLOAD""#;
+    let job = job(json!({
+        "id": "hello",
+        "schedule": "@every 1h",
+        "shards": ["beijing", "tianjin"],
+        "run": {"shell": script},
+        "payload": {"k": 1},
+    }));
+    let instant = now_ms();
+    env.dispatch(&job, instant).await;
+
+    let mut results = watch.results(2).await;
+    results.sort_by_key(|r| r.shard);
+    let at = instant.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    for (r, param) in results.iter().zip(["beijing", "tianjin"]) {
+        assert_eq!(r.job, "hello");
+        assert_eq!(r.instant, instant);
+        assert_eq!(r.shards, 2);
+        assert_eq!(r.attempt, 1);
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        assert_eq!(r.worker, "w1");
+        assert_eq!(r.exit_code, Some(0));
+        assert_eq!(r.epoch, 7);
+        assert!(!r.will_retry);
+        assert_eq!(r.error, None);
+        assert!(!r.output_truncated);
+        assert!(r.started_at <= r.finished_at);
+        assert_eq!(
+            r.output,
+            format!(
+                "hello|{at}|{}|2|{param}|1|{}|{{\"k\":1}}\n",
+                r.shard, r.run_id
+            )
+        );
+    }
+    assert_eq!(results[0].shard, 0);
+    assert_eq!(results[1].shard, 1);
+    assert_ne!(results[0].run_id, results[1].run_id);
+    env.wait_work_empty().await;
+    // Each result is stored in the results stream once.
+    let mut stored = env.js.get_stream(env.names.results_stream()).await.unwrap();
+    assert_eq!(stored.info().await.unwrap().state.messages, 2);
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_job_fails_clearly_on_a_worker_without_allow_shell() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let mut config = env.config("locked");
+    config.allow_shell = false;
+    let worker = start_worker(config);
+    let job = job(json!({"id": "sh", "schedule": "@every 1h", "run": {"shell": "echo hi"}}));
+    env.dispatch(&job, now_ms()).await;
+
+    let r = watch.result().await;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(
+        r.error.as_deref(),
+        Some("shell jobs are disabled on worker locked; start it with --allow-shell")
+    );
+    assert_eq!(r.exit_code, None);
+    assert_eq!(r.output, "");
+    assert_eq!(r.attempt, 1);
+    assert!(!r.will_retry);
+    let EventBody::Dead {
+        attempts, error, ..
+    } = watch.dead().await.body
+    else {
+        unreachable!()
+    };
+    assert_eq!(attempts, 1);
+    assert_eq!(error, r.error);
+    env.wait_work_empty().await;
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_its_timeout_ends_timed_out() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    let job = job(json!({
+        "id": "slow",
+        "schedule": "@every 1h",
+        "run": {"shell": "echo begun; sleep 30"},
+        "timeout": "1s",
+    }));
+    env.dispatch(&job, now_ms()).await;
+
+    let r = watch.result().await;
+    assert_eq!(r.status, RunStatus::TimedOut, "{r:?}");
+    assert_eq!(r.exit_code, None);
+    assert_eq!(r.output, "begun\n");
+    let took = (r.finished_at - r.started_at).to_std().unwrap();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+    let EventBody::Dead { status, .. } = watch.dead().await.body else {
+        unreachable!()
+    };
+    assert_eq!(status, RunStatus::TimedOut);
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shard_is_retried_with_backoff_then_dead() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    let job = job(json!({
+        "id": "flaky",
+        "schedule": "@every 1h",
+        "run": {"shell": "echo try $JETCRON_ATTEMPT; exit 3"},
+        "retry": {"max_attempts": 3, "backoff": ["200ms"]},
+    }));
+    let instant = now_ms();
+    env.dispatch(&job, instant).await;
+
+    let results = watch.results(3).await;
+    for (i, r) in results.iter().enumerate() {
+        let attempt = i as u32 + 1;
+        assert_eq!(r.attempt, attempt, "{results:?}");
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(r.exit_code, Some(3));
+        assert_eq!(r.output, format!("try {attempt}\n"));
+        assert_eq!(r.will_retry, attempt < 3);
+    }
+    for pair in results.windows(2) {
+        let gap = (pair[1].started_at - pair[0].finished_at).to_std().unwrap();
+        assert!(gap >= Duration::from_millis(150), "retried after {gap:?}");
+    }
+    let event = watch.dead().await;
+    let EventBody::Dead {
+        job,
+        instant: dead_instant,
+        shard,
+        attempts,
+        status,
+        run_id,
+        worker: by,
+        ..
+    } = event.body
+    else {
+        unreachable!()
+    };
+    assert_eq!((job.as_str(), dead_instant, shard), ("flaky", instant, 0));
+    assert_eq!((attempts, status), (3, RunStatus::Failed));
+    assert_eq!(run_id, results[2].run_id);
+    assert_eq!(by, "w1");
+    env.wait_work_empty().await;
+    watch.no_more_results(Duration::from_secs(1)).await;
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_worker_was_killed_completes_on_another_worker() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pgid_file = dir.path().join("pgid");
+    let mut config = env.config("doomed");
+    config.ack_wait = Duration::from_secs(2);
+    let doomed = start_worker(config.clone());
+    let job = job(json!({
+        "id": "long",
+        "schedule": "@every 1h",
+        "run": {"shell": format!("echo $$ > {}; sleep 3; echo done", pgid_file.display())},
+    }));
+    env.dispatch(&job, now_ms()).await;
+
+    let pgid: i32 = wait_for_file(&pgid_file).await.trim().parse().unwrap();
+    std::fs::remove_file(&pgid_file).unwrap();
+    doomed.0.abort();
+    assert!(doomed.0.await.unwrap_err().is_cancelled());
+    // Its process group went with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while group_alive(pgid) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker's run is still alive"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+
+    config.id = "heir".into();
+    let heir = start_worker(config);
+    let r = watch.result().await;
+    assert_eq!(r.worker, "heir");
+    assert_eq!(r.attempt, 2);
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.output, "done\n");
+    env.wait_work_empty().await;
+    watch.no_more_results(Duration::from_secs(2)).await;
+    stop_worker(heir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_waits_for_the_run_and_reports_it() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let (handle, token) = start_worker(env.config("w1"));
+    let job = job(json!({
+        "id": "finishing",
+        "schedule": "@every 1h",
+        "run": {"shell": format!("echo yes > {}; sleep 2; echo finished", started.display())},
+    }));
+    env.dispatch(&job, now_ms()).await;
+    wait_for_file(&started).await;
+
+    let asked = Instant::now();
+    token.cancel();
+    timeout(LIMIT, handle).await.unwrap().unwrap().unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "returned before the run ended"
+    );
+
+    // Stored and acked before `run` returned.
+    let results = env.js.get_stream(env.names.results_stream()).await.unwrap();
+    let last = results
+        .get_last_raw_message_by_subject(&env.names.results_subject("finishing"))
+        .await
+        .unwrap();
+    let r = RunResult::decode(&last.payload).unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(r.output, "finished\n");
+    assert_eq!(env.work_left().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_hands_the_shard_back_at_once() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let mut config = env.config("leaving");
+    config.shutdown_grace = Duration::from_secs(1);
+    let (handle, token) = start_worker(config.clone());
+    let script = format!(
+        r#"if [ "$JETCRON_ATTEMPT" = 1 ]; then echo yes > {}; sleep 60; fi; echo attempt $JETCRON_ATTEMPT"#,
+        started.display()
+    );
+    let job = job(json!({"id": "handed", "schedule": "@every 1h", "run": {"shell": script}}));
+    env.dispatch(&job, now_ms()).await;
+    wait_for_file(&started).await;
+
+    token.cancel();
+    timeout(Duration::from_secs(20), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let returned = Instant::now();
+    config.id = "staying".into();
+    let staying = start_worker(config);
+    let r = watch.result().await;
+    // Naked without delay, not left to the 15 s ack wait.
+    assert!(
+        returned.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        returned.elapsed()
+    );
+    assert_eq!(r.worker, "staying");
+    assert_eq!(r.attempt, 2);
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(r.output, "attempt 2\n");
+    stop_worker(staying).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_shards_and_each_runs_once() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let a = start_worker(env.config("a"));
+    let b = start_worker(env.config("b"));
+    env.wait_pulling(2).await;
+    let job = job(json!({
+        "id": "fanout",
+        "schedule": "@every 1h",
+        "shards": 8,
+        "run": {"shell": "sleep 1; echo $JETCRON_SHARD"},
+    }));
+    env.dispatch(&job, now_ms()).await;
+
+    let results = watch.results(8).await;
+    let shards: BTreeSet<u32> = results.iter().map(|r| r.shard).collect();
+    assert_eq!(shards, (0..8).collect(), "{results:?}");
+    let mut per_worker: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
+    for r in &results {
+        assert_eq!(r.status, RunStatus::Succeeded);
+        assert_eq!(r.attempt, 1);
+        assert_eq!(r.output, format!("{}\n", r.shard));
+        per_worker.entry(&r.worker).or_default().push(r);
+    }
+    assert_eq!(
+        per_worker.keys().copied().collect::<Vec<_>>(),
+        ["a", "b"],
+        "both workers run shards"
+    );
+    // No worker ever ran more than its 2 slots at once.
+    for (worker, runs) in &per_worker {
+        for r in runs {
+            let at_once = runs
+                .iter()
+                .filter(|o| o.started_at <= r.started_at && r.started_at < o.finished_at)
+                .count();
+            assert!(at_once <= 2, "{worker} ran {at_once} at once");
+        }
+    }
+    env.wait_work_empty().await;
+    watch.no_more_results(Duration::from_secs(2)).await;
+    stop_worker(a).await;
+    stop_worker(b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_terminated_and_the_worker_carries_on() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, "junk-1");
+    env.publish(
+        env.names.work_subject("default", "junk"),
+        headers,
+        b"{not json".to_vec(),
+    )
+    .await;
+    let job = job(json!({"id": "fine", "schedule": "@every 1h", "run": {"shell": "echo ok"}}));
+    env.dispatch(&job, now_ms()).await;
+
+    let r = watch.result().await;
+    assert_eq!((r.job.as_str(), r.status), ("fine", RunStatus::Succeeded));
+    env.wait_work_empty().await;
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_carries_on_after_a_server_restart() {
+    let mut env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    let before =
+        job(json!({"id": "before", "schedule": "@every 1h", "run": {"shell": "echo before"}}));
+    env.dispatch(&before, now_ms()).await;
+    assert_eq!(watch.result().await.output, "before\n");
+
+    env.server.stop().await;
+    env.server.restart().await;
+    env.reconnect().await;
+    let mut watch = env.watch().await;
+    let after =
+        job(json!({"id": "after", "schedule": "@every 1h", "run": {"shell": "echo after"}}));
+    env.dispatch(&after, now_ms()).await;
+    let r = watch.result().await;
+    assert_eq!((r.job.as_str(), r.status), ("after", RunStatus::Succeeded));
+    assert_eq!(r.output, "after\n");
+    env.wait_work_empty().await;
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_carries_on_after_a_server_crash_and_downtime() {
+    let mut env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    env.wait_pulling(1).await;
+
+    // No goodbye from the server: the pending pull request just vanishes.
+    env.server.kill().await;
+    sleep(Duration::from_secs(3)).await;
+    env.server.restart().await;
+    env.reconnect().await;
+    watch.results = env.client.subscribe(env.names.results_all()).await.unwrap();
+    env.client.flush().await.unwrap();
+    let after =
+        job(json!({"id": "after", "schedule": "@every 1h", "run": {"shell": "echo after"}}));
+    env.dispatch(&after, now_ms()).await;
+    let r = watch.result().await;
+    assert_eq!((r.job.as_str(), r.status), ("after", RunStatus::Succeeded));
+    env.wait_work_empty().await;
+    stop_worker(worker).await;
+}

@@ -1,0 +1,370 @@
+//! One delivery of one shard message: decode it, run it, report it, then
+//! settle it with the server.
+//!
+//! # Attempts
+//!
+//! The attempt number is the server's delivery count of the message
+//! (1-based). Every delivery runs, whatever its number: an attempt lost
+//! because its worker died (or handed back at shutdown) is redelivered by
+//! the server and runs again, and it counts. So a shard whose worker was
+//! killed completes on another worker as attempt 2, even when the job allows
+//! one attempt; and a failure at or past `retry.max_attempts` is the last.
+//!
+//! # Report, then ack
+//!
+//! The result is stored on the results stream before the message is
+//! settled. If the result cannot be stored, the message is left unacked and
+//! comes back after the ack wait: a shard is never settled without a trace.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::{SecondsFormat, Utc};
+use jetcron_shared::job::{RetryPolicy, Run};
+use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, interval_at, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::execute::{Ended, Outcome, ShellCommand, execute};
+use crate::report::{Reporter, dead_msg_id};
+
+/// Tries to settle a message before leaving it to the ack wait.
+const SETTLE_TRIES: u32 = 3;
+/// Longest a progress ack may take to be handed to the client.
+const PROGRESS_SEND_LIMIT: Duration = Duration::from_secs(1);
+
+/// What every attempt of one worker shares.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: String,
+    pub allow_shell: bool,
+    pub max_output: usize,
+    pub kill_grace: Duration,
+    /// A third of the consumer's ack wait.
+    pub progress_every: Duration,
+    pub reporter: Reporter,
+}
+
+/// Where a delivery stands, each with the one ack it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Still running: keep the message (`+WPI`).
+    Running,
+    /// Succeeded: done (`+ACK`).
+    Succeeded,
+    /// Failed before its last attempt: deliver again after the delay (`-NAK {delay}`).
+    Retry(Duration),
+    /// Failed its last attempt, dead event published: never again (`+TERM`).
+    Dead,
+    /// Not a shard message: running it again cannot help (`+TERM`).
+    Malformed,
+    /// Killed at shutdown: deliver again now, to another worker (`-NAK`).
+    HandedBack,
+}
+
+impl Settle {
+    pub fn ack_kind(self) -> AckKind {
+        match self {
+            Settle::Running => AckKind::Progress,
+            Settle::Succeeded => AckKind::Ack,
+            Settle::Retry(delay) => AckKind::Nak(Some(delay)),
+            Settle::Dead | Settle::Malformed => AckKind::Term,
+            Settle::HandedBack => AckKind::Nak(None),
+        }
+    }
+
+    /// How an attempt that ran to its end settles (see the module doc on attempts).
+    pub fn after(status: RunStatus, attempt: u32, retry: &RetryPolicy) -> Settle {
+        match status {
+            RunStatus::Succeeded => Settle::Succeeded,
+            RunStatus::Failed | RunStatus::TimedOut if attempt < retry.max_attempts => {
+                Settle::Retry(retry.delay_after(attempt))
+            }
+            RunStatus::Failed | RunStatus::TimedOut => Settle::Dead,
+        }
+    }
+}
+
+/// Handles one delivered message; `_slot` is the run slot it occupies.
+pub async fn handle(
+    worker: Arc<Worker>,
+    message: jetstream::Message,
+    hand_back: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let attempt = match message.info() {
+        Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+        Err(e) => {
+            error!(subject = %message.subject, error = %e, "not a JetStream delivery; ignored");
+            return;
+        }
+    };
+    let shard = match ShardMessage::decode(&message.payload) {
+        Ok(shard) => shard,
+        Err(e) => {
+            error!(subject = %message.subject, attempt, error = %e, "malformed shard message; terminating it");
+            settle(&message, Settle::Malformed).await;
+            return;
+        }
+    };
+    let span = info_span!(
+        "run",
+        job = %shard.job,
+        instant = %shard.instant,
+        shard = shard.shard,
+        attempt,
+    );
+    async {
+        let work = run_and_report(&worker, &shard, attempt, &hand_back);
+        match with_progress(&message, worker.progress_every, work).await {
+            Some(how) => settle(&message, how).await,
+            None => warn!("result not stored; the shard comes back after the ack wait"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the shard and stores its result; `None` when the result could not
+/// be stored and the message must stay unacked.
+async fn run_and_report(
+    worker: &Worker,
+    shard: &ShardMessage,
+    attempt: u32,
+    hand_back: &CancellationToken,
+) -> Option<Settle> {
+    let run_id = nuid::next().to_string();
+    let started_at = Utc::now();
+    info!(run_id, "run started");
+    let outcome = match &shard.run {
+        Run::Shell(script) if worker.allow_shell => {
+            let cmd = ShellCommand {
+                script: script.clone(),
+                env: shell_env(shard, attempt, &run_id),
+                timeout: shard.timeout(),
+                kill_grace: worker.kill_grace,
+                max_output: worker.max_output,
+            };
+            match execute(&cmd, hand_back).await {
+                Ended::Finished(outcome) => outcome,
+                Ended::Cancelled => {
+                    warn!("killed at shutdown; handing the shard back");
+                    return Some(Settle::HandedBack);
+                }
+            }
+        }
+        Run::Shell(_) => Outcome::refused(format!(
+            "shell jobs are disabled on worker {}; start it with --allow-shell",
+            worker.id
+        )),
+    };
+    let how = Settle::after(outcome.status, attempt, &shard.retry);
+    let result = RunResult {
+        job: shard.job.clone(),
+        instant: shard.instant,
+        shard: shard.shard,
+        shards: shard.shards,
+        attempt,
+        run_id,
+        status: outcome.status,
+        worker: worker.id.clone(),
+        started_at,
+        finished_at: Utc::now(),
+        exit_code: outcome.exit_code,
+        output: outcome.output,
+        output_truncated: outcome.output_truncated,
+        error: outcome.error,
+        will_retry: matches!(how, Settle::Retry(_)),
+        epoch: shard.epoch,
+    };
+    info!(
+        status = result.status.as_str(),
+        exit_code = ?result.exit_code,
+        error = result.error.as_deref(),
+        will_retry = result.will_retry,
+        "run finished"
+    );
+    if let Err(e) = worker.reporter.result(&result, hand_back).await {
+        error!(error = %e, "cannot store the result");
+        return None;
+    }
+    if how == Settle::Dead {
+        let event = Event::now(EventBody::Dead {
+            job: result.job.clone(),
+            instant: result.instant,
+            shard: result.shard,
+            attempts: attempt,
+            status: result.status,
+            run_id: result.run_id.clone(),
+            worker: result.worker.clone(),
+            error: result.error.clone(),
+        });
+        let id = dead_msg_id(&result.job, result.instant, result.shard);
+        if let Err(e) = worker.reporter.dead(&event, id, hand_back).await {
+            error!(error = %e, "cannot store the dead event");
+            return None;
+        }
+        warn!(
+            attempts = attempt,
+            "shard is dead: it failed its last attempt"
+        );
+    }
+    Some(how)
+}
+
+/// What a shell command sees besides the worker's own environment.
+fn shell_env(shard: &ShardMessage, attempt: u32, run_id: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("JETCRON_JOB".to_string(), shard.job.clone()),
+        (
+            "JETCRON_INSTANT".to_string(),
+            shard.instant.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        ),
+        ("JETCRON_SHARD".to_string(), shard.shard.to_string()),
+        ("JETCRON_SHARDS".to_string(), shard.shards.to_string()),
+        (
+            "JETCRON_SHARD_PARAM".to_string(),
+            shard.param.clone().unwrap_or_default(),
+        ),
+        ("JETCRON_ATTEMPT".to_string(), attempt.to_string()),
+        ("JETCRON_RUN_ID".to_string(), run_id.to_string()),
+    ];
+    if let Some(payload) = &shard.payload {
+        env.push(("JETCRON_PAYLOAD".to_string(), payload.to_string()));
+    }
+    env
+}
+
+/// Drives `work` while acking progress every `every`, so that the server
+/// does not redeliver a message whose run is merely long.
+async fn with_progress<T>(
+    message: &jetstream::Message,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut ticks = interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => {
+                match timeout(PROGRESS_SEND_LIMIT, message.ack_with(Settle::Running.ack_kind())).await {
+                    Ok(Ok(())) => debug!("progress acked"),
+                    Ok(Err(e)) => warn!(error = %e, "cannot ack progress"),
+                    Err(_) => warn!("cannot ack progress: the client is stuck"),
+                }
+            }
+        }
+    }
+}
+
+/// Sends the final ack and waits for the server to confirm it.
+async fn settle(message: &jetstream::Message, how: Settle) {
+    let mut backoff = Backoff::default();
+    for tries in 1..=SETTLE_TRIES {
+        match message.double_ack_with(how.ack_kind()).await {
+            Ok(()) => {
+                debug!(?how, "settled");
+                return;
+            }
+            Err(e) if tries < SETTLE_TRIES => {
+                warn!(?how, error = %e, "settling failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => error!(
+                ?how,
+                error = %e,
+                "cannot settle; the shard comes back after the ack wait"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chrono::TimeZone;
+    use jetcron_shared::wire::Cause;
+
+    fn ack_bytes(how: Settle) -> Bytes {
+        how.ack_kind().into()
+    }
+
+    #[test]
+    fn every_ending_maps_to_one_ack() {
+        assert_eq!(ack_bytes(Settle::Running), "+WPI");
+        assert_eq!(ack_bytes(Settle::Succeeded), "+ACK");
+        assert_eq!(
+            ack_bytes(Settle::Retry(Duration::from_millis(200))),
+            "-NAK {\"delay\":200000000}"
+        );
+        assert_eq!(ack_bytes(Settle::Dead), "+TERM");
+        assert_eq!(ack_bytes(Settle::Malformed), "+TERM");
+        assert_eq!(ack_bytes(Settle::HandedBack), "-NAK");
+    }
+
+    #[test]
+    fn failures_retry_until_the_last_attempt() {
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
+        };
+        let after = |status, attempt| Settle::after(status, attempt, &retry);
+        assert_eq!(after(RunStatus::Succeeded, 1), Settle::Succeeded);
+        assert_eq!(after(RunStatus::Succeeded, 9), Settle::Succeeded);
+        assert_eq!(
+            after(RunStatus::Failed, 1),
+            Settle::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            after(RunStatus::TimedOut, 2),
+            Settle::Retry(Duration::from_secs(5))
+        );
+        assert_eq!(after(RunStatus::Failed, 3), Settle::Dead);
+        assert_eq!(after(RunStatus::TimedOut, 3), Settle::Dead);
+        // A delivery past the limit (its worker died before) still settles.
+        assert_eq!(after(RunStatus::Failed, 4), Settle::Dead);
+    }
+
+    #[test]
+    fn a_single_attempt_job_is_dead_after_one_failure() {
+        let retry = RetryPolicy::default();
+        assert_eq!(Settle::after(RunStatus::Failed, 1, &retry), Settle::Dead);
+    }
+
+    #[test]
+    fn the_command_sees_the_shard() {
+        let job = jetcron_shared::Job::decode(
+            br#"{"id":"sync","schedule":"@every 1h","shards":["a","b"],"run":{"shell":"true"},"payload":{"k":1}}"#,
+            None,
+        )
+        .unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let shard = ShardMessage::new(&job, at, 1, 7, Cause::Schedule);
+        let env: std::collections::HashMap<_, _> =
+            shell_env(&shard, 2, "RUN1").into_iter().collect();
+        assert_eq!(env["JETCRON_JOB"], "sync");
+        assert_eq!(env["JETCRON_INSTANT"], "2026-01-02T03:04:05Z");
+        assert_eq!(env["JETCRON_SHARD"], "1");
+        assert_eq!(env["JETCRON_SHARDS"], "2");
+        assert_eq!(env["JETCRON_SHARD_PARAM"], "b");
+        assert_eq!(env["JETCRON_ATTEMPT"], "2");
+        assert_eq!(env["JETCRON_RUN_ID"], "RUN1");
+        assert_eq!(env["JETCRON_PAYLOAD"], r#"{"k":1}"#);
+
+        let mut bare = shard.clone();
+        bare.param = None;
+        bare.payload = None;
+        let env: std::collections::HashMap<_, _> =
+            shell_env(&bare, 1, "RUN2").into_iter().collect();
+        assert_eq!(env["JETCRON_SHARD_PARAM"], "");
+        assert!(!env.contains_key("JETCRON_PAYLOAD"));
+    }
+}

@@ -1,0 +1,146 @@
+//! The jetcron worker: pulls shard messages of its group, runs them, and
+//! publishes their results.
+//!
+//! - [`config`]: [`WorkerConfig`], the settings with their defaults.
+//! - [`consume`]: the group's durable consumer and the pull loop, which
+//!   pulls no more messages than there are free run slots.
+//! - [`attempt`]: one delivery: decode, run, report, settle (ack, nak with
+//!   delay, term; progress while running), and the rule for attempt numbers.
+//! - [`execute`]: the shell executor: process group, timeout, bounded output.
+//! - [`output`]: the bounded tail of a run's output.
+//! - [`report`]: publishes results and `dead` events through JetStream.
+//! - [`shutdown`]: stop pulling, let runs finish, hand back the rest.
+//! - [`backoff`]: pauses between retries against the server.
+//! - [`error`]: why a worker could not start.
+//!
+//! A shard message travels: work stream `jetcron.work.<group>.<job>` ->
+//! [`consume`] pulls it into a free slot -> [`attempt`] decodes it and runs
+//! it with [`execute`] (acking progress meanwhile) -> [`report`] stores the
+//! `RunResult` on `jetcron.results.<job>` (and a `dead` event after the last
+//! failed attempt) -> [`attempt`] settles the message: ack, nak with the retry
+//! delay, or term.
+
+pub mod attempt;
+pub mod backoff;
+pub mod config;
+pub mod consume;
+pub mod error;
+pub mod execute;
+pub mod output;
+pub mod report;
+pub mod shutdown;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use jetcron_shared::connect::Patience;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use config::WorkerConfig;
+pub use error::WorkerError;
+
+use crate::attempt::Worker;
+use crate::consume::{Puller, Source, log_task_end, reap};
+use crate::report::Reporter;
+use crate::shutdown::{Drained, Shutdown};
+
+/// How long the last acks and naks may take to leave at exit.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs a worker until `shutdown` is cancelled, then stops pulling, lets the
+/// runs in flight finish within `config.shutdown_grace`, hands back what
+/// still runs, and returns `Ok(())`.
+///
+/// Fails only at start, on a setting it cannot run with. A server that is
+/// not there yet, or goes away later, is waited for.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    config.validate()?;
+    let names = config.connect.names()?;
+    let client = config
+        .connect
+        .connect(
+            &format!("jetcron-worker {}", config.id),
+            Patience::WaitForServer,
+        )
+        .await?;
+    let js = jetstream::new(client.clone());
+    let shutdown = Shutdown::new(shutdown, config.shutdown_grace);
+    info!(
+        id = config.id,
+        group = config.group,
+        concurrency = config.concurrency,
+        allow_shell = config.allow_shell,
+        "worker starting"
+    );
+
+    let source = Source::new(
+        js.clone(),
+        names.clone(),
+        config.group.clone(),
+        config.ack_wait,
+        config.replicas,
+    );
+    let Some(consumer) = source.start(&shutdown).await else {
+        info!("stopped before the consumer was ready");
+        return Ok(());
+    };
+    // Progress must beat the ack wait the server enforces, which is the
+    // existing consumer's when it was not created by this worker.
+    let server_ack_wait = consumer.cached_info().config.ack_wait;
+    let ack_wait = if server_ack_wait.is_zero() {
+        config.ack_wait
+    } else {
+        server_ack_wait.min(config.ack_wait)
+    };
+    let worker = Arc::new(Worker {
+        id: config.id.clone(),
+        allow_shell: config.allow_shell,
+        max_output: config.max_output,
+        kill_grace: config.kill_grace,
+        progress_every: ack_wait / 3,
+        reporter: Reporter::new(js.clone(), names.clone()),
+    });
+    info!(consumer = names.work_consumer(&config.group), "pulling");
+
+    let puller = Puller {
+        source,
+        worker,
+        slots: Arc::new(Semaphore::new(config.concurrency)),
+        shutdown: shutdown.clone(),
+        stats: client.statistics(),
+    };
+    let mut tasks = JoinSet::new();
+    puller.run(consumer, &mut tasks).await;
+    reap(&mut tasks);
+
+    info!(in_flight = tasks.len(), grace = ?config.shutdown_grace, "stopped pulling");
+    let drained = shutdown
+        .drain(async {
+            while let Some(done) = tasks.join_next().await {
+                log_task_end(done);
+            }
+        })
+        .await;
+    match drained {
+        Drained::Finished => info!("runs in flight finished"),
+        Drained::HandedBack => warn!("grace over: runs still going were killed and handed back"),
+        Drained::Abandoned => {
+            error!("runs did not hand back in time; their shards come back after the ack wait")
+        }
+    }
+    tasks.abort_all();
+    while let Some(done) = tasks.join_next().await {
+        log_task_end(done);
+    }
+    match tokio::time::timeout(FLUSH_LIMIT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot flush the last acks"),
+        Err(_) => warn!("cannot flush the last acks: timed out"),
+    }
+    info!("worker stopped");
+    Ok(())
+}
