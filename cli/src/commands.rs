@@ -242,6 +242,32 @@ fn event_line(e: &Event) -> String {
         ),
         EventBody::Invalid { job, error, .. } => format!("{job}: {error}"),
         EventBody::Leader { holder, epoch } => format!("{holder} leads (epoch {epoch})"),
+        EventBody::Skipped {
+            job,
+            instant,
+            reason,
+            count,
+        } => format!(
+            "{job} {} skipped ({reason}){}",
+            instant.format("%Y-%m-%dT%H:%M:%SZ"),
+            if *count > 1 {
+                format!(" x{count}")
+            } else {
+                String::new()
+            }
+        ),
+        EventBody::Paused { job, .. } => format!("{job} paused"),
+        EventBody::Resumed { job, skipped, .. } => {
+            format!("{job} resumed ({skipped} fires skipped while paused)")
+        }
+        EventBody::Triggered {
+            job,
+            fire_id,
+            shards,
+            ..
+        } => {
+            format!("{job} triggered {fire_id} shards={shards:?}")
+        }
     };
     format!("{at} {:<7} {detail}", e.kind())
 }

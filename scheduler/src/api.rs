@@ -272,6 +272,7 @@ fn summarize(id: &str, revision: u64, value: &[u8]) -> JobSummary {
                 timezone: Some(timezone.clone()),
                 group: Some(group.clone()),
                 shards: Some(job.shard_count()),
+                paused: job.paused(),
                 invalid: None,
             }
         }
@@ -282,6 +283,7 @@ fn summarize(id: &str, revision: u64, value: &[u8]) -> JobSummary {
             timezone: None,
             group: None,
             shards: None,
+            paused: false,
             invalid: Some(e.to_string()),
         },
     }

@@ -21,6 +21,13 @@ pub mod endpoint {
     pub const JOB_GET: &str = "job.get";
     pub const JOB_DELETE: &str = "job.delete";
     pub const JOB_LIST: &str = "job.list";
+    pub const JOB_PAUSE: &str = "job.pause";
+    pub const JOB_RESUME: &str = "job.resume";
+    pub const JOB_TRIGGER: &str = "job.trigger";
+    pub const JOB_NEXT: &str = "job.next";
+    pub const JOB_RUNS: &str = "job.runs";
+    pub const STATUS: &str = "status";
+    pub const WORKERS: &str = "workers";
 }
 
 /// Machine-readable error codes.
@@ -74,6 +81,182 @@ pub struct IdRequest {
     pub id: String,
 }
 
+/// Body of `job.put`: the job definition itself, optionally with a top-level
+/// `"expected_revision"`: the put applies only if the stored revision is
+/// still that one (0: only if the job does not exist), else `conflict`.
+pub const EXPECTED_REVISION_FIELD: &str = "expected_revision";
+
+/// Body of `job.trigger`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    pub id: String,
+    /// Only these shards (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<u32>>,
+    /// Replaces the job's payload for this fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Reply of `job.trigger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerReply {
+    pub id: String,
+    pub fire_id: String,
+    pub instant: chrono::DateTime<chrono::Utc>,
+    pub shards: Vec<u32>,
+}
+
+/// Reply of `job.pause`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseReply {
+    pub id: String,
+    pub revision: u64,
+    /// False when the job was paused already (nothing changed).
+    pub changed: bool,
+}
+
+/// Reply of `job.resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeReply {
+    pub id: String,
+    pub revision: u64,
+    pub changed: bool,
+    /// Instants that passed while paused; they are not replayed.
+    pub skipped: u64,
+}
+
+/// Body of `job.next`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextRequest {
+    pub id: String,
+    /// How many instants (1-100, default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// One upcoming instant, in UTC and in the job's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextInstant {
+    pub utc: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339 with the zone's offset at that instant.
+    pub local: String,
+}
+
+/// Reply of `job.next`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextReply {
+    pub id: String,
+    pub timezone: String,
+    pub paused: bool,
+    pub instants: Vec<NextInstant>,
+}
+
+/// Body of `job.runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsRequest {
+    pub id: String,
+    /// Most recent fires to return (default: the job's whole history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One shard of one fire in `job.runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRun {
+    pub shard: u32,
+    pub state: crate::runs::ShardState,
+    /// Attempts so far (0 while pending).
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// One fire in `job.runs`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireRun {
+    pub fire_id: String,
+    pub instant: chrono::DateTime<chrono::Utc>,
+    pub cause: crate::wire::Cause,
+    pub fired_at: chrono::DateTime<chrono::Utc>,
+    /// `succeeded` when every shard did; else the worst shard state
+    /// (`failed`, `timed_out`, `running`, `pending`).
+    pub state: crate::runs::ShardState,
+    pub shards: Vec<ShardRun>,
+}
+
+/// Reply of `job.runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunsReply {
+    pub id: String,
+    pub runs: Vec<FireRun>,
+}
+
+/// The leader as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub holder: String,
+    pub epoch: u64,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// An invalid job in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidJob {
+    pub id: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub total: u64,
+    pub active: u64,
+    pub paused: u64,
+    pub invalid: Vec<InvalidJob>,
+}
+
+/// A worker group in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: String,
+    pub workers: u64,
+    /// Shard messages waiting for a worker.
+    pub pending: u64,
+    /// Shard messages delivered and not yet acked (running).
+    pub in_flight: u64,
+    /// Age of the oldest message of the group still in the work stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_age_ms: Option<i64>,
+}
+
+/// Reply of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub leader: Option<LeaderInfo>,
+    pub replicas: Vec<crate::runs::ReplicaHeartbeat>,
+    pub jobs: JobCounts,
+    pub groups: Vec<GroupStatus>,
+}
+
+/// Reply of `workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersReply {
+    pub workers: Vec<crate::runs::WorkerHeartbeat>,
+}
+
 /// Reply of `job.put`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PutReply {
@@ -115,6 +298,8 @@ pub struct JobSummary {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
+    #[serde(default)]
+    pub paused: bool,
     /// Set when the stored definition does not validate: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
@@ -244,6 +429,61 @@ impl ApiClient {
     pub async fn list(&self) -> Result<ListReply, ClientError> {
         self.call(endpoint::JOB_LIST, Bytes::new()).await
     }
+
+    /// Stores a definition only if the stored revision is still `expected`
+    /// (0: only if the job does not exist yet).
+    pub async fn put_expecting(
+        &self,
+        spec: &JobSpec,
+        expected: u64,
+    ) -> Result<PutReply, ClientError> {
+        let mut v = serde_json::to_value(spec).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert(EXPECTED_REVISION_FIELD.into(), expected.into());
+        }
+        self.put_raw(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+            .await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<PauseReply, ClientError> {
+        self.call(endpoint::JOB_PAUSE, id_body(id)).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<ResumeReply, ClientError> {
+        self.call(endpoint::JOB_RESUME, id_body(id)).await
+    }
+
+    pub async fn trigger(&self, req: &TriggerRequest) -> Result<TriggerReply, ClientError> {
+        self.call(endpoint::JOB_TRIGGER, json_body(req)).await
+    }
+
+    pub async fn next(&self, id: &str, count: Option<u32>) -> Result<NextReply, ClientError> {
+        let req = NextRequest {
+            id: id.to_string(),
+            count,
+        };
+        self.call(endpoint::JOB_NEXT, json_body(&req)).await
+    }
+
+    pub async fn runs(&self, id: &str, limit: Option<u32>) -> Result<RunsReply, ClientError> {
+        let req = RunsRequest {
+            id: id.to_string(),
+            limit,
+        };
+        self.call(endpoint::JOB_RUNS, json_body(&req)).await
+    }
+
+    pub async fn status(&self) -> Result<StatusReply, ClientError> {
+        self.call(endpoint::STATUS, Bytes::new()).await
+    }
+
+    pub async fn workers(&self) -> Result<WorkersReply, ClientError> {
+        self.call(endpoint::WORKERS, Bytes::new()).await
+    }
+}
+
+fn json_body<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
 fn id_body(id: &str) -> Bytes {

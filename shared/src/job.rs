@@ -26,6 +26,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 const MAX_ATTEMPTS: u32 = 100;
 const MAX_PARAM_BYTES: usize = 4096;
+/// Fires kept in a job's run history when the definition does not say.
+pub const DEFAULT_HISTORY: u32 = 20;
+const MAX_HISTORY: u32 = 1000;
 
 /// Why a definition was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -80,6 +83,13 @@ pub struct JobSpec {
     pub payload: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A paused job keeps its definition and fire state but does not fire;
+    /// each instant it passes is reported as `skipped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Fires kept in the job's run history (`job.runs`). Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
 }
 
 fn default_timezone() -> String {
@@ -282,6 +292,15 @@ impl Job {
         self.spec.shards.count()
     }
 
+    /// Fires kept in the run history.
+    pub fn history(&self) -> u32 {
+        self.spec.history.unwrap_or(DEFAULT_HISTORY)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.spec.paused
+    }
+
     /// Checks every field; the first problem found is returned.
     pub fn validate(spec: JobSpec) -> Result<Job, JobError> {
         check_name("id", &spec.id, 128)?;
@@ -337,6 +356,14 @@ impl Job {
             None => DEFAULT_TIMEOUT,
             Some(t) => parse_duration("timeout", t, Duration::from_millis(1), MAX_TIMEOUT)?,
         };
+        if let Some(h) = spec.history
+            && !(1..=MAX_HISTORY).contains(&h)
+        {
+            return Err(JobError::field(
+                "history",
+                format!("must be 1-{MAX_HISTORY}, found {h}"),
+            ));
+        }
         let max = spec.retry.max_attempts;
         if !(1..=MAX_ATTEMPTS).contains(&max) {
             return Err(JobError::field(
@@ -415,7 +442,7 @@ fn missing_or_unknown(e: &serde_json::Error) -> JobError {
                 "is required".to_string()
             } else {
                 "unknown field (known: id, schedule, timezone, shards, group, run, timeout, \
-                 retry, payload, description)"
+                 retry, payload, description, paused, history)"
                     .to_string()
             };
             return JobError::field(field, reason);

@@ -5,6 +5,7 @@
 //! - [`schedule`]: cron, macros, `@every`, `@at`; time zones and DST.
 //! - [`wire`]: the messages that cross NATS: shard message, run result, event.
 //! - [`api`]: request and reply bodies of the control API.
+//! - [`runs`]: run history and heartbeat records kept in KV.
 //! - [`setup`]: creates the buckets and streams, idempotently.
 //! - [`connect`]: connection options shared by every binary.
 //!
@@ -16,6 +17,7 @@ pub mod api;
 pub mod connect;
 pub mod job;
 pub mod names;
+pub mod runs;
 pub mod schedule;
 pub mod setup;
 pub mod wire;

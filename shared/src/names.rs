@@ -78,6 +78,32 @@ impl Names {
         self.bucket("workers")
     }
 
+    /// KV bucket holding run history: fire records and shard records.
+    pub fn runs_bucket(&self) -> String {
+        self.bucket("runs")
+    }
+
+    /// Key of a fire record: `<job>.<instant ms>`.
+    pub fn run_fire_key(&self, job: &str, instant_ms: i64) -> String {
+        format!("{job}.{instant_ms}")
+    }
+
+    /// Key of a shard record: `<job>.<instant ms>.<shard>`.
+    pub fn run_shard_key(&self, job: &str, instant_ms: i64, shard: u32) -> String {
+        format!("{job}.{instant_ms}.{shard}")
+    }
+
+    /// Key of a worker heartbeat in the workers bucket: `<group>.<worker id>`.
+    /// Worker ids with characters a key cannot hold are mapped to `_`.
+    pub fn worker_key(&self, group: &str, worker: &str) -> String {
+        format!("{group}.{}", key_token(worker))
+    }
+
+    /// Key of a scheduler replica's heartbeat in the lease bucket.
+    pub fn replica_key(&self, replica: &str) -> String {
+        format!("replica.{}", key_token(replica))
+    }
+
     /// The one key of the lease bucket.
     pub fn lease_key(&self) -> &'static str {
         "leader"
@@ -155,6 +181,21 @@ impl Names {
     pub fn api_subject(&self, endpoint: &str) -> String {
         format!("{}.api.{endpoint}", self.prefix)
     }
+}
+
+/// Maps a free-form name onto one KV key token.
+pub fn key_token(name: &str) -> String {
+    let t: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '=' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() { "_".to_string() } else { t }
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ pub struct Resources {
     pub state: kv::Store,
     pub lease: kv::Store,
     pub workers: kv::Store,
+    pub runs: kv::Store,
     pub work: stream::Stream,
     pub results: stream::Stream,
     pub events: stream::Stream,
@@ -120,6 +121,18 @@ pub async fn ensure(
         },
     )
     .await?;
+    let runs = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: names.runs_bucket(),
+            description: "jetcron run history: fire and shard records".into(),
+            history: 1,
+            max_age: opts.results_max_age,
+            num_replicas: opts.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
     let work = ensure_stream(
         js,
         stream::Config {
@@ -166,6 +179,7 @@ pub async fn ensure(
         state,
         lease,
         workers,
+        runs,
         work,
         results,
         events,

@@ -48,6 +48,8 @@ pub enum Cause {
     Schedule,
     /// Late: the instant was missed (leader takeover, scheduler down) and is fired once now.
     Misfire,
+    /// Outside the schedule, by `job.trigger`.
+    Manual,
 }
 
 /// One shard of one fire, as stored in the work stream. Carries everything a
@@ -227,6 +229,30 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An instant passed without a fire, and why (e.g. `paused`).
+    Skipped {
+        job: String,
+        instant: DateTime<Utc>,
+        reason: String,
+        /// Instants this event stands for (several after downtime).
+        #[serde(default = "one")]
+        count: u64,
+    },
+    /// The job was paused.
+    Paused { job: String, revision: u64 },
+    /// The job was resumed; the fires skipped while paused are not replayed.
+    Resumed {
+        job: String,
+        revision: u64,
+        skipped: u64,
+    },
+    /// A fire was requested outside the schedule.
+    Triggered {
+        job: String,
+        fire_id: String,
+        instant: DateTime<Utc>,
+        shards: Vec<u32>,
+    },
     /// A definition in the jobs bucket does not parse or validate.
     Invalid {
         job: String,
@@ -235,6 +261,10 @@ pub enum EventBody {
     },
     /// Leadership changed hands.
     Leader { holder: String, epoch: u64 },
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Event {
@@ -253,6 +283,10 @@ impl Event {
             EventBody::Dead { .. } => "dead",
             EventBody::Invalid { .. } => "invalid",
             EventBody::Leader { .. } => "leader",
+            EventBody::Skipped { .. } => "skipped",
+            EventBody::Paused { .. } => "paused",
+            EventBody::Resumed { .. } => "resumed",
+            EventBody::Triggered { .. } => "triggered",
         }
     }
 
@@ -261,7 +295,11 @@ impl Event {
             EventBody::Fired { job, .. }
             | EventBody::Misfired { job, .. }
             | EventBody::Dead { job, .. }
-            | EventBody::Invalid { job, .. } => Some(job),
+            | EventBody::Invalid { job, .. }
+            | EventBody::Skipped { job, .. }
+            | EventBody::Paused { job, .. }
+            | EventBody::Resumed { job, .. }
+            | EventBody::Triggered { job, .. } => Some(job),
             EventBody::Leader { .. } => None,
         }
     }

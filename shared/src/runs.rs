@@ -1,0 +1,121 @@
+//! Run history and liveness records, stored in KV so that any replica can
+//! answer `job.runs`, `workers` and `status`.
+//!
+//! - A [`FireRecord`] per fire, written by whoever dispatched it (the leader,
+//!   or the API for a trigger), under `<job>.<instant ms>` in the runs bucket.
+//! - A [`ShardRecord`] per shard, written by the worker running it, under
+//!   `<job>.<instant ms>.<shard>`: `running` at the start of each attempt,
+//!   the outcome at its end. No record yet means `pending`.
+//! - A [`WorkerHeartbeat`] per live worker under `<group>.<id>` in the
+//!   workers bucket, whose max age makes dead workers disappear by themselves.
+//! - A [`ReplicaHeartbeat`] per scheduler replica under `replica.<id>` in the
+//!   lease bucket.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Cause, RunStatus};
+
+/// One fire of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FireRecord {
+    pub job: String,
+    pub fire_id: String,
+    pub instant: DateTime<Utc>,
+    pub cause: Cause,
+    pub fired_at: DateTime<Utc>,
+    /// Shard count of the job at fire time.
+    pub shards: u32,
+    /// The shards dispatched (all of them unless a trigger chose some).
+    pub dispatched: Vec<u32>,
+    pub epoch: u64,
+}
+
+/// Where one shard of one fire stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl From<RunStatus> for ShardState {
+    fn from(s: RunStatus) -> ShardState {
+        match s {
+            RunStatus::Succeeded => ShardState::Succeeded,
+            RunStatus::Failed => ShardState::Failed,
+            RunStatus::TimedOut => ShardState::TimedOut,
+        }
+    }
+}
+
+impl ShardState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardState::Pending => "pending",
+            ShardState::Running => "running",
+            ShardState::Succeeded => "succeeded",
+            ShardState::Failed => "failed",
+            ShardState::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// The latest attempt of one shard of one fire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub job: String,
+    pub instant: DateTime<Utc>,
+    pub shard: u32,
+    pub state: ShardState,
+    pub attempt: u32,
+    pub worker: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Another attempt follows (after a failure with retries left).
+    #[serde(default)]
+    pub will_retry: bool,
+}
+
+/// A live worker, refreshed every few seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerHeartbeat {
+    pub id: String,
+    pub group: String,
+    pub host: String,
+    pub version: String,
+    pub concurrency: usize,
+    /// Shards running now.
+    pub running: usize,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat: DateTime<Utc>,
+}
+
+/// A live scheduler replica, refreshed every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaHeartbeat {
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat: DateTime<Utc>,
+    pub leader: bool,
+}
+
+/// JSON encoding shared by the records above.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Only strings, numbers and timestamps: serialization cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    serde_json::from_slice(bytes).ok()
+}
