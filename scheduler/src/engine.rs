@@ -515,6 +515,7 @@ mod tests {
             last_fired_at: last,
             epoch: 1,
             fires: 1,
+            paused_skipped: 0,
         }
     }
 

@@ -25,9 +25,13 @@ pub struct FireState {
     pub last_fired_at: Option<DateTime<Utc>>,
     /// Epoch of the leader that wrote this.
     pub epoch: u64,
-    /// Fires dispatched so far.
+    /// Fires dispatched so far (also picks the run-history slot).
     #[serde(default)]
     pub fires: u64,
+    /// Instants skipped because the job is paused, since it was paused.
+    /// `job.resume` reports it; the engine resets it once the job runs again.
+    #[serde(default)]
+    pub paused_skipped: u64,
 }
 
 /// A state and the revision it was read or written at (0: never written).

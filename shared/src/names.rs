@@ -83,14 +83,17 @@ impl Names {
         self.bucket("runs")
     }
 
-    /// Key of a fire record: `<job>.<instant ms>`.
-    pub fn run_fire_key(&self, job: &str, instant_ms: i64) -> String {
-        format!("{job}.{instant_ms}")
+    /// Key of a fire record in the runs bucket: `<job>.<slot>`. Slots form a
+    /// ring of the job's history size (`s0`, `s1`, ... for scheduled fires,
+    /// `m0`, `m1`, ... for triggered ones), so a new fire overwrites the
+    /// oldest and history stays bounded without deleting anything.
+    pub fn run_fire_key(&self, job: &str, slot: &str) -> String {
+        format!("{job}.{slot}")
     }
 
-    /// Key of a shard record: `<job>.<instant ms>.<shard>`.
-    pub fn run_shard_key(&self, job: &str, instant_ms: i64, shard: u32) -> String {
-        format!("{job}.{instant_ms}.{shard}")
+    /// Filter of every record of a job in the runs bucket.
+    pub fn run_job_filter(&self, job: &str) -> String {
+        format!("{job}.>")
     }
 
     /// Key of a worker heartbeat in the workers bucket: `<group>.<worker id>`.

@@ -2,10 +2,14 @@
 //! answer `job.runs`, `workers` and `status`.
 //!
 //! - A [`FireRecord`] per fire, written by whoever dispatched it (the leader,
-//!   or the API for a trigger), under `<job>.<instant ms>` in the runs bucket.
+//!   or the API for a trigger), under `<job>.<slot>` in the runs bucket
+//!   (see [`crate::Names::run_fire_key`]; slots are a ring, so history is
+//!   bounded per job).
 //! - A [`ShardRecord`] per shard, written by the worker running it, under
-//!   `<job>.<instant ms>.<shard>`: `running` at the start of each attempt,
-//!   the outcome at its end. No record yet means `pending`.
+//!   `<job>.<slot>.<shard>` (the shard message's `record_key()`): `running`
+//!   at the start of each attempt, the outcome at its end. No record, or a
+//!   record whose `instant` is not the fire's (left by an older fire in the
+//!   same slot), means `pending`.
 //! - A [`WorkerHeartbeat`] per live worker under `<group>.<id>` in the
 //!   workers bucket, whose max age makes dead workers disappear by themselves.
 //! - A [`ReplicaHeartbeat`] per scheduler replica under `replica.<id>` in the

@@ -73,6 +73,10 @@ pub struct ShardMessage {
     pub epoch: u64,
     pub cause: Cause,
     pub dispatched_at: DateTime<Utc>,
+    /// Runs-bucket key of this fire's record (`<job>.<slot>`); the worker
+    /// writes its shard record under `<record>.<shard>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
 }
 
 impl ShardMessage {
@@ -97,7 +101,13 @@ impl ShardMessage {
             epoch,
             cause,
             dispatched_at: Utc::now(),
+            record: None,
         }
+    }
+
+    /// Runs-bucket key of this shard's record, when the fire is recorded.
+    pub fn record_key(&self) -> Option<String> {
+        self.record.as_ref().map(|r| format!("{r}.{}", self.shard))
     }
 
     pub fn fire_id(&self) -> String {
