@@ -351,6 +351,7 @@ impl Engine {
                     last_fired_at: Some(at),
                     epoch,
                     fires: prev.and_then(|v| v.state.as_ref()).map_or(0, |s| s.fires) + 1,
+                    paused_skipped: 0,
                 };
                 (
                     f.job.id().to_string(),
