@@ -41,6 +41,16 @@ pub struct EngineSettings {
     pub misfire_threshold: Duration,
 }
 
+/// Instants a paused job let pass.
+#[derive(Debug, Clone)]
+struct Skip {
+    job: Arc<Job>,
+    revision: u64,
+    /// The latest instant passed.
+    instant: DateTime<Utc>,
+    count: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Known {
     job: Arc<Job>,
@@ -291,11 +301,21 @@ impl Engine {
         let threshold = chrono::Duration::from_std(self.settings.misfire_threshold)
             .unwrap_or(chrono::Duration::MAX);
         let mut fires = Vec::with_capacity(due.len());
+        let mut skips = Vec::new();
         for (id, at) in due {
             let Some(k) = self.jobs.get(&id) else {
                 continue;
             };
             let (instant, missed) = coalesce(&k.job.schedule, at, now);
+            if k.job.paused() {
+                skips.push(Skip {
+                    job: k.job.clone(),
+                    revision: k.revision,
+                    instant,
+                    count: missed,
+                });
+                continue;
+            }
             let cause = if missed > 1 || now - instant > threshold {
                 Cause::Misfire
             } else {
@@ -334,30 +354,51 @@ impl Engine {
                 }
             }
         }
-        self.record(&done, epoch, dispatched_at).await;
-        self.report(&done, epoch, dispatched_at).await;
-    }
-
-    /// Writes the fire state of dispatched fires and plans their next instants.
-    async fn record(&mut self, fires: &[Fire], epoch: u64, at: DateTime<Utc>) {
-        let writes: Vec<(String, FireState, u64)> = fires
+        let mut updates: Vec<(String, FireState)> = done
             .iter()
             .map(|f| {
-                let prev = self.states.get(f.job.id());
+                let prev = self.state_of(f.job.id());
                 let state = FireState {
                     job_revision: f.revision,
                     next_instant: f.job.schedule.next_after(f.instant),
                     last_instant: Some(f.instant),
-                    last_fired_at: Some(at),
+                    last_fired_at: Some(dispatched_at),
                     epoch,
-                    fires: prev.and_then(|v| v.state.as_ref()).map_or(0, |s| s.fires) + 1,
+                    fires: prev.map_or(0, |s| s.fires) + 1,
                     paused_skipped: 0,
                 };
-                (
-                    f.job.id().to_string(),
-                    state,
-                    prev.map_or(0, |v| v.revision),
-                )
+                (f.job.id().to_string(), state)
+            })
+            .collect();
+        updates.extend(skips.iter().map(|s| {
+            let prev = self.state_of(s.job.id());
+            let state = FireState {
+                job_revision: s.revision,
+                next_instant: s.job.schedule.next_after(s.instant),
+                last_instant: prev.and_then(|p| p.last_instant),
+                last_fired_at: prev.and_then(|p| p.last_fired_at),
+                epoch,
+                fires: prev.map_or(0, |p| p.fires),
+                paused_skipped: prev.map_or(0, |p| p.paused_skipped) + s.count,
+            };
+            (s.job.id().to_string(), state)
+        }));
+        self.record(updates).await;
+        self.report(&done, epoch, dispatched_at).await;
+        self.report_skips(&skips).await;
+    }
+
+    fn state_of(&self, id: &str) -> Option<&FireState> {
+        self.states.get(id).and_then(|v| v.state.as_ref())
+    }
+
+    /// Writes fire states with compare-and-set and plans the next instants.
+    async fn record(&mut self, updates: Vec<(String, FireState)>) {
+        let writes: Vec<(String, FireState, u64)> = updates
+            .into_iter()
+            .map(|(id, state)| {
+                let expected = self.states.get(&id).map_or(0, |v| v.revision);
+                (id, state, expected)
             })
             .collect();
         let store = self.store.clone();
@@ -405,6 +446,26 @@ impl Engine {
             }
         }
         self.load_unloaded().await;
+    }
+
+    /// Sends `skipped` events for instants a paused job let pass.
+    async fn report_skips(&self, skips: &[Skip]) {
+        let mut acks = Vec::with_capacity(skips.len());
+        for s in skips {
+            debug!(job = s.job.id(), instant = %s.instant, count = s.count, "paused: skipped");
+            let event = Event::now(EventBody::Skipped {
+                job: s.job.id().to_string(),
+                instant: s.instant,
+                reason: "paused".to_string(),
+                count: s.count,
+            });
+            let id = format!(
+                "skipped:{}",
+                jetcron_shared::wire::fire_id(s.job.id(), s.instant)
+            );
+            acks.extend(self.events.send(&event, Some(id)).await);
+        }
+        settle_events(acks).await;
     }
 
     /// Sends `fired` (and `misfired`) events for dispatched fires.

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -45,6 +45,10 @@ pub struct LeaseValue {
     pub holder: String,
     pub since: chrono::DateTime<Utc>,
     pub renewed_at: chrono::DateTime<Utc>,
+    /// The holder's epoch: the revision at which it took the lease. Absent
+    /// only in the very first write, before the revision is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +87,7 @@ pub fn spawn(
             settings,
             tx,
             revision: 0,
+            epoch: 0,
             since: Utc::now(),
         };
         tokio::select! {
@@ -100,6 +105,8 @@ struct Lease {
     tx: watch::Sender<Leadership>,
     /// Revision of our last write while leading, 0 when following.
     revision: u64,
+    /// Revision at which we took the lease, 0 when following.
+    epoch: u64,
     since: chrono::DateTime<Utc>,
 }
 
@@ -109,6 +116,7 @@ impl Lease {
             holder: self.settings.holder.clone(),
             since: self.since,
             renewed_at: Utc::now(),
+            epoch: (self.epoch != 0).then_some(self.epoch),
         };
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
@@ -133,12 +141,15 @@ impl Lease {
         match self.kv.create(&self.settings.key, self.value()).await {
             Ok(revision) => {
                 self.revision = revision;
+                self.epoch = revision;
                 let deadline = self.settings.deadline(sent);
                 info!(epoch = revision, holder = %self.settings.holder, "took the leader lease");
                 self.tx.send_replace(Leadership::Leader {
                     epoch: revision,
                     deadline,
                 });
+                // Write the epoch into the value at once, for `status`.
+                self.renew().await;
             }
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
             Err(e) => debug!(error = %e, "cannot reach the lease bucket"),
@@ -188,6 +199,7 @@ impl Lease {
 
     fn step_down(&mut self) {
         self.revision = 0;
+        self.epoch = 0;
         self.tx.send_replace(Leadership::Follower);
     }
 
@@ -210,13 +222,6 @@ impl Lease {
             }
         }
         self.revision = 0;
-    }
-}
-
-/// Waits until `deadline`, or forever when there is none.
-pub async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
-        None => std::future::pending().await,
+        self.epoch = 0;
     }
 }

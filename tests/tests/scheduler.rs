@@ -609,3 +609,77 @@ async fn a_fire_dispatched_again_after_a_lost_state_write_is_stored_once() {
     assert_unique_ids(&stored);
     b.stop().await;
 }
+
+/// A paused job keeps its state and reports each instant it lets pass; when
+/// it runs again it does not replay them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_job_skips_with_events_and_resumes_without_replay() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let events = harness::events(&client, &names()).await;
+    let a = Scheduler::start(&server.url(), "a");
+    let api = harness::api(&client, &names()).await;
+    let tap = WorkTap::start(&client, &names()).await;
+    let body = |paused: bool| -> bytes::Bytes {
+        format!(
+            r#"{{"id":"tick","schedule":"* * * * * *","paused":{paused},"run":{{"shell":"true"}}}}"#
+        )
+        .into()
+    };
+    api.put_raw(body(false)).await.unwrap();
+    tap.wait_for("fires", Duration::from_secs(15), |s| s.len() >= 2)
+        .await;
+    api.put_raw(body(true)).await.unwrap();
+    let paused_at = Utc::now();
+    let evs = events
+        .wait_for("3 skipped events", Duration::from_secs(15), |e| {
+            e.iter().filter(|e| e.kind() == "skipped").count() >= 3
+        })
+        .await;
+    for e in evs.iter().filter(|e| e.kind() == "skipped") {
+        match &e.body {
+            EventBody::Skipped {
+                job, reason, count, ..
+            } => {
+                assert_eq!(
+                    (job.as_str(), reason.as_str(), *count),
+                    ("tick", "paused", 1)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing was dispatched while paused (one fire may have been in flight).
+    let slack = chrono::Duration::milliseconds(500);
+    assert!(
+        tap.snapshot()
+            .iter()
+            .all(|m| m.msg.dispatched_at < paused_at + slack),
+        "dispatched while paused"
+    );
+    let js = async_nats::jetstream::new(client.clone());
+    let state = js.get_key_value(names().state_bucket()).await.unwrap();
+    let st: serde_json::Value =
+        serde_json::from_slice(&state.get("tick").await.unwrap().unwrap()).unwrap();
+    assert!(st["paused_skipped"].as_u64().unwrap() >= 3, "{st}");
+    let fires_before = tap.snapshot().len();
+
+    api.put_raw(body(false)).await.unwrap();
+    let resumed_at = Utc::now();
+    let stored = tap
+        .wait_for("fires after resume", Duration::from_secs(15), |s| {
+            s.len() >= fires_before + 2
+        })
+        .await;
+    for m in &stored[fires_before..] {
+        assert!(
+            m.msg.instant > resumed_at,
+            "replayed {} from before the resume",
+            m.msg.instant
+        );
+        assert_eq!(m.msg.cause, Cause::Schedule);
+    }
+    assert_unique_ids(&stored);
+    a.stop().await;
+}
