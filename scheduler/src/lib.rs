@@ -7,6 +7,7 @@
 //! - [`dispatch`]: publishes a fire's shard messages, deduplicated.
 //! - [`state`]: per-job fire state in KV, compare-and-set.
 //! - [`events`]: events on the events stream.
+//! - [`replica`]: this replica's heartbeat, for `status`.
 //! - [`api`]: the control API micro service.
 //!
 //! A definition travels: jobs bucket -> catalog -> engine (job table) ->
@@ -21,6 +22,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod events;
 pub mod lease;
+pub mod replica;
 pub mod state;
 pub mod timer;
 
@@ -104,6 +106,13 @@ pub async fn run(
         },
         lease_stop.clone(),
     );
+    let heartbeat = tokio::spawn(replica::beat(
+        res.lease.clone(),
+        names.replica_key(&config.id),
+        config.id.clone(),
+        leadership.clone(),
+        shutdown.clone(),
+    ));
     let engine = engine::Engine::new(
         engine::EngineSettings {
             holder: config.id.clone(),
@@ -117,6 +126,7 @@ pub async fn run(
     engine.run(catalog_rx, shutdown.clone()).await;
     lease_stop.cancel();
     let _ = lease_task.await;
+    let _ = heartbeat.await;
     let _ = catalog.await;
     let _ = api.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
