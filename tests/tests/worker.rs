@@ -1,17 +1,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The worker against a real nats-server: shard messages are published into
 //! the work stream by the test (no scheduler runs here), results and events
-//! are watched on `jetcron.results.>` and `jetcron.events.>`.
+//! are watched on `jetcron.results.>` and `jetcron.events.>`, heartbeats and
+//! shard records in the `jetcron_workers` and `jetcron_runs` buckets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use jetcron_shared::connect::ConnectArgs;
-use jetcron_shared::setup::{self, SetupOptions};
+use jetcron_shared::runs::{self, ShardRecord, ShardState, WorkerHeartbeat};
+use jetcron_shared::setup::{self, Resources, SetupOptions};
 use jetcron_shared::wire::{Cause, Event, EventBody, RunResult, RunStatus, ShardMessage};
 use jetcron_shared::{Job, Names};
 use jetcron_tests::NatsServer;
@@ -40,23 +42,28 @@ struct Env {
     js: jetstream::Context,
     client: async_nats::Client,
     names: Names,
+    resources: Resources,
 }
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(SetupOptions::default()).await
+    }
+
+    /// With the resources created by the test, with `opts`, before any worker.
+    async fn start_with(opts: SetupOptions) -> Env {
         init_tracing();
         let server = NatsServer::start().await;
         let client = server.client().await;
         let js = jetstream::new(client.clone());
         let names = Names::default();
-        setup::ensure(&js, &names, &SetupOptions::default())
-            .await
-            .unwrap();
+        let resources = setup::ensure(&js, &names, &opts).await.unwrap();
         Env {
             server,
             js,
             client,
             names,
+            resources,
         }
     }
 
@@ -64,6 +71,9 @@ impl Env {
     async fn reconnect(&mut self) {
         self.client = self.server.client().await;
         self.js = jetstream::new(self.client.clone());
+        self.resources = setup::ensure(&self.js, &self.names, &SetupOptions::default())
+            .await
+            .unwrap();
     }
 
     fn config(&self, id: &str) -> WorkerConfig {
@@ -81,6 +91,7 @@ impl Env {
             max_output: 64 * 1024,
             kill_grace: Duration::from_secs(1),
             replicas: 1,
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 
@@ -101,9 +112,20 @@ impl Env {
 
     /// Publishes every shard of one fire of `job` into the work stream.
     async fn dispatch(&self, job: &Job, instant: DateTime<Utc>) -> Vec<ShardMessage> {
+        self.dispatch_recorded(job, instant, None).await
+    }
+
+    /// Like `dispatch`, with the runs-bucket key of the fire's record.
+    async fn dispatch_recorded(
+        &self,
+        job: &Job,
+        instant: DateTime<Utc>,
+        record: Option<&str>,
+    ) -> Vec<ShardMessage> {
         let mut sent = Vec::new();
         for shard in 0..job.shard_count() {
-            let msg = ShardMessage::new(job, instant, shard, 7, Cause::Schedule);
+            let mut msg = ShardMessage::new(job, instant, shard, 7, Cause::Schedule);
+            msg.record = record.map(str::to_string);
             self.publish(
                 self.names.work_subject(&msg.group, &msg.job),
                 msg.headers(),
@@ -177,6 +199,79 @@ impl Env {
             sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Heartbeats and shard records, read from their buckets.
+impl Env {
+    async fn heartbeat(&self, id: &str) -> Option<WorkerHeartbeat> {
+        let key = self.names.worker_key("default", id);
+        let value = timeout(Duration::from_secs(10), self.resources.workers.get(key))
+            .await
+            .expect("workers bucket did not answer")
+            .unwrap()?;
+        Some(runs::decode(&value).expect("heartbeat does not decode"))
+    }
+
+    /// Waits for a heartbeat of `id` for which `pred` holds.
+    async fn wait_heartbeat(
+        &self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&WorkerHeartbeat) -> bool,
+    ) -> WorkerHeartbeat {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let beat = self.heartbeat(id).await;
+            if let Some(beat) = &beat
+                && pred(beat)
+            {
+                return beat.clone();
+            }
+            assert!(Instant::now() < deadline, "no heartbeat {what}: {beat:?}");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn record(&self, key: &str) -> Option<ShardRecord> {
+        let value = timeout(Duration::from_secs(10), self.resources.runs.get(key))
+            .await
+            .expect("runs bucket did not answer")
+            .unwrap()?;
+        Some(runs::decode(&value).expect("shard record does not decode"))
+    }
+
+    /// Every key in the runs bucket.
+    async fn record_keys(&self) -> BTreeSet<String> {
+        let keys = async {
+            let keys = self.resources.runs.keys().await.unwrap();
+            keys.map(|k| k.unwrap()).collect::<BTreeSet<_>>().await
+        };
+        timeout(Duration::from_secs(10), keys)
+            .await
+            .expect("runs bucket did not list its keys")
+    }
+
+    /// Every write to the runs bucket from now on, under `filter`.
+    async fn watch_records(&self, filter: &str) -> kv::Watch {
+        self.resources.runs.watch(filter).await.unwrap()
+    }
+}
+
+/// The next `n` shard records written, as (key, record).
+async fn next_records(watch: &mut kv::Watch, n: usize) -> Vec<(String, ShardRecord)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while out.len() < n {
+        let entry = timeout(deadline - Instant::now(), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} records in time: {out:?}", out.len()))
+            .expect("records watch ended")
+            .unwrap();
+        assert_eq!(entry.operation, kv::Operation::Put, "{entry:?}");
+        let record = runs::decode(&entry.value).expect("shard record does not decode");
+        out.push((entry.key, record));
+    }
+    out
 }
 
 struct Watch {
@@ -542,7 +637,8 @@ async fn shutdown_past_the_grace_hands_the_shard_back_at_once() {
         started.display()
     );
     let job = job(json!({"id": "handed", "schedule": "@every 1h", "run": {"shell": script}}));
-    env.dispatch(&job, now_ms()).await;
+    env.dispatch_recorded(&job, now_ms(), Some("handed.s1"))
+        .await;
     wait_for_file(&started).await;
 
     token.cancel();
@@ -552,6 +648,11 @@ async fn shutdown_past_the_grace_hands_the_shard_back_at_once() {
         .unwrap()
         .unwrap();
     let returned = Instant::now();
+    // Nobody runs it until another worker takes it.
+    let back = env.record("handed.s1.0").await.unwrap();
+    assert_eq!(back.state, ShardState::Pending, "{back:?}");
+    assert_eq!((back.attempt, back.worker.as_str()), (1, "leaving"));
+    assert!(back.will_retry && back.finished_at.is_some(), "{back:?}");
     config.id = "staying".into();
     let staying = start_worker(config);
     let r = watch.result().await;
@@ -565,6 +666,10 @@ async fn shutdown_past_the_grace_hands_the_shard_back_at_once() {
     assert_eq!(r.attempt, 2);
     assert_eq!(r.status, RunStatus::Succeeded);
     assert_eq!(r.output, "attempt 2\n");
+    env.wait_work_empty().await;
+    let done = env.record("handed.s1.0").await.unwrap();
+    assert_eq!(done.state, ShardState::Succeeded, "{done:?}");
+    assert_eq!((done.attempt, done.worker.as_str()), (2, "staying"));
     stop_worker(staying).await;
 }
 
@@ -670,8 +775,12 @@ async fn the_worker_carries_on_after_a_server_crash_and_downtime() {
     // No goodbye from the server: the pending pull request just vanishes.
     env.server.kill().await;
     sleep(Duration::from_secs(3)).await;
+    let restarted = Utc::now();
     env.server.restart().await;
     env.reconnect().await;
+    // Heartbeats failed meanwhile, and resume.
+    env.wait_heartbeat("w1", "after the restart", |b| b.last_heartbeat > restarted)
+        .await;
     watch.results = env.client.subscribe(env.names.results_all()).await.unwrap();
     env.client.flush().await.unwrap();
     let after =
@@ -680,5 +789,212 @@ async fn the_worker_carries_on_after_a_server_crash_and_downtime() {
     let r = watch.result().await;
     assert_eq!((r.job.as_str(), r.status), ("after", RunStatus::Succeeded));
     env.wait_work_empty().await;
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_worker_heartbeats_with_the_shards_it_runs() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let before = Utc::now();
+    let worker = start_worker(env.config("beating"));
+
+    let first = env.wait_heartbeat("beating", "at start", |_| true).await;
+    assert_eq!(first.id, "beating");
+    assert_eq!(first.group, "default");
+    assert_eq!(first.host, jetcron_worker::config::hostname());
+    assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(first.concurrency, 2);
+    assert_eq!(first.running, 0);
+    assert!(before <= first.started_at, "{first:?}");
+    assert!(first.started_at <= first.last_heartbeat, "{first:?}");
+
+    let job = job(json!({
+        "id": "busy",
+        "schedule": "@every 1h",
+        "run": {"shell": format!("echo yes > {}; sleep 3", started.display())},
+    }));
+    env.dispatch(&job, now_ms()).await;
+    wait_for_file(&started).await;
+    let busy = env
+        .wait_heartbeat("beating", "with a shard running", |b| b.running == 1)
+        .await;
+    assert_eq!(busy.started_at, first.started_at);
+    assert!(busy.last_heartbeat > first.last_heartbeat, "{busy:?}");
+    env.wait_work_empty().await;
+    env.wait_heartbeat("beating", "idle again", |b| b.running == 0)
+        .await;
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_gracefully_disappears_at_once() {
+    let env = Env::start().await;
+    let mut config = env.config("leaving");
+    // Long enough that only the delete can make the key go in time.
+    config.heartbeat_interval = Duration::from_secs(5);
+    let worker = start_worker(config);
+    env.wait_heartbeat("leaving", "at start", |_| true).await;
+    stop_worker(worker).await;
+    assert_eq!(env.heartbeat("leaving").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_disappears_within_the_buckets_max_age() {
+    let ttl = Duration::from_secs(3);
+    let env = Env::start_with(SetupOptions {
+        worker_ttl: ttl,
+        ..Default::default()
+    })
+    .await;
+    let (handle, _token) = start_worker(env.config("doomed"));
+    env.wait_heartbeat("doomed", "at start", |_| true).await;
+    // Alive for longer than the max age: the heartbeats keep the key.
+    let alive_until = Instant::now() + ttl + Duration::from_secs(1);
+    while Instant::now() < alive_until {
+        assert!(
+            env.heartbeat("doomed").await.is_some(),
+            "a live worker expired"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+
+    handle.abort();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    let killed = Instant::now();
+    // Not deleted: it expires.
+    assert!(env.heartbeat("doomed").await.is_some());
+    // The server expires keys a little after their max age.
+    let limit = ttl + Duration::from_secs(3);
+    while env.heartbeat("doomed").await.is_some() {
+        assert!(
+            killed.elapsed() < limit,
+            "still there {:?} after the kill",
+            killed.elapsed()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_interval_too_long_for_the_bucket_is_shortened() {
+    let ttl = Duration::from_secs(3);
+    let env = Env::start_with(SetupOptions {
+        worker_ttl: ttl,
+        ..Default::default()
+    })
+    .await;
+    let mut config = env.config("slow-beat");
+    config.heartbeat_interval = Duration::from_secs(60);
+    let worker = start_worker(config);
+    env.wait_heartbeat("slow-beat", "at start", |_| true).await;
+    let alive_until = Instant::now() + 2 * ttl;
+    while Instant::now() < alive_until {
+        assert!(
+            env.heartbeat("slow-beat").await.is_some(),
+            "a live worker expired"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_shard_is_running_then_final_before_its_ack() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let mut records = env.watch_records("job.s0.*").await;
+    let worker = start_worker(env.config("w1"));
+    let job = job(json!({
+        "id": "job",
+        "schedule": "@every 1h",
+        "shards": 2,
+        "run": {"shell": "sleep 0.5; exit $JETCRON_SHARD"},
+    }));
+    let instant = now_ms();
+    env.dispatch_recorded(&job, instant, Some("job.s0")).await;
+    let plain =
+        self::job(json!({"id": "plain", "schedule": "@every 1h", "run": {"shell": "true"}}));
+    env.dispatch(&plain, instant).await;
+
+    let written = next_records(&mut records, 4).await;
+    let mut results = watch.results(3).await;
+    results.retain(|r| r.job == "job");
+    results.sort_by_key(|r| r.shard);
+    env.wait_work_empty().await;
+    for (shard, result) in results.iter().enumerate() {
+        let key = format!("job.s0.{shard}");
+        let mine: Vec<&ShardRecord> = written
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(mine.len(), 2, "{written:?}");
+        let (start, end) = (mine[0], mine[1]);
+        assert_eq!(start.state, ShardState::Running, "{start:?}");
+        assert_eq!((start.job.as_str(), start.instant), ("job", instant));
+        assert_eq!((start.shard, start.attempt), (shard as u32, 1));
+        assert_eq!(start.worker, "w1");
+        assert_eq!(start.run_id, result.run_id);
+        assert_eq!(start.started_at, result.started_at);
+        assert_eq!((start.finished_at, start.exit_code), (None, None));
+        let state = if shard == 0 {
+            ShardState::Succeeded
+        } else {
+            ShardState::Failed
+        };
+        assert_eq!(
+            *end,
+            ShardRecord {
+                state,
+                finished_at: Some(result.finished_at),
+                exit_code: Some(shard as i32),
+                ..start.clone()
+            }
+        );
+        // The message is acked (the work stream is empty): its record is final.
+        assert_eq!(env.record(&key).await.as_ref(), Some(end));
+    }
+    // A message without a record key leaves no record.
+    assert_eq!(
+        env.record_keys().await,
+        BTreeSet::from(["job.s0.0".to_string(), "job.s0.1".to_string()])
+    );
+    stop_worker(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_shard_records_each_attempt() {
+    let env = Env::start().await;
+    let mut records = env.watch_records("flaky.s3.*").await;
+    let worker = start_worker(env.config("w1"));
+    let job = job(json!({
+        "id": "flaky",
+        "schedule": "@every 1h",
+        "run": {"shell": "exit 3"},
+        "retry": {"max_attempts": 2, "backoff": ["200ms"]},
+    }));
+    env.dispatch_recorded(&job, now_ms(), Some("flaky.s3"))
+        .await;
+
+    let written = next_records(&mut records, 4).await;
+    let seen: Vec<(&str, ShardState, u32, bool)> = written
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.state, r.attempt, r.will_retry))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("flaky.s3.0", ShardState::Running, 1, false),
+            ("flaky.s3.0", ShardState::Failed, 1, true),
+            ("flaky.s3.0", ShardState::Running, 2, false),
+            ("flaky.s3.0", ShardState::Failed, 2, false),
+        ]
+    );
+    assert_ne!(written[0].1.run_id, written[2].1.run_id);
+    assert_eq!(written[3].1.exit_code, Some(3));
+    env.wait_work_empty().await;
+    assert_eq!(env.record("flaky.s3.0").await.as_ref(), Some(&written[3].1));
     stop_worker(worker).await;
 }

@@ -15,6 +15,12 @@
 //! The result is stored on the results stream before the message is
 //! settled. If the result cannot be stored, the message is left unacked and
 //! comes back after the ack wait: a shard is never settled without a trace.
+//!
+//! When the message names a shard record, the attempt writes it `running`
+//! as it starts, and its outcome right after the result is stored, before
+//! the message is settled (see [`crate::record`]). Those writes are best
+//! effort: a failed one is logged and changes nothing in how the message
+//! is settled.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use chrono::{SecondsFormat, Utc};
 use jetcron_shared::job::{RetryPolicy, Run};
+use jetcron_shared::runs::ShardRecord;
 use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, interval_at, timeout};
@@ -31,6 +38,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
+use crate::heartbeat::RunCount;
+use crate::record::{self, Recorder};
 use crate::report::{Reporter, dead_msg_id};
 
 /// Tries to settle a message before leaving it to the ack wait.
@@ -48,6 +57,10 @@ pub struct Worker {
     /// A third of the consumer's ack wait.
     pub progress_every: Duration,
     pub reporter: Reporter,
+    /// Writes shard records into the runs bucket.
+    pub recorder: Recorder,
+    /// Shards running now, for the heartbeat.
+    pub running: RunCount,
 }
 
 /// Where a delivery stands, each with the one ack it sends.
@@ -112,6 +125,7 @@ pub async fn handle(
             return;
         }
     };
+    let _running = worker.running.enter();
     let span = info_span!(
         "run",
         job = %shard.job,
@@ -140,6 +154,9 @@ async fn run_and_report(
 ) -> Option<Settle> {
     let run_id = nuid::next().to_string();
     let started_at = Utc::now();
+    let record_key = shard.record_key();
+    let started = record::running(shard, attempt, &worker.id, &run_id, started_at);
+    write_record(worker, record_key.as_deref(), &started).await;
     info!(run_id, "run started");
     let outcome = match &shard.run {
         Run::Shell(script) if worker.allow_shell => {
@@ -154,6 +171,8 @@ async fn run_and_report(
                 Ended::Finished(outcome) => outcome,
                 Ended::Cancelled => {
                     warn!("killed at shutdown; handing the shard back");
+                    let back = record::handed_back(&started, Utc::now());
+                    write_record(worker, record_key.as_deref(), &back).await;
                     return Some(Settle::HandedBack);
                 }
             }
@@ -193,6 +212,7 @@ async fn run_and_report(
         error!(error = %e, "cannot store the result");
         return None;
     }
+    write_record(worker, record_key.as_deref(), &record::finished(&result)).await;
     if how == Settle::Dead {
         let event = Event::now(EventBody::Dead {
             job: result.job.clone(),
@@ -215,6 +235,22 @@ async fn run_and_report(
         );
     }
     Some(how)
+}
+
+/// Writes the shard record when the message names one; best effort.
+async fn write_record(worker: &Worker, key: Option<&str>, record: &ShardRecord) {
+    let Some(key) = key else {
+        return;
+    };
+    let state = record.state.as_str();
+    match worker.recorder.put(key, record).await {
+        Ok(()) => debug!(key, state, "shard record written"),
+        Err(e) => warn!(
+            error = %e,
+            state,
+            "shard record not written; the results stream still has the outcome"
+        ),
+    }
 }
 
 /// What a shell command sees besides the worker's own environment.

@@ -1,5 +1,5 @@
 //! What a worker is told at start: which group it serves, how many shards it
-//! runs at once, and the timings of acks, timeouts and shutdown.
+//! runs at once, and the timings of acks, timeouts, heartbeats and shutdown.
 //!
 //! [`WorkerConfig`] is a plain struct with documented defaults; the
 //! `jetcron-worker` binary fills it from flags and environment variables
@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Replicas of the streams and buckets this worker creates, if missing.
 pub const DEFAULT_REPLICAS: usize = 1;
+/// Between two heartbeats of a worker; a third of the workers bucket's
+/// default max age (15 s), so that two may be lost before the key expires.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Shortest heartbeat interval accepted.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most shards one worker runs at once.
 pub const MAX_CONCURRENCY: usize = 10_000;
 /// Largest output kept per attempt: a result must fit in one NATS message.
@@ -77,6 +82,11 @@ pub struct WorkerConfig {
     /// Replicas of the streams and buckets, when this worker creates them.
     #[arg(long, default_value_t = DEFAULT_REPLICAS)]
     pub replicas: usize,
+
+    /// Between two heartbeats in the workers bucket. Kept to at most a third
+    /// of the bucket's max age, after which a silent worker's key expires.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -92,18 +102,23 @@ impl Default for WorkerConfig {
             max_output: DEFAULT_MAX_OUTPUT,
             kill_grace: DEFAULT_KILL_GRACE,
             replicas: DEFAULT_REPLICAS,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
 }
 
 /// `<hostname>-<pid>`: unique among the workers of one machine.
 pub fn default_id() -> String {
-    let host = nix::unistd::gethostname()
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+/// This machine's name, or `worker` when it has none.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "worker".to_string())
 }
 
 /// A setting the worker cannot run with.
@@ -121,6 +136,8 @@ pub enum ConfigError {
     MaxOutput(usize),
     #[error("replicas: {0} must be 1-5")]
     Replicas(usize),
+    #[error("heartbeat_interval: must be at least {MIN_HEARTBEAT_INTERVAL:?}")]
+    HeartbeatInterval,
 }
 
 impl WorkerConfig {
@@ -148,6 +165,9 @@ impl WorkerConfig {
         }
         if !(1..=5).contains(&self.replicas) {
             return Err(ConfigError::Replicas(self.replicas));
+        }
+        if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(ConfigError::HeartbeatInterval);
         }
         Ok(())
     }
@@ -178,6 +198,7 @@ mod tests {
         assert_eq!(parsed.max_output, d.max_output);
         assert_eq!(parsed.kill_grace, d.kill_grace);
         assert_eq!(parsed.replicas, d.replicas);
+        assert_eq!(parsed.heartbeat_interval, d.heartbeat_interval);
         assert!(d.validate().is_ok());
     }
 
@@ -202,6 +223,8 @@ mod tests {
             "1024",
             "--replicas",
             "3",
+            "--heartbeat-interval",
+            "2s",
             "--nats-url",
             "nats://example:4222",
         ])
@@ -216,6 +239,7 @@ mod tests {
         assert_eq!(c.kill_grace, Duration::from_millis(500));
         assert_eq!(c.max_output, 1024);
         assert_eq!(c.replicas, 3);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.connect.nats_url, "nats://example:4222");
         assert!(c.validate().is_ok());
     }
@@ -251,5 +275,9 @@ mod tests {
             ConfigError::MaxOutput(10 << 20)
         );
         assert_eq!(bad(|c| c.replicas = 0), ConfigError::Replicas(0));
+        assert_eq!(
+            bad(|c| c.heartbeat_interval = Duration::from_millis(10)),
+            ConfigError::HeartbeatInterval
+        );
     }
 }

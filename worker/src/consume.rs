@@ -20,7 +20,7 @@ use async_nats::Statistics;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use jetcron_shared::Names;
-use jetcron_shared::setup::{self, SetupError, SetupOptions};
+use jetcron_shared::setup::{self, Resources, SetupError, SetupOptions};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -105,15 +105,16 @@ impl Source {
 
     /// Creates the streams and buckets if needed, then opens the consumer;
     /// retries until it works. `None` when shutdown came first.
-    pub async fn start(&self, shutdown: &Shutdown) -> Option<PullConsumer> {
+    pub async fn start(&self, shutdown: &Shutdown) -> Option<(PullConsumer, Resources)> {
         let mut backoff = Backoff::default();
         loop {
             let attempt = async {
                 let resources = setup::ensure(&self.js, &self.names, &self.setup).await?;
-                self.open_on(&resources.work).await
+                let consumer = self.open_on(&resources.work).await?;
+                Ok::<_, ConsumeError>((consumer, resources))
             };
             match stop_or(shutdown, attempt).await? {
-                Ok(consumer) => return Some(consumer),
+                Ok(started) => return Some(started),
                 Err(e) => warn!(error = %e, "cannot set up; retrying"),
             }
             if !pause(shutdown, backoff.next_delay()).await {

@@ -9,16 +9,22 @@
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
 //! - [`output`]: the bounded tail of a run's output.
 //! - [`report`]: publishes results and `dead` events through JetStream.
+//! - [`record`]: shard records (run history) in the runs bucket.
+//! - [`heartbeat`]: this worker's liveness key in the workers bucket.
 //! - [`shutdown`]: stop pulling, let runs finish, hand back the rest.
 //! - [`backoff`]: pauses between retries against the server.
 //! - [`error`]: why a worker could not start.
 //!
 //! A shard message travels: work stream `jetcron.work.<group>.<job>` ->
-//! [`consume`] pulls it into a free slot -> [`attempt`] decodes it and runs
-//! it with [`execute`] (acking progress meanwhile) -> [`report`] stores the
-//! `RunResult` on `jetcron.results.<job>` (and a `dead` event after the last
-//! failed attempt) -> [`attempt`] settles the message: ack, nak with the retry
-//! delay, or term.
+//! [`consume`] pulls it into a free slot -> [`attempt`] decodes it, marks
+//! its shard record `running` ([`record`]) and runs it with [`execute`]
+//! (acking progress meanwhile) -> [`report`] stores the `RunResult` on
+//! `jetcron.results.<job>` -> [`record`] writes the outcome into the shard
+//! record (and [`report`] a `dead` event after the last failed attempt) ->
+//! [`attempt`] settles the message: ack, nak with the retry delay, or term.
+//!
+//! Beside it, [`heartbeat`] keeps `<group>.<id>` fresh in the workers bucket
+//! from start to exit, with the number of shards running.
 
 pub mod attempt;
 pub mod backoff;
@@ -26,7 +32,9 @@ pub mod config;
 pub mod consume;
 pub mod error;
 pub mod execute;
+pub mod heartbeat;
 pub mod output;
+pub mod record;
 pub mod report;
 pub mod shutdown;
 
@@ -34,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use chrono::Utc;
 use jetcron_shared::connect::Patience;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -44,7 +53,9 @@ pub use config::WorkerConfig;
 pub use error::WorkerError;
 
 use crate::attempt::Worker;
-use crate::consume::{Puller, Source, log_task_end, reap};
+use crate::consume::{PullConsumer, Puller, Source, log_task_end, reap};
+use crate::heartbeat::{Heartbeat, RunCount};
+use crate::record::Recorder;
 use crate::report::Reporter;
 use crate::shutdown::{Drained, Shutdown};
 
@@ -53,7 +64,7 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs a worker until `shutdown` is cancelled, then stops pulling, lets the
 /// runs in flight finish within `config.shutdown_grace`, hands back what
-/// still runs, and returns `Ok(())`.
+/// still runs, deletes its heartbeat, and returns `Ok(())`.
 ///
 /// Fails only at start, on a setting it cannot run with. A server that is
 /// not there yet, or goes away later, is waited for.
@@ -68,6 +79,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         )
         .await?;
     let js = jetstream::new(client.clone());
+    let started_at = Utc::now();
     let shutdown = Shutdown::new(shutdown, config.shutdown_grace);
     info!(
         id = config.id,
@@ -84,7 +96,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         config.ack_wait,
         config.replicas,
     );
-    let Some(consumer) = source.start(&shutdown).await else {
+    let Some((consumer, resources)) = source.start(&shutdown).await else {
         info!("stopped before the consumer was ready");
         return Ok(());
     };
@@ -96,6 +108,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     } else {
         server_ack_wait.min(config.ack_wait)
     };
+    let running = RunCount::default();
     let worker = Arc::new(Worker {
         id: config.id.clone(),
         allow_shell: config.allow_shell,
@@ -103,8 +116,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         kill_grace: config.kill_grace,
         progress_every: ack_wait / 3,
         reporter: Reporter::new(js.clone(), names.clone()),
+        recorder: Recorder::new(resources.runs),
+        running: running.clone(),
     });
-    info!(consumer = names.work_consumer(&config.group), "pulling");
+    let heartbeat = Heartbeat::new(resources.workers, &names, &config, running, started_at);
+    info!(
+        consumer = names.work_consumer(&config.group),
+        heartbeat = heartbeat.key(),
+        heartbeat_interval = ?heartbeat.interval(),
+        "pulling"
+    );
 
     let puller = Puller {
         source,
@@ -113,12 +134,37 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         shutdown: shutdown.clone(),
         stats: client.statistics(),
     };
+    // The heartbeat lives inside this future, not in a task of its own, so
+    // that a worker whose `run` is aborted goes silent like a dead process.
+    let beating = CancellationToken::new();
+    let work = async {
+        pull_until_stopped(puller, consumer, config.shutdown_grace).await;
+        beating.cancel();
+    };
+    tokio::join!(heartbeat.run(beating.clone()), work);
+    match heartbeat.remove().await {
+        Ok(()) => info!("heartbeat deleted"),
+        Err(e) => warn!(error = %e, "heartbeat not deleted; it expires with the bucket's max age"),
+    }
+    match tokio::time::timeout(FLUSH_LIMIT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot flush the last acks"),
+        Err(_) => warn!("cannot flush the last acks: timed out"),
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+/// Pulls and runs shards until shutdown is requested, then lets the runs in
+/// flight finish within `grace` and hands back the rest.
+async fn pull_until_stopped(puller: Puller, consumer: PullConsumer, grace: Duration) {
     let mut tasks = JoinSet::new();
     puller.run(consumer, &mut tasks).await;
     reap(&mut tasks);
 
-    info!(in_flight = tasks.len(), grace = ?config.shutdown_grace, "stopped pulling");
-    let drained = shutdown
+    info!(in_flight = tasks.len(), grace = ?grace, "stopped pulling");
+    let drained = puller
+        .shutdown
         .drain(async {
             while let Some(done) = tasks.join_next().await {
                 log_task_end(done);
@@ -136,11 +182,4 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     while let Some(done) = tasks.join_next().await {
         log_task_end(done);
     }
-    match tokio::time::timeout(FLUSH_LIMIT, client.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "cannot flush the last acks"),
-        Err(_) => warn!("cannot flush the last acks: timed out"),
-    }
-    info!("worker stopped");
-    Ok(())
 }

@@ -1,0 +1,181 @@
+//! Shard records: the run history a worker leaves in the runs bucket, under
+//! the key the shard message names (`ShardMessage::record_key()`).
+//!
+//! An attempt writes `running` when it starts and its outcome when it ends,
+//! after its result is stored and before its message is settled: once a
+//! shard message is acked, its record is final. An attempt handed back at
+//! shutdown writes `pending`, since it waits for another worker.
+//!
+//! Records are a view for operators; the results stream stays the source of
+//! truth. So a record that cannot be written is logged and the attempt goes
+//! on, settled as it would have been.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
+use jetcron_shared::runs::{self, ShardRecord, ShardState};
+use jetcron_shared::wire::{RunResult, ShardMessage};
+use thiserror::Error;
+use tokio::time::timeout;
+
+/// Longest wait for one record write: it delays the run or the ack.
+pub const RECORD_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error("cannot write shard record {key}: {reason}")]
+    Put { key: String, reason: String },
+    #[error("cannot write shard record {key}: no answer within {RECORD_LIMIT:?}")]
+    TimedOut { key: String },
+}
+
+/// Writes shard records into the runs bucket.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    store: kv::Store,
+}
+
+impl Recorder {
+    pub fn new(store: kv::Store) -> Recorder {
+        Recorder { store }
+    }
+
+    /// Puts `record` under `key`, waiting for the bucket's ack.
+    pub async fn put(&self, key: &str, record: &ShardRecord) -> Result<(), RecordError> {
+        let body = runs::encode(record);
+        match timeout(RECORD_LIMIT, self.store.put(key, body.into())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RecordError::Put {
+                key: key.to_string(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(RecordError::TimedOut {
+                key: key.to_string(),
+            }),
+        }
+    }
+}
+
+/// The record of an attempt that just started.
+pub fn running(
+    shard: &ShardMessage,
+    attempt: u32,
+    worker: &str,
+    run_id: &str,
+    started_at: DateTime<Utc>,
+) -> ShardRecord {
+    ShardRecord {
+        job: shard.job.clone(),
+        instant: shard.instant,
+        shard: shard.shard,
+        state: ShardState::Running,
+        attempt,
+        worker: worker.to_string(),
+        run_id: run_id.to_string(),
+        started_at,
+        finished_at: None,
+        exit_code: None,
+        will_retry: false,
+    }
+}
+
+/// The record of an attempt that ran to its end.
+pub fn finished(result: &RunResult) -> ShardRecord {
+    ShardRecord {
+        job: result.job.clone(),
+        instant: result.instant,
+        shard: result.shard,
+        state: ShardState::from(result.status),
+        attempt: result.attempt,
+        worker: result.worker.clone(),
+        run_id: result.run_id.clone(),
+        started_at: result.started_at,
+        finished_at: Some(result.finished_at),
+        exit_code: result.exit_code,
+        will_retry: result.will_retry,
+    }
+}
+
+/// The record of an attempt killed at shutdown and handed back: the shard
+/// waits for its next attempt.
+pub fn handed_back(started: &ShardRecord, at: DateTime<Utc>) -> ShardRecord {
+    ShardRecord {
+        state: ShardState::Pending,
+        finished_at: Some(at),
+        will_retry: true,
+        ..started.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use jetcron_shared::wire::{Cause, RunStatus};
+
+    fn shard() -> ShardMessage {
+        let job = jetcron_shared::Job::decode(
+            br#"{"id":"sync","schedule":"@every 1h","shards":3,"run":{"shell":"true"}}"#,
+            None,
+        )
+        .unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        ShardMessage::new(&job, at, 2, 7, Cause::Schedule)
+    }
+
+    #[test]
+    fn an_attempt_is_running_then_ends_with_its_result() {
+        let shard = shard();
+        let started = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap();
+        let r = running(&shard, 2, "w1", "RUN", started);
+        assert_eq!(r.state, ShardState::Running);
+        assert_eq!(
+            (r.job.as_str(), r.instant, r.shard),
+            ("sync", shard.instant, 2)
+        );
+        assert_eq!(
+            (r.attempt, r.worker.as_str(), r.run_id.as_str()),
+            (2, "w1", "RUN")
+        );
+        assert_eq!(
+            (r.finished_at, r.exit_code, r.will_retry),
+            (None, None, false)
+        );
+
+        let finished_at = started + chrono::Duration::seconds(3);
+        let result = RunResult {
+            job: "sync".into(),
+            instant: shard.instant,
+            shard: 2,
+            shards: 3,
+            attempt: 2,
+            run_id: "RUN".into(),
+            status: RunStatus::TimedOut,
+            worker: "w1".into(),
+            started_at: started,
+            finished_at,
+            exit_code: None,
+            output: "x".into(),
+            output_truncated: false,
+            error: None,
+            will_retry: true,
+            epoch: 7,
+        };
+        let end = finished(&result);
+        assert_eq!(
+            end,
+            ShardRecord {
+                state: ShardState::TimedOut,
+                finished_at: Some(finished_at),
+                will_retry: true,
+                ..r.clone()
+            }
+        );
+
+        let back = handed_back(&r, finished_at);
+        assert_eq!(back.state, ShardState::Pending);
+        assert_eq!((back.attempt, back.finished_at), (2, Some(finished_at)));
+        assert!(back.will_retry);
+    }
+}
