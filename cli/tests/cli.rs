@@ -78,7 +78,7 @@ async fn job_commands_end_to_end() {
     assert!(
         lines[1].starts_with("report")
             && lines[1].contains("Europe/Berlin")
-            && lines[1].ends_with("ok"),
+            && lines[1].ends_with("active"),
         "{ls}"
     );
     assert_eq!(lines.len(), 2, "{ls}");

@@ -33,6 +33,23 @@ pub struct Fire {
     pub missed: u64,
     /// The earliest of those instants.
     pub first_missed: DateTime<Utc>,
+    /// Only these shards (a trigger may choose); None: every shard.
+    pub shards: Option<Vec<u32>>,
+    /// Replaces the job's payload for this fire (trigger).
+    pub payload: Option<serde_json::Value>,
+    /// Runs-bucket key of this fire's record; workers write their shard
+    /// records under `<record>.<shard>`.
+    pub record: Option<String>,
+}
+
+impl Fire {
+    /// The shards this fire dispatches.
+    pub fn shard_list(&self) -> Vec<u32> {
+        match &self.shards {
+            Some(s) => s.clone(),
+            None => (0..self.job.shard_count()).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -74,7 +91,7 @@ impl Dispatcher {
         let mut pending: Vec<(usize, u32, PublishAckFuture)> = Vec::with_capacity(CHUNK);
         let mut lapsed = false;
         'fires: for (i, fire) in fires.iter().enumerate() {
-            for shard in 0..fire.job.shard_count() {
+            for shard in fire.shard_list() {
                 if pending.len() >= CHUNK {
                     settle(&mut pending, &mut results).await;
                 }
@@ -85,7 +102,11 @@ impl Dispatcher {
                     }
                     break 'fires;
                 };
-                let msg = ShardMessage::new(&fire.job, fire.instant, shard, epoch, fire.cause);
+                let mut msg = ShardMessage::new(&fire.job, fire.instant, shard, epoch, fire.cause);
+                msg.record = fire.record.clone();
+                if let Some(p) = &fire.payload {
+                    msg.payload = Some(p.clone());
+                }
                 let subject = self.names.work_subject(fire.job.group(), fire.job.id());
                 match self
                     .js

@@ -12,10 +12,13 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
+use jetcron_shared::runs::FireRecord;
 use jetcron_shared::wire::{Cause, Event, EventBody};
-use jetcron_shared::{Job, Schedule};
+use jetcron_shared::{Job, Names, Schedule};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -74,6 +77,9 @@ pub struct Engine {
     store: StateStore,
     dispatcher: Dispatcher,
     events: Events,
+    /// Run history: fire records go here.
+    runs: kv::Store,
+    names: Names,
 }
 
 impl Engine {
@@ -83,6 +89,8 @@ impl Engine {
         store: StateStore,
         dispatcher: Dispatcher,
         events: Events,
+        runs: kv::Store,
+        names: Names,
     ) -> Engine {
         Engine {
             settings,
@@ -96,6 +104,8 @@ impl Engine {
             store,
             dispatcher,
             events,
+            runs,
+            names,
         }
     }
 
@@ -321,6 +331,9 @@ impl Engine {
             } else {
                 Cause::Schedule
             };
+            // History is a ring of slots per job: fire n goes to slot n % history.
+            let slot = self.state_of(&id).map_or(0, |s| s.fires) % u64::from(k.job.history());
+            let record = self.names.run_fire_key(&id, &format!("s{slot}"));
             fires.push(Fire {
                 job: k.job.clone(),
                 revision: k.revision,
@@ -328,6 +341,9 @@ impl Engine {
                 cause,
                 missed,
                 first_missed: at,
+                shards: None,
+                payload: None,
+                record: Some(record),
             });
         }
         let results = self.dispatcher.dispatch(&fires, current).await;
@@ -384,6 +400,7 @@ impl Engine {
             (s.job.id().to_string(), state)
         }));
         self.record(updates).await;
+        self.write_fire_records(&done, epoch, dispatched_at).await;
         self.report(&done, epoch, dispatched_at).await;
         self.report_skips(&skips).await;
     }
@@ -446,6 +463,43 @@ impl Engine {
             }
         }
         self.load_unloaded().await;
+    }
+
+    /// Puts the run-history record of each dispatched fire (best effort:
+    /// results and events remain the record of truth).
+    async fn write_fire_records(&self, fires: &[Fire], epoch: u64, at: DateTime<Utc>) {
+        let records: Vec<(String, Bytes)> = fires
+            .iter()
+            .filter_map(|f| {
+                let rec = FireRecord {
+                    job: f.job.id().to_string(),
+                    fire_id: jetcron_shared::wire::fire_id(f.job.id(), f.instant),
+                    instant: f.instant,
+                    cause: f.cause,
+                    fired_at: at,
+                    shards: f.job.shard_count(),
+                    dispatched: f.shard_list(),
+                    epoch,
+                };
+                Some((
+                    f.record.clone()?,
+                    Bytes::from(jetcron_shared::runs::encode(&rec)),
+                ))
+            })
+            .collect();
+        let runs = self.runs.clone();
+        stream::iter(records)
+            .map(|(key, body)| {
+                let runs = runs.clone();
+                async move {
+                    if let Err(e) = runs.put(&key, body).await {
+                        debug!(key, error = %e, "fire record not written");
+                    }
+                }
+            })
+            .buffer_unordered(STATE_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
     }
 
     /// Sends `skipped` events for instants a paused job let pass.

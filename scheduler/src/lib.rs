@@ -81,7 +81,8 @@ pub async fn run(
     let api = api::spawn(
         client.clone(),
         &names,
-        res.jobs.clone(),
+        &res,
+        &config.id,
         events.clone(),
         shutdown.clone(),
     )
@@ -122,6 +123,8 @@ pub async fn run(
         state::StateStore::new(res.state.clone()),
         dispatch::Dispatcher::new(js.clone(), names.clone()),
         events,
+        res.runs.clone(),
+        names.clone(),
     );
     engine.run(catalog_rx, shutdown.clone()).await;
     lease_stop.cancel();

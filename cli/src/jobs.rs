@@ -1,0 +1,480 @@
+//! `jetcron job ...`: one job at a time through the control API.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use jetcron_shared::api::{FireRun, NextReply, RunsReply, ShardRun, TriggerRequest};
+use jetcron_shared::connect::ConnectArgs;
+use jetcron_shared::runs::ShardState;
+
+use crate::manifest::{self, Format};
+use crate::output::{ago, duration_ms, instant, print_table, table};
+use crate::{Failure, Output, connect};
+
+/// Shards listed one by one in `job runs`; beyond this, counted per state.
+const SHARDS_LISTED: usize = 10;
+
+/// `job put -f FILE`: stores one definition as it is (JSON, or YAML turned
+/// into JSON); the API validates it. `-` reads JSON from standard input.
+pub async fn put(args: &ConnectArgs, out: &Output, file: &Path) -> Result<(), Failure> {
+    let body = read_definition(file)?;
+    let reply = connect::api(args).await?.put_raw(body).await?;
+    if out.json {
+        out.json(&reply);
+    } else {
+        let verb = if reply.created { "created" } else { "updated" };
+        println!("job {} {verb} (revision {})", reply.job.id, reply.revision);
+    }
+    Ok(())
+}
+
+fn read_definition(file: &Path) -> Result<Bytes, Failure> {
+    let name = file.display();
+    let read_err = |e: std::io::Error| Failure::Input(format!("cannot read {name}: {e}"));
+    if file.as_os_str() == manifest::STDIN {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(read_err)?;
+        return Ok(Bytes::from(buf));
+    }
+    let bytes = std::fs::read(file).map_err(read_err)?;
+    if Format::of(file) != Some(Format::Yaml) {
+        return Ok(Bytes::from(bytes));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| Failure::Input(format!("{name}: not UTF-8 text")))?;
+    let mut jobs = manifest::parse(&name.to_string(), &text, Format::Yaml)
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    match (jobs.pop(), jobs.is_empty()) {
+        (Some(job), true) => serde_json::to_vec(&job.value)
+            .map(Bytes::from)
+            .map_err(|e| Failure::Input(format!("{name}: {e}"))),
+        (None, _) => Err(Failure::Input(format!("{name}: no job definition in it"))),
+        (Some(_), false) => Err(Failure::Input(format!(
+            "{name} holds {} jobs; job put takes one (use jetcron apply for several)",
+            jobs.len() + 1
+        ))),
+    }
+}
+
+pub async fn get(args: &ConnectArgs, out: &Output, id: &str) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.get(id).await?;
+    if out.json {
+        out.json(&reply);
+        return Ok(());
+    }
+    match (&reply.job, &reply.invalid) {
+        (Some(job), _) => out.json(job),
+        (None, invalid) => {
+            println!(
+                "# revision {}: INVALID: {}",
+                reply.revision,
+                invalid.as_deref().unwrap_or("?")
+            );
+            println!("{}", reply.raw.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+pub async fn rm(args: &ConnectArgs, out: &Output, id: &str) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.delete(id).await?;
+    if out.json {
+        out.json(&reply);
+    } else {
+        println!("job {} deleted", reply.id);
+    }
+    Ok(())
+}
+
+pub async fn ls(args: &ConnectArgs, out: &Output) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.list().await?;
+    if out.json {
+        out.json(&reply);
+        return Ok(());
+    }
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = reply
+        .jobs
+        .iter()
+        .map(|j| {
+            let status = match (&j.invalid, j.paused) {
+                (Some(e), _) => format!("INVALID: {e}"),
+                (None, true) => "paused".to_string(),
+                (None, false) => "active".to_string(),
+            };
+            vec![
+                j.id.clone(),
+                j.schedule.clone().unwrap_or_else(dash),
+                j.timezone.clone().unwrap_or_else(dash),
+                j.group.clone().unwrap_or_else(dash),
+                j.shards.map_or_else(dash, |s| s.to_string()),
+                j.revision.to_string(),
+                status,
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "SCHEDULE", "TIMEZONE", "GROUP", "SHARDS", "REV", "STATUS",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn pause(args: &ConnectArgs, out: &Output, id: &str) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.pause(id).await?;
+    if out.json {
+        out.json(&reply);
+    } else if reply.changed {
+        println!(
+            "job {} paused (revision {}); its instants are skipped until it is resumed",
+            reply.id, reply.revision
+        );
+    } else {
+        println!("job {} was paused already", reply.id);
+    }
+    Ok(())
+}
+
+pub async fn resume(args: &ConnectArgs, out: &Output, id: &str) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.resume(id).await?;
+    if out.json {
+        out.json(&reply);
+    } else if reply.changed {
+        let fires = if reply.skipped == 1 { "fire" } else { "fires" };
+        println!(
+            "job {} resumed (revision {}); {} {fires} skipped while paused (not replayed)",
+            reply.id, reply.revision, reply.skipped
+        );
+    } else {
+        println!("job {} was not paused", reply.id);
+    }
+    Ok(())
+}
+
+/// `job trigger ID [--shard N ...] [--payload JSON]`: one fire now.
+pub async fn trigger(
+    args: &ConnectArgs,
+    out: &Output,
+    id: &str,
+    shards: Vec<u32>,
+    payload: Option<&str>,
+) -> Result<(), Failure> {
+    let payload = payload
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p)
+                .map_err(|e| Failure::Input(format!("--payload is not JSON: {e}")))
+        })
+        .transpose()?;
+    let req = TriggerRequest {
+        id: id.to_string(),
+        shards: (!shards.is_empty()).then_some(shards),
+        payload,
+    };
+    let reply = connect::api(args).await?.trigger(&req).await?;
+    if out.json {
+        out.json(&reply);
+    } else {
+        println!(
+            "job {} triggered: fire {} (instant {}, shards {})",
+            reply.id,
+            reply.fire_id,
+            instant(reply.instant),
+            shard_list(&reply.shards)
+        );
+    }
+    Ok(())
+}
+
+fn shard_list(shards: &[u32]) -> String {
+    let list: Vec<String> = shards.iter().map(u32::to_string).collect();
+    list.join(",")
+}
+
+/// `job next ID [-n COUNT]`: the coming instants, in UTC and in the job's zone.
+pub async fn next(
+    args: &ConnectArgs,
+    out: &Output,
+    id: &str,
+    count: Option<u32>,
+) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.next(id, count).await?;
+    if out.json {
+        out.json(&reply);
+    } else {
+        println!("{}", next_table(&reply, Utc::now()));
+    }
+    Ok(())
+}
+
+pub fn next_table(reply: &NextReply, now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = reply
+        .instants
+        .iter()
+        .map(|i| vec![instant(i.utc), i.local.clone(), ago(i.utc, now)])
+        .collect();
+    let zone = format!("LOCAL ({})", reply.timezone);
+    let mut text = table(&["UTC", &zone, "WHEN"], &rows);
+    if reply.instants.is_empty() {
+        text.push_str("\n(no more instants: the schedule has ended)");
+    }
+    if reply.paused {
+        text.push_str(&format!(
+            "\njob {} is paused: these instants are skipped until it is resumed",
+            reply.id
+        ));
+    }
+    text
+}
+
+/// `job runs ID [--limit N]`: recent fires, newest first.
+pub async fn runs(
+    args: &ConnectArgs,
+    out: &Output,
+    id: &str,
+    limit: Option<u32>,
+) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.runs(id, limit).await?;
+    if out.json {
+        out.json(&reply);
+    } else {
+        println!("{}", runs_table(&reply, Utc::now()));
+    }
+    Ok(())
+}
+
+pub fn runs_table(reply: &RunsReply, now: DateTime<Utc>) -> String {
+    if reply.runs.is_empty() {
+        return format!("job {} has not fired yet", reply.id);
+    }
+    let rows: Vec<Vec<String>> = reply
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                instant(r.instant),
+                cause(r.cause).to_string(),
+                r.state.as_str().to_string(),
+                shard_summary(&r.shards),
+                fire_duration(r, now),
+            ]
+        })
+        .collect();
+    table(&["INSTANT", "CAUSE", "STATE", "SHARDS", "DURATION"], &rows)
+}
+
+fn cause(c: jetcron_shared::wire::Cause) -> &'static str {
+    use jetcron_shared::wire::Cause;
+    match c {
+        Cause::Schedule => "schedule",
+        Cause::Misfire => "misfire",
+        Cause::Manual => "manual",
+    }
+}
+
+/// `0:ok 1:failed(3) 2:running@w1`; past a few shards, counts per state and
+/// the shards that are not ok.
+pub fn shard_summary(shards: &[ShardRun]) -> String {
+    if shards.len() <= SHARDS_LISTED {
+        let parts: Vec<String> = shards
+            .iter()
+            .map(|s| format!("{}:{}", s.shard, shard_token(s)))
+            .collect();
+        return parts.join(" ");
+    }
+    let order = [
+        ShardState::Succeeded,
+        ShardState::Failed,
+        ShardState::TimedOut,
+        ShardState::Running,
+        ShardState::Pending,
+    ];
+    let counts: Vec<String> = order
+        .iter()
+        .filter_map(|state| {
+            let n = shards.iter().filter(|s| s.state == *state).count();
+            let name = if *state == ShardState::Succeeded {
+                "ok"
+            } else {
+                state.as_str()
+            };
+            (n > 0).then(|| format!("{n} {name}"))
+        })
+        .collect();
+    let not_ok: Vec<String> = shards
+        .iter()
+        .filter(|s| s.state != ShardState::Succeeded)
+        .take(5)
+        .map(|s| format!("{}:{}", s.shard, shard_token(s)))
+        .collect();
+    let mut text = counts.join(", ");
+    if !not_ok.is_empty() {
+        text.push_str(&format!(" ({}", not_ok.join(" ")));
+        let more = shards
+            .iter()
+            .filter(|s| s.state != ShardState::Succeeded)
+            .count()
+            .saturating_sub(not_ok.len());
+        if more > 0 {
+            text.push_str(&format!(" +{more}"));
+        }
+        text.push(')');
+    }
+    text
+}
+
+fn shard_token(s: &ShardRun) -> String {
+    match s.state {
+        ShardState::Succeeded if s.attempts > 1 => format!("ok({})", s.attempts),
+        ShardState::Succeeded => "ok".to_string(),
+        ShardState::Failed | ShardState::TimedOut => {
+            format!("{}({})", s.state.as_str(), s.attempts)
+        }
+        ShardState::Running => match &s.worker {
+            Some(w) => format!("running@{w}"),
+            None => "running".to_string(),
+        },
+        ShardState::Pending => "pending".to_string(),
+    }
+}
+
+/// From the fire to its last shard's end; `12s+` while shards still run.
+fn fire_duration(r: &FireRun, now: DateTime<Utc>) -> String {
+    let done = r.shards.iter().all(|s| {
+        matches!(
+            s.state,
+            ShardState::Succeeded | ShardState::Failed | ShardState::TimedOut
+        )
+    });
+    let last_end = r.shards.iter().filter_map(|s| s.finished_at).max();
+    match (done, last_end) {
+        (true, Some(end)) => duration_ms((end - r.fired_at).num_milliseconds()),
+        (true, None) => "-".to_string(),
+        (false, _) => format!("{}+", duration_ms((now - r.fired_at).num_milliseconds())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use jetcron_shared::api::NextInstant;
+    use jetcron_shared::wire::Cause;
+
+    fn shard(shard: u32, state: ShardState, attempts: u32, worker: Option<&str>) -> ShardRun {
+        ShardRun {
+            shard,
+            state,
+            attempts,
+            worker: worker.map(str::to_string),
+            run_id: None,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+        }
+    }
+
+    #[test]
+    fn shard_summaries_are_short() {
+        let shards = [
+            shard(0, ShardState::Succeeded, 1, Some("w0")),
+            shard(1, ShardState::Failed, 3, Some("w2")),
+            shard(2, ShardState::Running, 1, Some("w1")),
+            shard(3, ShardState::Pending, 0, None),
+            shard(4, ShardState::Succeeded, 2, Some("w0")),
+            shard(5, ShardState::TimedOut, 1, Some("w0")),
+        ];
+        assert_eq!(
+            shard_summary(&shards),
+            "0:ok 1:failed(3) 2:running@w1 3:pending 4:ok(2) 5:timed_out(1)"
+        );
+        let mut many: Vec<ShardRun> = (0..100)
+            .map(|i| shard(i, ShardState::Succeeded, 1, None))
+            .collect();
+        many[7] = shard(7, ShardState::Failed, 2, None);
+        for (i, s) in many.iter_mut().enumerate().take(17).skip(10) {
+            *s = shard(i as u32, ShardState::Running, 1, Some("w"));
+        }
+        assert_eq!(
+            shard_summary(&many),
+            "92 ok, 1 failed, 7 running (7:failed(2) 10:running@w 11:running@w 12:running@w \
+             13:running@w +3)"
+        );
+    }
+
+    #[test]
+    fn runs_table_shows_instant_cause_state_shards_and_duration() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 21, 30, 0).unwrap();
+        let mut done = shard(0, ShardState::Succeeded, 1, Some("w1"));
+        done.finished_at = Some(at + chrono::Duration::milliseconds(2500));
+        let reply = RunsReply {
+            id: "hello".into(),
+            runs: vec![
+                FireRun {
+                    fire_id: "hello:2".into(),
+                    instant: at + chrono::Duration::seconds(60),
+                    cause: Cause::Manual,
+                    fired_at: at + chrono::Duration::seconds(60),
+                    state: ShardState::Running,
+                    shards: vec![shard(0, ShardState::Running, 1, Some("w1"))],
+                },
+                FireRun {
+                    fire_id: "hello:1".into(),
+                    instant: at,
+                    cause: Cause::Schedule,
+                    fired_at: at,
+                    state: ShardState::Succeeded,
+                    shards: vec![done],
+                },
+            ],
+        };
+        let now = at + chrono::Duration::seconds(65);
+        assert_eq!(
+            runs_table(&reply, now),
+            "INSTANT               CAUSE     STATE      SHARDS        DURATION\n\
+             2026-11-24T21:31:00Z  manual    running    0:running@w1  5.0s+\n\
+             2026-11-24T21:30:00Z  schedule  succeeded  0:ok          2.5s"
+        );
+        let empty = RunsReply {
+            id: "x".into(),
+            runs: vec![],
+        };
+        assert_eq!(runs_table(&empty, now), "job x has not fired yet");
+    }
+
+    #[test]
+    fn next_table_has_utc_local_and_when() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 25, 5, 30, 0).unwrap();
+        let reply = NextReply {
+            id: "r".into(),
+            timezone: "Europe/Berlin".into(),
+            paused: true,
+            instants: vec![NextInstant {
+                utc: at,
+                local: "2026-11-25T06:30:00+01:00".into(),
+            }],
+        };
+        let text = next_table(&reply, at - chrono::Duration::seconds(90));
+        assert_eq!(
+            text,
+            "UTC                   LOCAL (Europe/Berlin)      WHEN\n\
+             2026-11-25T05:30:00Z  2026-11-25T06:30:00+01:00  in 1m30s\n\
+             job r is paused: these instants are skipped until it is resumed"
+        );
+    }
+
+    #[test]
+    fn yaml_definitions_are_sent_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("j.yaml");
+        std::fs::write(&f, "id: a\nschedule: '@hourly'\nrun: {shell: x}\n").unwrap();
+        let body = read_definition(&f).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["run"]["shell"], "x");
+        std::fs::write(&f, "- id: a\n- id: b\n").unwrap();
+        assert!(matches!(read_definition(&f), Err(Failure::Input(_))));
+    }
+}

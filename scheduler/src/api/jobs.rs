@@ -1,0 +1,259 @@
+//! `job.put`, `job.get`, `job.delete`, `job.list`: job definitions in the
+//! jobs bucket.
+//!
+//! A put stores what is sent, literally (a definition without `paused`
+//! un-pauses the job). With `expected_revision` it is a compare-and-set:
+//! KV `create` for 0 (must not exist), `update` at that revision otherwise,
+//! so of two concurrent edits from the same revision only one applies.
+
+use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use bytes::Bytes;
+use jetcron_shared::api::{
+    ApiError, DeleteReply, EXPECTED_REVISION_FIELD, ErrorCode, GetReply, IdRequest, JobSummary,
+    ListReply, PutReply, encode_ok,
+};
+use jetcron_shared::wire::{Event, EventBody};
+use jetcron_shared::{Job, JobSpec};
+use tracing::warn;
+
+use super::{Ctx, ID_SHAPE, check_id, load_job, no_params, not_found, parse, scan, unavailable};
+
+/// Raw stored definitions shown by `job.get` are cut to this many characters.
+const RAW_LIMIT: usize = 4096;
+
+pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let (expected, definition) = split_expected(body)?;
+    let job = match Job::decode(&definition, None) {
+        Ok(job) => job,
+        Err(e) => {
+            let id = claimed_id(&definition);
+            warn!(job = %id, error = %e, "refused an invalid job definition");
+            let event = Event::now(EventBody::Invalid {
+                job: id,
+                revision: 0,
+                error: e.to_string(),
+            });
+            ctx.events.publish(&event, None).await;
+            return Err(ApiError::new(ErrorCode::InvalidJob, e.to_string()));
+        }
+    };
+    let spec = job.spec;
+    let id = spec.id.clone();
+    let current = current_revision(ctx, &id).await?;
+    let value = Bytes::from(spec.encode());
+    let revision = match expected {
+        None => ctx
+            .jobs
+            .put(id.as_str(), value)
+            .await
+            .map_err(|e| unavailable("jobs bucket", e))?,
+        Some(want) if want != current => return Err(conflict(&id, current, want)),
+        Some(0) => match ctx.jobs.create(id.as_str(), value).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                return Err(conflict(&id, current_revision(ctx, &id).await?, 0));
+            }
+            Err(e) => return Err(unavailable("jobs bucket", e)),
+        },
+        Some(want) => match ctx.jobs.update(id.as_str(), value, want).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                return Err(conflict(&id, current_revision(ctx, &id).await?, want));
+            }
+            Err(e) => return Err(unavailable("jobs bucket", e)),
+        },
+    };
+    Ok(encode_ok(&PutReply {
+        job: spec,
+        revision,
+        created: current == 0,
+    }))
+}
+
+/// Takes a top-level `expected_revision` out of a put body. The rest is the
+/// definition, byte for byte when there is no such field.
+fn split_expected(body: &[u8]) -> Result<(Option<u64>, Bytes), ApiError> {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(body) else {
+        // Not a JSON object: the definition check says what is wrong.
+        return Ok((None, Bytes::copy_from_slice(body)));
+    };
+    let Some(raw) = map.remove(EXPECTED_REVISION_FIELD) else {
+        return Ok((None, Bytes::copy_from_slice(body)));
+    };
+    let Some(expected) = raw.as_u64() else {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{EXPECTED_REVISION_FIELD}: must be a revision number (0: the job must not \
+                 exist yet), found {raw}"
+            ),
+        ));
+    };
+    let rest = serde_json::to_vec(&serde_json::Value::Object(map))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok((Some(expected), Bytes::from(rest)))
+}
+
+/// Revision of the job's live definition; 0 when it does not exist.
+async fn current_revision(ctx: &Ctx, id: &str) -> Result<u64, ApiError> {
+    match load_job(ctx, id).await {
+        Ok(stored) => Ok(stored.revision),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+fn conflict(id: &str, current: u64, expected: u64) -> ApiError {
+    let message = if current == 0 {
+        format!("job '{id}' does not exist, not at revision {expected}")
+    } else {
+        format!("job '{id}' is at revision {current}, not {expected}")
+    };
+    ApiError::new(ErrorCode::Conflict, message)
+}
+
+/// The id a refused definition claims, if it is usable in a subject;
+/// `_unknown` otherwise.
+fn claimed_id(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        .filter(|id| super::valid_id(id))
+        .unwrap_or_else(|| "_unknown".to_string())
+}
+
+/// Parses `{"id": "..."}` and checks the id is a possible job id.
+pub(super) fn id_request(body: &[u8]) -> Result<String, ApiError> {
+    let req: IdRequest = parse(body, ID_SHAPE)?;
+    check_id(&req.id)?;
+    Ok(req.id)
+}
+
+pub(super) async fn get(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let id = id_request(body)?;
+    let stored = load_job(ctx, &id).await?;
+    let reply = match stored.job {
+        Ok(job) => GetReply {
+            id,
+            revision: stored.revision,
+            job: Some(job.spec),
+            invalid: None,
+            raw: None,
+        },
+        Err(e) => GetReply {
+            id,
+            revision: stored.revision,
+            job: None,
+            invalid: Some(e.to_string()),
+            raw: Some(
+                String::from_utf8_lossy(&stored.value)
+                    .chars()
+                    .take(RAW_LIMIT)
+                    .collect(),
+            ),
+        },
+    };
+    Ok(encode_ok(&reply))
+}
+
+pub(super) async fn delete(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let id = id_request(body)?;
+    if current_revision(ctx, &id).await? == 0 {
+        return Err(not_found(&id));
+    }
+    ctx.jobs
+        .delete(id.as_str())
+        .await
+        .map_err(|e| unavailable("jobs bucket", e))?;
+    Ok(encode_ok(&DeleteReply { id }))
+}
+
+pub(super) async fn list(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    no_params(body)?;
+    let mut jobs: Vec<JobSummary> = scan::latest(&ctx.jobs, ">")
+        .await
+        .map_err(|e| unavailable("jobs bucket", e))?
+        .into_iter()
+        .map(|r| summarize(&r.key, r.revision, &r.value))
+        .collect();
+    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(encode_ok(&ListReply { jobs }))
+}
+
+pub(super) fn summarize(id: &str, revision: u64, value: &[u8]) -> JobSummary {
+    match Job::decode(value, Some(id)) {
+        Ok(job) => {
+            let JobSpec {
+                schedule,
+                timezone,
+                group,
+                ..
+            } = &job.spec;
+            JobSummary {
+                id: id.to_string(),
+                revision,
+                schedule: Some(schedule.clone()),
+                timezone: Some(timezone.clone()),
+                group: Some(group.clone()),
+                shards: Some(job.shard_count()),
+                paused: job.paused(),
+                invalid: None,
+            }
+        }
+        Err(e) => JobSummary {
+            id: id.to_string(),
+            revision,
+            schedule: None,
+            timezone: None,
+            group: None,
+            shards: None,
+            paused: false,
+            invalid: Some(e.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_revision_is_taken_out_of_the_definition() {
+        let (e, rest) =
+            split_expected(br#"{"id":"a","schedule":"@hourly","expected_revision":5}"#).unwrap();
+        assert_eq!(e, Some(5));
+        let v: serde_json::Value = serde_json::from_slice(&rest).unwrap();
+        assert!(v.get(EXPECTED_REVISION_FIELD).is_none());
+        assert_eq!(v["id"], "a");
+
+        let body = br#"{"id":"a", "schedule":"@hourly"}"#;
+        let (e, rest) = split_expected(body).unwrap();
+        assert_eq!((e, rest.as_ref()), (None, &body[..]));
+        let (e, rest) = split_expected(b"{broken").unwrap();
+        assert_eq!((e, rest.as_ref()), (None, &b"{broken"[..]));
+
+        for bad in [r#""5""#, "-1", "1.5", "null"] {
+            let body = format!(r#"{{"id":"a","expected_revision":{bad}}}"#);
+            let err = split_expected(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert!(
+                err.message.starts_with("expected_revision: "),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn conflicts_say_where_the_job_is() {
+        assert_eq!(
+            conflict("x", 7, 5).message,
+            "job 'x' is at revision 7, not 5"
+        );
+        assert_eq!(
+            conflict("x", 0, 5).message,
+            "job 'x' does not exist, not at revision 5"
+        );
+        assert_eq!(conflict("x", 7, 5).code, ErrorCode::Conflict);
+    }
+}

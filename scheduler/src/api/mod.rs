@@ -1,0 +1,445 @@
+//! The control API: NATS micro service `jetcron` with endpoints under
+//! `jetcron.api.`. Every replica serves it (queue group `q`), leader or not;
+//! it reads the buckets and streams, writes job definitions (the engines pick
+//! changes up from their watch) and dispatches manual fires.
+//!
+//! - [`micro`] - the micro protocol (endpoints, `$SRV.PING/INFO/STATS`, error
+//!   counting).
+//! - [`jobs`] - `job.put`, `job.get`, `job.delete`, `job.list`.
+//! - [`pause`] - `job.pause`, `job.resume`.
+//! - [`trigger`] - `job.trigger`.
+//! - [`next`] - `job.next`.
+//! - [`runs`] - `job.runs`.
+//! - [`status`] - `status`, `workers`.
+//! - [`scan`] - reads the latest value of every key under a filter.
+//!
+//! A request travels: endpoint subscription -> [`spawn`]'s loop -> one task
+//! per request -> handler (validates first; a bad request changes nothing) ->
+//! [`micro::Responder::respond`] (`{"ok": true, ...}` or `{"ok": false,
+//! "error": {...}}` with the micro error headers, counted in the stats).
+
+pub mod micro;
+
+mod jobs;
+mod next;
+mod pause;
+mod runs;
+mod scan;
+mod status;
+mod trigger;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use futures::StreamExt;
+use jetcron_shared::api::{ApiError, ErrorCode, encode_err, endpoint};
+use jetcron_shared::setup::Resources;
+use jetcron_shared::{Job, Names};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::dispatch::Dispatcher;
+use crate::events::Events;
+use crate::state::StateStore;
+
+/// Longest a request may take; the client (`nats req`, `jetcron`) waits 5 s.
+const HANDLER_LIMIT: Duration = Duration::from_millis(4500);
+/// How long in-flight requests may finish after shutdown.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+#[error("cannot start the control API service: {0}")]
+pub struct ServiceError(#[from] micro::MicroError);
+
+/// The endpoints, by their name relative to `<prefix>.api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Put,
+    Get,
+    Delete,
+    List,
+    Pause,
+    Resume,
+    Trigger,
+    Next,
+    Runs,
+    Status,
+    Workers,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 11] = [
+        Endpoint::Put,
+        Endpoint::Get,
+        Endpoint::Delete,
+        Endpoint::List,
+        Endpoint::Pause,
+        Endpoint::Resume,
+        Endpoint::Trigger,
+        Endpoint::Next,
+        Endpoint::Runs,
+        Endpoint::Status,
+        Endpoint::Workers,
+    ];
+
+    fn subject_name(self) -> &'static str {
+        match self {
+            Endpoint::Put => endpoint::JOB_PUT,
+            Endpoint::Get => endpoint::JOB_GET,
+            Endpoint::Delete => endpoint::JOB_DELETE,
+            Endpoint::List => endpoint::JOB_LIST,
+            Endpoint::Pause => endpoint::JOB_PAUSE,
+            Endpoint::Resume => endpoint::JOB_RESUME,
+            Endpoint::Trigger => endpoint::JOB_TRIGGER,
+            Endpoint::Next => endpoint::JOB_NEXT,
+            Endpoint::Runs => endpoint::JOB_RUNS,
+            Endpoint::Status => endpoint::STATUS,
+            Endpoint::Workers => endpoint::WORKERS,
+        }
+    }
+
+    /// The micro endpoint name: ADR-32 allows no dots, so `job.put` is
+    /// listed as `job_put` (its subject stays `jetcron.api.job.put`).
+    fn micro_name(self) -> String {
+        self.subject_name().replace('.', "_")
+    }
+}
+
+/// Everything a handler reads or writes.
+#[derive(Debug)]
+struct Ctx {
+    names: Names,
+    jobs: kv::Store,
+    state: StateStore,
+    lease: kv::Store,
+    workers: kv::Store,
+    runs: kv::Store,
+    work: stream::Stream,
+    events: Events,
+    dispatcher: Dispatcher,
+    /// Last manual instant (unix ms) this replica used, so two triggers of
+    /// one job never share an instant (and so a dedup id).
+    last_manual_ms: AtomicI64,
+}
+
+/// Starts the service; it answers until `shutdown`, then lets the requests
+/// in flight finish (bounded).
+pub async fn spawn(
+    client: async_nats::Client,
+    names: &Names,
+    res: &Resources,
+    replica: &str,
+    events: Events,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServiceError> {
+    let ctx = Arc::new(Ctx {
+        names: names.clone(),
+        jobs: res.jobs.clone(),
+        state: StateStore::new(res.state.clone()),
+        lease: res.lease.clone(),
+        workers: res.workers.clone(),
+        runs: res.runs.clone(),
+        work: res.work.clone(),
+        events,
+        dispatcher: Dispatcher::new(res.js.clone(), names.clone()),
+        last_manual_ms: AtomicI64::new(0),
+    });
+    let specs = Endpoint::ALL
+        .iter()
+        .map(|&ep| micro::EndpointSpec {
+            key: ep,
+            name: ep.micro_name(),
+            subject: names.api_subject(ep.subject_name()),
+        })
+        .collect();
+    let config = micro::Config {
+        name: names.service_name(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        description: "jetcron control API: job definitions, pause, trigger, runs, status"
+            .to_string(),
+        metadata: BTreeMap::from([
+            ("prefix".to_string(), names.prefix().to_string()),
+            ("replica".to_string(), replica.to_string()),
+        ]),
+    };
+    let (service, mut requests) = micro::Service::start(client, config, specs).await?;
+    debug!(service_id = service.id(), "control API up");
+    let responder = service.responder();
+    Ok(tokio::spawn(async move {
+        let mut running = JoinSet::new();
+        loop {
+            tokio::select! {
+                req = requests.next() => {
+                    let Some(req) = req else { break };
+                    let ctx = ctx.clone();
+                    let responder = responder.clone();
+                    running.spawn(async move {
+                        let reply = handle(&ctx, req.endpoint, &req.message.payload).await;
+                        responder.respond(req, to_reply(reply)).await;
+                    });
+                }
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // Unsubscribe first so that other replicas take the new requests.
+        drop(requests);
+        service.stop().await;
+        let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("API requests still running at shutdown were abandoned");
+        }
+    }))
+}
+
+async fn handle(ctx: &Ctx, ep: Endpoint, body: &[u8]) -> Result<Bytes, ApiError> {
+    let work = async {
+        match ep {
+            Endpoint::Put => jobs::put(ctx, body).await,
+            Endpoint::Get => jobs::get(ctx, body).await,
+            Endpoint::Delete => jobs::delete(ctx, body).await,
+            Endpoint::List => jobs::list(ctx, body).await,
+            Endpoint::Pause => pause::pause(ctx, body).await,
+            Endpoint::Resume => pause::resume(ctx, body).await,
+            Endpoint::Trigger => trigger::trigger(ctx, body).await,
+            Endpoint::Next => next::next(ctx, body).await,
+            Endpoint::Runs => runs::runs(ctx, body).await,
+            Endpoint::Status => status::status(ctx, body).await,
+            Endpoint::Workers => status::workers(ctx, body).await,
+        }
+    };
+    match tokio::time::timeout(HANDLER_LIMIT, work).await {
+        Ok(reply) => reply,
+        Err(_) => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "{} did not finish within {HANDLER_LIMIT:?}; NATS may be slow or unreachable",
+                ep.subject_name()
+            ),
+        )),
+    }
+}
+
+fn to_reply(reply: Result<Bytes, ApiError>) -> micro::Reply {
+    match reply {
+        Ok(body) => micro::Reply { body, error: None },
+        Err(err) => micro::Reply {
+            body: encode_err(&err),
+            error: Some(micro::ReplyError {
+                code: err.code.status(),
+                description: err.message,
+            }),
+        },
+    }
+}
+
+// ---- errors shared by the handlers ----
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, format!("{what}: {e}"))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("job '{id}' does not exist"))
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+// ---- request bodies ----
+
+/// `{"id": "<job id>"}`
+const ID_SHAPE: &str = r#"{"id": "<job id>"}"#;
+
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Decodes a request body. Errors say which field is wrong and what the
+/// body should look like (`shape`).
+fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    let bad = |why: String| bad_request(format!("body must be {shape}: {why}"));
+    if is_blank(body) {
+        return Err(bad("the body is empty".into()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("invalid JSON: {}", strip_position(&e))))?;
+    if !value.is_object() {
+        return Err(bad("expected a JSON object".into()));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        match field_of(&path, &inner) {
+            Some((field, reason)) => {
+                bad_request(format!("{field}: {reason} (body must be {shape})"))
+            }
+            None => bad(inner),
+        }
+    })
+}
+
+/// The field a decode error is about, and why.
+fn field_of(path: &str, message: &str) -> Option<(String, String)> {
+    if path != "." && !path.is_empty() {
+        return Some((path.to_string(), message.to_string()));
+    }
+    for (marker, reason) in [
+        ("missing field `", "is required"),
+        ("unknown field `", "unknown field"),
+    ] {
+        if let Some(rest) = message.strip_prefix(marker)
+            && let Some(end) = rest.find('`')
+        {
+            return Some((rest[..end].to_string(), reason.to_string()));
+        }
+    }
+    None
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Endpoints without parameters take an empty body or `{}`.
+fn no_params(body: &[u8]) -> Result<(), ApiError> {
+    if is_blank(body) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) if m.is_empty() => Ok(()),
+        Ok(serde_json::Value::Object(m)) => Err(bad_request(format!(
+            "{}: unknown field (this endpoint takes no parameters: send an empty body or {{}})",
+            m.keys().next().map_or("", String::as_str)
+        ))),
+        _ => Err(bad_request(
+            "body must be empty or {}: this endpoint takes no parameters",
+        )),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "id: '{id}' must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'"
+        )))
+    }
+}
+
+// ---- the jobs bucket ----
+
+/// A stored definition: what is there, and whether it validates.
+#[derive(Debug)]
+struct Stored {
+    revision: u64,
+    value: Bytes,
+    job: Result<Job, jetcron_shared::JobError>,
+}
+
+/// Reads a job's definition; `not_found` when there is none.
+async fn load_job(ctx: &Ctx, id: &str) -> Result<Stored, ApiError> {
+    let entry = ctx
+        .jobs
+        .entry(id)
+        .await
+        .map_err(|e| unavailable("jobs bucket", e))?;
+    let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+        return Err(not_found(id));
+    };
+    Ok(Stored {
+        revision: entry.revision,
+        job: Job::decode(&entry.value, Some(id)),
+        value: entry.value,
+    })
+}
+
+/// A stored definition that must validate for `action` (e.g. "paused").
+fn valid_job(id: &str, stored: Stored, action: &str) -> Result<(Job, u64), ApiError> {
+    match stored.job {
+        Ok(job) => Ok((job, stored.revision)),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidJob,
+            format!("job '{id}' cannot be {action}: its stored definition is invalid: {e}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetcron_shared::api::{IdRequest, NextRequest};
+
+    fn err<T: std::fmt::Debug>(r: Result<T, ApiError>) -> ApiError {
+        r.expect_err("an error")
+    }
+
+    #[test]
+    fn request_errors_name_the_field() {
+        let e = err(parse::<NextRequest>(br#"{"id":"a","count":"x"}"#, "S"));
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(
+            e.message.starts_with("count: invalid type"),
+            "{}",
+            e.message
+        );
+        let e = err(parse::<NextRequest>(br#"{"count":1}"#, "S"));
+        assert!(e.message.starts_with("id: is required"), "{}", e.message);
+        let e = err(parse::<IdRequest>(br#"{"id":"a","x":1}"#, "S"));
+        assert!(e.message.starts_with("x: unknown field"), "{}", e.message);
+        for body in ["", " ", "{", "[]", "3"] {
+            let e = err(parse::<IdRequest>(body.as_bytes(), ID_SHAPE));
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains(ID_SHAPE), "{}", e.message);
+        }
+        assert_eq!(
+            parse::<IdRequest>(br#"{"id":"a"}"#, ID_SHAPE).unwrap().id,
+            "a"
+        );
+    }
+
+    #[test]
+    fn parameterless_endpoints_take_nothing_or_an_empty_object() {
+        assert!(no_params(b"").is_ok());
+        assert!(no_params(b" {} ").is_ok());
+        assert!(
+            err(no_params(br#"{"a":1}"#))
+                .message
+                .starts_with("a: unknown field")
+        );
+        assert_eq!(err(no_params(b"{")).code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn micro_names_have_no_dots() {
+        for ep in Endpoint::ALL {
+            assert!(!ep.micro_name().contains('.'), "{ep:?}");
+        }
+        assert_eq!(Endpoint::Put.micro_name(), "job_put");
+    }
+}

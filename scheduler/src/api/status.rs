@@ -1,0 +1,185 @@
+//! `status` and `workers`: the deployment at a glance, from what is stored
+//! (any replica answers alike).
+//!
+//! - leader: the lease key (holder, since, epoch);
+//! - replicas: heartbeats `replica.*` in the lease bucket;
+//! - jobs: the jobs bucket, counted as active, paused and invalid;
+//! - groups: every group named by a job or a worker heartbeat, with its
+//!   workers, the group consumer's pending and ack-pending counts (before
+//!   any worker created the consumer: the group's messages in the work
+//!   stream), and the age of its oldest message in the work stream.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt, stream};
+use jetcron_shared::Job;
+use jetcron_shared::api::{
+    ApiError, GroupStatus, InvalidJob, JobCounts, LeaderInfo, StatusReply, WorkersReply, encode_ok,
+};
+use jetcron_shared::runs::{self, ReplicaHeartbeat, WorkerHeartbeat};
+
+use super::{Ctx, no_params, scan, unavailable};
+use crate::lease::LeaseValue;
+
+/// Groups queried at once.
+const GROUP_CONCURRENCY: usize = 16;
+
+pub(super) async fn status(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    no_params(body)?;
+    let (leader, replicas, jobs, workers) = tokio::try_join!(
+        leader(ctx),
+        replicas(ctx),
+        scan_jobs(ctx),
+        worker_heartbeats(ctx)
+    )?;
+    let (counts, job_groups) = jobs;
+    let mut per_group: BTreeMap<String, u64> = job_groups.into_iter().map(|g| (g, 0)).collect();
+    for w in &workers {
+        *per_group.entry(w.group.clone()).or_default() += 1;
+    }
+    let groups = stream::iter(per_group)
+        .map(|(group, workers)| group_status(ctx, group, workers))
+        .buffered(GROUP_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(encode_ok(&StatusReply {
+        leader,
+        replicas,
+        jobs: counts,
+        groups,
+    }))
+}
+
+pub(super) async fn workers(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    no_params(body)?;
+    let workers = worker_heartbeats(ctx).await?;
+    Ok(encode_ok(&WorkersReply { workers }))
+}
+
+/// The current leader, from the lease key. The epoch is the revision at
+/// which the holder took the lease, as the holder writes it into the value;
+/// a value without one (the holder's very first write) is at that revision.
+pub(super) async fn leader(ctx: &Ctx) -> Result<Option<LeaderInfo>, ApiError> {
+    let entry = ctx
+        .lease
+        .entry(ctx.names.lease_key())
+        .await
+        .map_err(|e| unavailable("lease bucket", e))?;
+    let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+        return Ok(None);
+    };
+    Ok(
+        runs::decode::<LeaseValue>(&entry.value).map(|v| LeaderInfo {
+            holder: v.holder,
+            epoch: v.epoch.unwrap_or(entry.revision),
+            since: v.since,
+        }),
+    )
+}
+
+async fn replicas(ctx: &Ctx) -> Result<Vec<ReplicaHeartbeat>, ApiError> {
+    let mut out: Vec<ReplicaHeartbeat> = scan::latest(&ctx.lease, "replica.>")
+        .await
+        .map_err(|e| unavailable("lease bucket", e))?
+        .into_iter()
+        .filter_map(|r| runs::decode(&r.value))
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Every heartbeat in the workers bucket, sorted by group and id.
+async fn worker_heartbeats(ctx: &Ctx) -> Result<Vec<WorkerHeartbeat>, ApiError> {
+    let mut out: Vec<WorkerHeartbeat> = scan::latest(&ctx.workers, ">")
+        .await
+        .map_err(|e| unavailable("workers bucket", e))?
+        .into_iter()
+        .filter_map(|r| runs::decode(&r.value))
+        .collect();
+    out.sort_by(|a, b| (&a.group, &a.id).cmp(&(&b.group, &b.id)));
+    Ok(out)
+}
+
+/// Job counts, and the groups of the valid jobs.
+async fn scan_jobs(ctx: &Ctx) -> Result<(JobCounts, BTreeSet<String>), ApiError> {
+    let records = scan::latest(&ctx.jobs, ">")
+        .await
+        .map_err(|e| unavailable("jobs bucket", e))?;
+    let mut counts = JobCounts {
+        total: 0,
+        active: 0,
+        paused: 0,
+        invalid: Vec::new(),
+    };
+    let mut groups = BTreeSet::new();
+    for r in records {
+        counts.total += 1;
+        match Job::decode(&r.value, Some(&r.key)) {
+            Ok(job) => {
+                if job.paused() {
+                    counts.paused += 1;
+                } else {
+                    counts.active += 1;
+                }
+                groups.insert(job.spec.group);
+            }
+            Err(e) => counts.invalid.push(InvalidJob {
+                id: r.key,
+                error: e.to_string(),
+            }),
+        }
+    }
+    counts.invalid.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok((counts, groups))
+}
+
+async fn group_status(ctx: &Ctx, group: String, workers: u64) -> Result<GroupStatus, ApiError> {
+    let consumer = ctx
+        .work
+        .consumer_info(ctx.names.work_consumer(&group))
+        .await;
+    let (pending, in_flight) = match consumer {
+        Ok(info) => (info.num_pending, info.num_ack_pending as u64),
+        // No worker ever joined: everything the stream holds for the group waits.
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => (stored(ctx, &group).await?, 0),
+        Err(e) => return Err(unavailable("work stream", e)),
+    };
+    let oldest = ctx
+        .work
+        .get_first_raw_message_by_subject(ctx.names.work_group(&group), 0)
+        .await;
+    let oldest_pending_age_ms = match oldest {
+        Ok(m) => {
+            let stored_ms = i64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok();
+            stored_ms.map(|ms| (Utc::now().timestamp_millis() - ms).max(0))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+        Err(e) => return Err(unavailable("work stream", e)),
+    };
+    Ok(GroupStatus {
+        group,
+        workers,
+        pending,
+        in_flight,
+        oldest_pending_age_ms,
+    })
+}
+
+/// Messages the work stream holds for a group.
+async fn stored(ctx: &Ctx, group: &str) -> Result<u64, ApiError> {
+    let counts = ctx
+        .work
+        .info_with_subjects(ctx.names.work_group(group))
+        .await
+        .map_err(|e| unavailable("work stream", e))?;
+    counts
+        .map_ok(|(_, n)| u64::try_from(n).unwrap_or(0))
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await
+        .map_err(|e| unavailable("work stream", e))
+}
