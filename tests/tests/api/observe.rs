@@ -137,6 +137,47 @@ async fn workers_lists_live_workers_by_group_and_id() {
     a.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_forgets_a_killed_worker_within_its_heartbeat_ttl() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let ttl = Duration::from_secs(3);
+    let mut sc = harness::scheduler_config(&server.url(), "a");
+    sc.setup.worker_ttl = ttl;
+    let a = Scheduler::start_with(sc);
+    let api = harness::api(&client, &names()).await;
+    let mut wc = harness::worker_config(&server.url(), "doomed");
+    wc.heartbeat_interval = Duration::from_secs(1);
+    let doomed = harness::Worker::start_with(wc);
+    let mut wc = harness::worker_config(&server.url(), "survivor");
+    wc.heartbeat_interval = Duration::from_secs(1);
+    let survivor = harness::Worker::start_with(wc);
+    wait_until("both workers listed", Duration::from_secs(15), async || {
+        let w = api.workers().await.ok()?.workers;
+        (w.len() == 2).then_some(())
+    })
+    .await;
+    let killed = tokio::time::Instant::now();
+    doomed.kill();
+    let left = wait_until(
+        "the killed worker forgotten",
+        Duration::from_secs(15),
+        async || {
+            let w = api.workers().await.ok()?.workers;
+            (w.len() == 1).then_some(w)
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(left[0].id, "survivor");
+    // Gone by expiry (no goodbye was sent), within the TTL plus the server's
+    // expiry sweep and our polling.
+    assert!(took <= ttl + Duration::from_secs(3), "{took:?}");
+    survivor.stop(Duration::from_secs(10)).await;
+    a.stop().await;
+}
+
 /// Every reply to a request sent to `subject` within `window`.
 async fn gather(client: &async_nats::Client, subject: &str, window: Duration) -> Vec<Value> {
     let inbox = client.new_inbox();
