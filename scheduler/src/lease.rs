@@ -225,3 +225,48 @@ impl Lease {
         self.epoch = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ttl_ms: u64) -> LeaseSettings {
+        LeaseSettings {
+            holder: "a".into(),
+            key: "leader".into(),
+            ttl: Duration::from_millis(ttl_ms),
+            poll: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn renewal_comes_well_inside_the_lifetime_and_the_deadline_before_it() {
+        let s = settings(3000);
+        assert_eq!(s.renew_every(), Duration::from_secs(1));
+        let sent = Instant::now();
+        // The server expires the key no earlier than receive time + ttl,
+        // which is after send time + ttl; the deadline is a margin before.
+        assert_eq!(s.deadline(sent), sent + Duration::from_millis(2700));
+        assert!(s.deadline(sent) < sent + s.ttl);
+        // Short lifetimes keep a margin of at least 100 ms.
+        assert_eq!(
+            settings(500).deadline(sent),
+            sent + Duration::from_millis(400)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_past_its_deadline_has_no_valid_epoch() {
+        let s = settings(3000);
+        let l = Leadership::Leader {
+            epoch: 7,
+            deadline: s.deadline(Instant::now()),
+        };
+        assert_eq!(l.valid_epoch(), Some(7));
+        tokio::time::advance(Duration::from_millis(2699)).await;
+        assert_eq!(l.valid_epoch(), Some(7));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(l.valid_epoch(), None);
+        assert_eq!(Leadership::Follower.valid_epoch(), None);
+    }
+}
