@@ -64,11 +64,7 @@ pub async fn watch(args: &ConnectArgs, out: &Output, job: Option<&str>) -> Resul
 }
 
 fn is_job_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    jetcron_shared::job::is_valid_id(id)
 }
 
 fn clock(t: DateTime<Utc>) -> String {

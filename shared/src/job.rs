@@ -303,7 +303,7 @@ impl Job {
 
     /// Checks every field; the first problem found is returned.
     pub fn validate(spec: JobSpec) -> Result<Job, JobError> {
-        check_name("id", &spec.id, 128)?;
+        check_name("id", &spec.id, MAX_ID_LEN)?;
         check_name("group", &spec.group, 64)?;
         let tz: chrono_tz::Tz = spec.timezone.parse().map_err(|_| {
             JobError::field(
@@ -459,13 +459,25 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-fn check_name(field: &str, value: &str, max: usize) -> Result<(), JobError> {
-    let ok = !value.is_empty()
+/// Longest job id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Whether `id` can be a job id: 1-128 of `A-Z a-z 0-9 _ -`, so that it is
+/// one subject token and one KV key token.
+pub fn is_valid_id(id: &str) -> bool {
+    is_name(id, MAX_ID_LEN)
+}
+
+fn is_name(value: &str, max: usize) -> bool {
+    !value.is_empty()
         && value.len() <= max
         && value
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn check_name(field: &str, value: &str, max: usize) -> Result<(), JobError> {
+    if is_name(value, max) {
         Ok(())
     } else {
         Err(JobError::field(

@@ -335,11 +335,7 @@ fn no_params(body: &[u8]) -> Result<(), ApiError> {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    jetcron_shared::job::is_valid_id(id)
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
