@@ -673,6 +673,41 @@ async fn shutdown_past_the_grace_hands_the_shard_back_at_once() {
     stop_worker(staying).await;
 }
 
+/// A run longer than the ack wait keeps its shard through progress acks: it is
+/// never redelivered to the idle second worker while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_the_ack_wait_is_not_redelivered() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let mut config = env.config("a");
+    config.ack_wait = Duration::from_secs(2);
+    let a = start_worker(config.clone());
+    config.id = "b".into();
+    let b = start_worker(config);
+    env.wait_pulling(2).await;
+    let job = job(json!({
+        "id": "slow",
+        "schedule": "@every 1h",
+        "run": {"shell": format!("echo $JETCRON_ATTEMPT >> {}; sleep 7; echo done", starts.display())},
+    }));
+    env.dispatch(&job, now_ms()).await;
+
+    let r = watch.result().await;
+    assert_eq!((r.status, r.attempt), (RunStatus::Succeeded, 1), "{r:?}");
+    assert!(r.finished_at - r.started_at >= chrono::Duration::seconds(6));
+    assert_eq!(
+        std::fs::read_to_string(&starts).unwrap(),
+        "1\n",
+        "started more than once"
+    );
+    env.wait_work_empty().await;
+    watch.no_more_results(Duration::from_secs(3)).await;
+    stop_worker(a).await;
+    stop_worker(b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_shards_and_each_runs_once() {
     let env = Env::start().await;
