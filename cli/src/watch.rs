@@ -291,6 +291,7 @@ mod tests {
             error: None,
             will_retry: true,
             epoch: 1,
+            stream_seq: None,
         };
         assert_eq!(
             result_line(&r),

@@ -112,6 +112,41 @@ impl Names {
         "leader"
     }
 
+    /// Key of the leader's fence in the state and runs buckets. `=` cannot
+    /// appear in a job id, so it never names a job's state or record.
+    pub fn fence_key(&self) -> &'static str {
+        "=fence"
+    }
+
+    /// Key of the leader's dispatch checkpoint in the state bucket: every
+    /// fire decided at or before it has all its shards and events stored.
+    pub fn checkpoint_key(&self) -> &'static str {
+        "=checkpoint"
+    }
+
+    /// `jetcron.work.fence`: the leader's fence inside the work stream. It has
+    /// three tokens, so no group's filter (`jetcron.work.<group>.>`) matches
+    /// it and no worker ever consumes it.
+    pub fn work_fence_subject(&self) -> String {
+        format!("{}.work.fence", self.prefix)
+    }
+
+    /// `jetcron.work.*.>`: every shard message of every group, without the fence.
+    pub fn work_shards_all(&self) -> String {
+        format!("{}.work.*.>", self.prefix)
+    }
+
+    /// `jetcron.events.leader`: leader events, which are also the leader's
+    /// fence inside the events stream.
+    pub fn events_fence_subject(&self) -> String {
+        self.event_subject("leader", None)
+    }
+
+    /// `$KV.<bucket>.<key>`: the subject a KV entry is stored under.
+    pub fn kv_subject(bucket: &str, key: &str) -> String {
+        format!("$KV.{bucket}.{key}")
+    }
+
     /// Work-queue stream of shard messages.
     pub fn work_stream(&self) -> String {
         format!("{}_WORK", self.upper())
@@ -224,6 +259,25 @@ mod tests {
         assert_eq!(n.event_subject("leader", None), "jetcron.events.leader");
         assert_eq!(n.api_subject("job.put"), "jetcron.api.job.put");
         assert_eq!(n.work_consumer("default"), "jetcron-default");
+        assert_eq!(n.work_fence_subject(), "jetcron.work.fence");
+        assert_eq!(n.events_fence_subject(), "jetcron.events.leader");
+        assert_eq!(
+            Names::kv_subject("jetcron_state", n.fence_key()),
+            "$KV.jetcron_state.=fence"
+        );
+    }
+
+    #[test]
+    fn fence_names_never_collide_with_jobs_or_groups() {
+        let n = Names::default();
+        // Job ids and group names are A-Z a-z 0-9 _ -, so '=' keeps the
+        // fence and checkpoint keys apart from every job's key.
+        for key in [n.fence_key(), n.checkpoint_key()] {
+            assert!(!crate::job::is_valid_id(key), "{key}");
+        }
+        // The work fence has one token fewer than any shard subject.
+        assert_eq!(n.work_fence_subject().split('.').count(), 3);
+        assert_eq!(n.work_subject("g", "j").split('.').count(), 4);
     }
 
     #[test]

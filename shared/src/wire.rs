@@ -185,6 +185,10 @@ pub struct RunResult {
     #[serde(default)]
     pub will_retry: bool,
     pub epoch: u64,
+    /// Sequence of the shard message in the work stream: every result of one
+    /// dispatched shard carries the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_seq: Option<u64>,
 }
 
 impl RunResult {
@@ -194,6 +198,30 @@ impl RunResult {
 
     pub fn decode(bytes: &[u8]) -> Result<RunResult, WireError> {
         decode("run result", bytes)
+    }
+}
+
+/// The leader's fence: stored by a new leader in every stream it writes
+/// (`jetcron.work.fence`, key `=fence` of the state and runs buckets; in the
+/// events stream the `leader` event plays this part). Each of the leader's
+/// later writes to that stream expects this message to be the last on its
+/// subject (`Nats-Expected-Last-Subject-Sequence` with
+/// `Nats-Expected-Last-Subject-Sequence-Subject`), so once a newer leader
+/// has stored its own fence the server refuses them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub epoch: u64,
+    pub holder: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Fence {
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Fence, WireError> {
+        decode("fence", bytes)
     }
 }
 
@@ -383,6 +411,7 @@ mod tests {
             error: None,
             will_retry: false,
             epoch: 3,
+            stream_seq: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         for f in [

@@ -267,7 +267,7 @@ impl WorkTap {
                 "test-tap",
                 pull::Config {
                     durable_name: Some("test-tap".into()),
-                    filter_subject: names.work_all(),
+                    filter_subject: names.work_shards_all(),
                     ..Default::default()
                 },
             )

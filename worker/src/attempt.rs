@@ -200,6 +200,7 @@ async fn run_and_report(
         error: outcome.error,
         will_retry: matches!(how, Settle::Retry(_)),
         epoch: shard.epoch,
+        stream_seq: None,
     };
     info!(
         status = result.status.as_str(),

@@ -161,6 +161,7 @@ mod tests {
             error: None,
             will_retry: true,
             epoch: 7,
+            stream_seq: None,
         };
         let end = finished(&result);
         assert_eq!(

@@ -163,6 +163,7 @@ mod tests {
             error: None,
             will_retry: true,
             epoch: 1,
+            stream_seq: None,
         };
         let ms = at.timestamp_millis();
         assert_eq!(result_msg_id(&r), format!("sync:{ms}:2:4"));
