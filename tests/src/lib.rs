@@ -13,12 +13,17 @@
 //! `<workspace>/.tools/nats-server/bin/nats-server` (install it with
 //! `./scripts/install-nats-server.sh`), then `nats-server` on `PATH`.
 //!
+//! - [`Proxy`]: a TCP proxy in front of a server that a test can pause (the client's writes
+//!   wait in the socket buffers and all arrive on resume) or cut.
+//!
 //! Servers are killed and their stores removed when the handles are dropped, also when a test
 //! panics, so no `nats-server` process outlives the test that started it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is a failed test
 
 pub mod harness;
+pub mod proxy;
 pub mod server;
 
+pub use proxy::Proxy;
 pub use server::{NatsCluster, NatsServer, nats_server_bin};
