@@ -1,13 +1,13 @@
-//! Publishes the shard messages of due fires to the work stream.
+//! A fire and its shard messages; the unfenced publisher used by
+//! `job.trigger` (the leader's own fires go through [`crate::persist`]).
 //!
 //! Every message carries `Nats-Msg-Id: <job>:<instant ms>:<shard>`, so a fire
 //! re-dispatched by a new leader inside the stream's duplicate window is
 //! dropped by the server: at most one message per (job, instant, shard).
-//! Publishes are pipelined and their acks awaited in bounded chunks (the
-//! client holds at most a few thousand un-acked publishes).
 
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
@@ -18,8 +18,8 @@ use jetcron_shared::wire::{Cause, ShardMessage};
 use thiserror::Error;
 use tracing::debug;
 
-/// Un-acked publishes held at once.
-const CHUNK: usize = 1000;
+/// Longest wait for a manual fire's acks.
+const ACK_LIMIT: Duration = Duration::from_secs(5);
 
 /// One fire of one job.
 #[derive(Debug, Clone)]
@@ -50,12 +50,22 @@ impl Fire {
             None => (0..self.job.shard_count()).collect(),
         }
     }
+
+    /// The fire's shard messages, dispatched by the leader of `epoch`.
+    pub fn messages(&self, epoch: u64) -> impl Iterator<Item = ShardMessage> + '_ {
+        self.shard_list().into_iter().map(move |shard| {
+            let mut msg = ShardMessage::new(&self.job, self.instant, shard, epoch, self.cause);
+            msg.record = self.record.clone();
+            if let Some(p) = &self.payload {
+                msg.payload = Some(p.clone());
+            }
+            msg
+        })
+    }
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DispatchError {
-    #[error("leadership lapsed before every shard was published")]
-    NotLeader,
     #[error("shard {shard} not stored: {reason}")]
     Publish { shard: u32, reason: String },
 }
@@ -78,80 +88,48 @@ impl Dispatcher {
         Dispatcher { js, names }
     }
 
-    /// Publishes every shard of every fire. `epoch` returns the current
-    /// leader epoch, or None once leadership has lapsed; it is checked before
-    /// each chunk so a deposed leader stops publishing.
-    pub async fn dispatch(
-        &self,
-        fires: &[Fire],
-        epoch: impl Fn() -> Option<u64>,
-    ) -> Vec<Result<Dispatched, DispatchError>> {
-        let mut results: Vec<Result<Dispatched, DispatchError>> =
-            vec![Ok(Dispatched::default()); fires.len()];
-        let mut pending: Vec<(usize, u32, PublishAckFuture)> = Vec::with_capacity(CHUNK);
-        let mut lapsed = false;
-        'fires: for (i, fire) in fires.iter().enumerate() {
-            for shard in fire.shard_list() {
-                if pending.len() >= CHUNK {
-                    settle(&mut pending, &mut results).await;
-                }
-                let Some(epoch) = epoch() else {
-                    lapsed = true;
-                    for r in &mut results[i..] {
-                        *r = Err(DispatchError::NotLeader);
-                    }
-                    break 'fires;
-                };
-                let mut msg = ShardMessage::new(&fire.job, fire.instant, shard, epoch, fire.cause);
-                msg.record = fire.record.clone();
-                if let Some(p) = &fire.payload {
-                    msg.payload = Some(p.clone());
-                }
-                let subject = self.names.work_subject(fire.job.group(), fire.job.id());
-                match self
-                    .js
-                    .publish_with_headers(subject, msg.headers(), msg.encode().into())
-                    .await
-                {
-                    Ok(ack) => pending.push((i, shard, ack)),
-                    Err(e) => {
-                        results[i] = Err(DispatchError::Publish {
-                            shard,
-                            reason: e.to_string(),
-                        })
-                    }
-                }
-            }
+    /// Publishes every shard of a manual fire, stamped with `epoch` (the
+    /// leader's at the time, for the record; a trigger is not fenced: it is
+    /// one-off and any replica may serve it). Waits at most [`ACK_LIMIT`]
+    /// for the stream's acks.
+    pub async fn dispatch(&self, fire: &Fire, epoch: u64) -> Result<Dispatched, DispatchError> {
+        let mut pending = Vec::new();
+        for msg in fire.messages(epoch) {
+            let subject = self.names.work_subject(&msg.group, &msg.job);
+            let ack = self
+                .js
+                .publish_with_headers(subject, msg.headers(), msg.encode().into())
+                .await
+                .map_err(|e| DispatchError::Publish {
+                    shard: msg.shard,
+                    reason: e.to_string(),
+                })?;
+            pending.push((msg.shard, ack));
         }
-        settle(&mut pending, &mut results).await;
-        if lapsed {
-            debug!("leadership lapsed mid-dispatch; the rest is left to the next leader");
-        }
-        results
-    }
-}
-
-async fn settle(
-    pending: &mut Vec<(usize, u32, PublishAckFuture)>,
-    results: &mut [Result<Dispatched, DispatchError>],
-) {
-    let batch = std::mem::take(pending);
-    let (keys, futs): (Vec<_>, Vec<_>) = batch.into_iter().map(|(i, s, f)| ((i, s), f)).unzip();
-    for ((i, shard), ack) in keys
-        .into_iter()
-        .zip(join_all(futs.into_iter().map(IntoFuture::into_future)).await)
-    {
-        match (ack, &mut results[i]) {
-            (Ok(ack), Ok(d)) if ack.duplicate => d.duplicates += 1,
-            (Ok(_), _) => {}
-            (Err(e), r) => {
-                if r.is_ok() {
-                    *r = Err(DispatchError::Publish {
+        let (shards, acks): (Vec<u32>, Vec<PublishAckFuture>) = pending.into_iter().unzip();
+        let acked = tokio::time::timeout(
+            ACK_LIMIT,
+            join_all(acks.into_iter().map(IntoFuture::into_future)),
+        )
+        .await
+        .map_err(|_| DispatchError::Publish {
+            shard: shards.first().copied().unwrap_or(0),
+            reason: format!("no ack within {ACK_LIMIT:?}"),
+        })?;
+        let mut out = Dispatched::default();
+        for (shard, ack) in shards.into_iter().zip(acked) {
+            match ack {
+                Ok(a) if a.duplicate => out.duplicates += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(DispatchError::Publish {
                         shard,
                         reason: e.to_string(),
                     });
                 }
             }
         }
+        debug!(job = fire.job.id(), shards = out.duplicates, "manual fire dispatched");
+        Ok(out)
     }
 }

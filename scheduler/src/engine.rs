@@ -1,57 +1,66 @@
-//! The fire loop: one task that owns the job table and the timer.
+//! The fire loop: one task that owns the job table and the timer, and
+//! decides what fires when. Every write goes through [`crate::persist`].
 //!
 //! Followers only keep the job table current. On taking the lease the engine
-//! loads every job's fire state and plans its next instant; from then on it
-//! sleeps until the earliest instant in the timer, dispatches everything due,
-//! records the fires with compare-and-set, and plans the next instants.
-//! Instants that were missed (takeover, downtime) are coalesced into one late
-//! fire with a `misfired` event.
+//! stores its fences ([`crate::fence`]), loads every job's fire state,
+//! finishes what the previous leader decided but may not have stored in
+//! full (shards and events again, deduplicated), and plans each job's next
+//! instant. From then on it sleeps until the earliest instant in the timer,
+//! decides everything due (fire, or skip while paused), and hands the
+//! decisions to a batch that stores them while the loop goes on; a job with
+//! a batch in flight is planned again when its batch is done. Instants
+//! missed while nobody could fire are coalesced into one late fire with a
+//! `misfired` event.
+//!
+//! A leader whose writes the server refuses (a newer leader fenced it), or
+//! whose lease lapsed under a batch, resigns: it gives the lease back and
+//! starts over, as any replica would, from what is stored.
 
-use std::collections::{HashMap, HashSet};
-use std::future::IntoFuture;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
-use bytes::Bytes;
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
-use jetcron_shared::runs::FireRecord;
-use jetcron_shared::wire::{Cause, Event, EventBody};
+use jetcron_shared::setup::Resources;
+use jetcron_shared::wire::Cause;
 use jetcron_shared::{Job, Names, Schedule};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::catalog::CatalogEvent;
-use crate::dispatch::{DispatchError, Dispatcher, Fire};
-use crate::events::Events;
+use crate::dispatch::Fire;
+use crate::fence::{FenceError, Fences};
 use crate::lease::Leadership;
-use crate::state::{FireState, StateError, StateStore, Versioned};
+use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
+use crate::state::{Checkpoint, Decided, Decision, FireState, StateStore};
 use crate::timer::Timer;
 
-/// Concurrent state reads and writes.
+/// Concurrent state reads.
 const STATE_CONCURRENCY: usize = 128;
 /// Most instants examined when coalescing a misfire.
 const MAX_COALESCE: u64 = 100_000;
 /// Longest sleep, so wall-clock jumps are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Batches being stored at once.
+const MAX_BATCHES: usize = 64;
+/// Checkpoints are written at most this often.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How long a stopping leader lets its batches and last checkpoint finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// A decision is finished by a successor only if its shards are still
+/// within the work stream's duplicate window by this margin; older ones
+/// cannot be sent again without risking a second dispatch.
+const FINISH_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub holder: String,
     pub misfire_threshold: Duration,
-}
-
-/// Instants a paused job let pass.
-#[derive(Debug, Clone)]
-struct Skip {
-    job: Arc<Job>,
-    revision: u64,
-    /// The latest instant passed.
-    instant: DateTime<Utc>,
-    count: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -61,51 +70,87 @@ struct Known {
     written: DateTime<Utc>,
 }
 
+/// A batch being stored.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    decided_at: DateTime<Utc>,
+    /// It finishes an earlier leader's decisions.
+    finishing: bool,
+}
+
+/// This replica's term as leader.
+#[derive(Debug)]
+struct Term {
+    fences: Arc<Fences>,
+    /// Jobs with a batch in flight.
+    in_flight: HashSet<String>,
+    open: BTreeMap<u64, Open>,
+    /// The latest decision time of a finished batch.
+    done_through: Option<DateTime<Utc>>,
+    /// The latest checkpoint stored or being stored, and when it was sent.
+    checkpoint: Option<DateTime<Utc>>,
+    checkpoint_sent: Option<Instant>,
+    /// Deleted while a batch was in flight: their state is purged after it.
+    removed: HashSet<String>,
+}
+
 #[derive(Debug)]
 pub struct Engine {
     settings: EngineSettings,
     jobs: HashMap<String, Known>,
     timer: Timer,
-    /// Fire states, loaded while leading.
-    states: HashMap<String, Versioned>,
+    /// Fire states as stored (None: loaded, never written), while leading.
+    states: HashMap<String, Option<FireState>>,
     /// Jobs whose state could not be read yet; planned once it can.
     unloaded: HashSet<String>,
-    epoch: Option<u64>,
+    term: Option<Term>,
+    /// The epoch this replica gave up; it waits for the lease to change.
+    resigned: Option<u64>,
     leadership: watch::Receiver<Leadership>,
-    /// No dispatch before this (after a failed one).
+    resign: mpsc::Sender<u64>,
+    /// No state reads before this (after a failed one).
     hold_until: Option<Instant>,
     store: StateStore,
-    dispatcher: Dispatcher,
-    events: Events,
-    /// Run history: fire records go here.
-    runs: kv::Store,
+    persist: Persist,
+    batches: JoinSet<Outcome>,
+    checkpoints: JoinSet<(u64, Result<DateTime<Utc>, FenceError>)>,
+    next_batch: u64,
+    js: jetstream::Context,
+    res: Resources,
     names: Names,
+    /// The work stream's duplicate window.
+    dedup_window: Duration,
 }
 
 impl Engine {
     pub fn new(
         settings: EngineSettings,
         leadership: watch::Receiver<Leadership>,
-        store: StateStore,
-        dispatcher: Dispatcher,
-        events: Events,
-        runs: kv::Store,
+        resign: mpsc::Sender<u64>,
+        res: Resources,
         names: Names,
     ) -> Engine {
+        let dedup_window = res.work.cached_info().config.duplicate_window;
         Engine {
             settings,
             jobs: HashMap::new(),
             timer: Timer::default(),
             states: HashMap::new(),
             unloaded: HashSet::new(),
-            epoch: None,
+            term: None,
+            resigned: None,
             leadership,
+            resign,
             hold_until: None,
-            store,
-            dispatcher,
-            events,
-            runs,
+            store: StateStore::new(res.state.clone()),
+            persist: Persist::new(res.js.clone(), names.clone()),
+            batches: JoinSet::new(),
+            checkpoints: JoinSet::new(),
+            next_batch: 0,
+            js: res.js.clone(),
+            res,
             names,
+            dedup_window,
         }
     }
 
@@ -118,18 +163,62 @@ impl Engine {
             let wake = self.wake_at();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 changed = self.leadership.changed() => {
                     if changed.is_err() {
-                        return;
+                        break;
                     }
                     self.on_leadership().await;
                 }
+                Some(done) = self.batches.join_next(), if !self.batches.is_empty() => {
+                    if let Ok(outcome) = done {
+                        self.on_batch(outcome).await;
+                    }
+                }
+                Some(done) = self.checkpoints.join_next(), if !self.checkpoints.is_empty() => {
+                    if let Ok((epoch, result)) = done {
+                        self.on_checkpoint(epoch, result).await;
+                    }
+                }
                 ev = catalog.recv() => match ev {
-                    Some(ev) => self.on_catalog(ev).await,
-                    None => return,
+                    Some(ev) => self.on_catalog(ev),
+                    None => break,
                 },
                 _ = sleep_until(wake) => self.fire_due().await,
+            }
+            self.checkpoint();
+        }
+        self.stop().await;
+    }
+
+    /// A stopping leader lets its batches finish (briefly) and records how
+    /// far it got, so that its successor has as little as possible to redo.
+    async fn stop(&mut self) {
+        if self.term.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.batches.is_empty() {
+            match tokio::time::timeout_at(deadline, self.batches.join_next()).await {
+                Ok(Some(Ok(outcome))) => self.on_batch(outcome).await,
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.batches.abort_all();
+        if let Some(t) = &self.term
+            && let Some(through) = t.done_through
+            && t.open.is_empty()
+            && t.checkpoint < Some(through)
+        {
+            let cp = Checkpoint {
+                epoch: t.fences.epoch(),
+                through,
+            };
+            let write = self.persist.checkpoint(&t.fences, &cp);
+            match tokio::time::timeout_at(deadline, write).await {
+                Ok(Ok(())) => debug!(through = %through, "last checkpoint stored"),
+                _ => debug!("last checkpoint not stored; the next leader redoes a little more"),
             }
         }
     }
@@ -137,9 +226,9 @@ impl Engine {
     fn wake_at(&self) -> Instant {
         let now = Instant::now();
         let mut at = now + MAX_SLEEP;
-        if self.epoch.is_some() && !self.unloaded.is_empty() {
+        if self.term.is_some() && !self.unloaded.is_empty() {
             at = now;
-        } else if self.epoch.is_some()
+        } else if self.term.is_some()
             && let Some(t) = self.timer.earliest()
         {
             let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -154,46 +243,180 @@ impl Engine {
     async fn on_leadership(&mut self) {
         let now = *self.leadership.borrow_and_update();
         match now {
-            Leadership::Leader { epoch, .. } if self.epoch != Some(epoch) => {
+            Leadership::Leader { epoch, .. }
+                if self.term.as_ref().map(|t| t.fences.epoch()) != Some(epoch)
+                    && self.resigned != Some(epoch) =>
+            {
                 self.take_over(epoch).await
             }
             Leadership::Leader { .. } => {}
             Leadership::Follower => {
-                if self.epoch.take().is_some() {
+                if self.term.is_some() {
                     info!("no longer leader; standing by");
-                    self.timer.clear();
-                    self.states.clear();
-                    self.unloaded.clear();
+                }
+                self.stand_by();
+            }
+        }
+    }
+
+    fn stand_by(&mut self) {
+        self.term = None;
+        self.batches.abort_all();
+        self.checkpoints.abort_all();
+        self.timer.clear();
+        self.states.clear();
+        self.unloaded.clear();
+    }
+
+    /// Gives up this term: the server refused its writes or its lease lapsed
+    /// under a batch, so what it holds in memory may not be what is stored.
+    async fn resign_term(&mut self, why: &FenceError) {
+        let Some(epoch) = self.term.as_ref().map(|t| t.fences.epoch()) else {
+            return;
+        };
+        warn!(epoch, reason = %why, "resigning the lease; starting over from what is stored");
+        self.stand_by();
+        self.resigned = Some(epoch);
+        let _ = self.resign.send(epoch).await;
+    }
+
+    async fn take_over(&mut self, epoch: u64) {
+        self.stand_by();
+        info!(epoch, jobs = self.jobs.len(), "leading: storing fences");
+        let fences = Fences::take(
+            self.js.clone(),
+            &self.names,
+            &self.res,
+            &self.settings.holder,
+            epoch,
+            self.leadership.clone(),
+        )
+        .await;
+        let fences = match fences {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                warn!(epoch, error = %e, "cannot lead in this epoch");
+                self.resigned = Some(epoch);
+                if matches!(e, FenceError::Superseded { .. }) {
+                    let _ = self.resign.send(epoch).await;
+                }
+                return;
+            }
+        };
+        self.term = Some(Term {
+            fences,
+            in_flight: HashSet::new(),
+            open: BTreeMap::new(),
+            done_through: None,
+            checkpoint: None,
+            checkpoint_sent: None,
+            removed: HashSet::new(),
+        });
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        self.read_states(ids).await;
+        let Some(checkpoint) = self.read_checkpoint().await else {
+            return;
+        };
+        self.finish_open(checkpoint.as_ref());
+        let planned: Vec<String> = self.states.keys().cloned().collect();
+        for id in planned {
+            self.plan(&id);
+        }
+        info!(epoch, scheduled = self.timer.len(), "leading: timer ready");
+    }
+
+    /// Reads the checkpoint, retrying while leading.
+    async fn read_checkpoint(&mut self) -> Option<Option<Checkpoint>> {
+        loop {
+            let valid = self
+                .term
+                .as_ref()
+                .is_some_and(|t| t.fences.is_valid());
+            if !valid {
+                return None;
+            }
+            match self.store.checkpoint(self.names.checkpoint_key()).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the checkpoint; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
     }
 
-    async fn take_over(&mut self, epoch: u64) {
-        info!(epoch, jobs = self.jobs.len(), "leading: loading fire state");
-        self.epoch = Some(epoch);
-        self.timer.clear();
-        self.states.clear();
-        self.unloaded = self.jobs.keys().cloned().collect();
-        let event = Event::now(EventBody::Leader {
-            holder: self.settings.holder.clone(),
-            epoch,
-        });
-        self.events
-            .publish(&event, Some(format!("leader:{epoch}")))
-            .await;
-        self.load_unloaded().await;
-        info!(epoch, scheduled = self.timer.len(), "leading: timer ready");
+    /// Sends again the shards and events of decisions the checkpoint does
+    /// not cover: the previous leader may have died between its state write
+    /// and the rest.
+    fn finish_open(&mut self, checkpoint: Option<&Checkpoint>) {
+        let now = Utc::now();
+        let window = chrono::Duration::from_std(self.dedup_window.saturating_sub(FINISH_MARGIN))
+            .unwrap_or(chrono::Duration::zero());
+        let mut items = Vec::new();
+        for (id, state) in &self.states {
+            let Some(state) = state else { continue };
+            if !Checkpoint::leaves_open(checkpoint, state) {
+                continue;
+            }
+            let (Some(k), Some(d)) = (self.jobs.get(id), &state.decision) else {
+                continue;
+            };
+            if k.revision != state.job_revision {
+                info!(job = %id, "definition changed since its last decision; not redone");
+                continue;
+            }
+            if now - d.at > window {
+                warn!(job = %id, decided = %d.at, "last decision older than the duplicate window; not redone");
+                continue;
+            }
+            let action = match &d.what {
+                Decided::Fired {
+                    instant,
+                    cause,
+                    missed,
+                    first_missed,
+                    record,
+                } => Action::Fire(Fire {
+                    job: k.job.clone(),
+                    revision: k.revision,
+                    instant: *instant,
+                    cause: *cause,
+                    missed: *missed,
+                    first_missed: *first_missed,
+                    shards: None,
+                    payload: None,
+                    record: record.clone(),
+                }),
+                Decided::Skipped {
+                    instant,
+                    count,
+                    reason,
+                } => Action::Skip {
+                    instant: *instant,
+                    count: *count,
+                    reason: reason.clone(),
+                },
+            };
+            items.push(Item {
+                job: id.clone(),
+                state: StateWrite::Stored,
+                action,
+            });
+        }
+        if !items.is_empty() {
+            info!(
+                decisions = items.len(),
+                "finishing the previous leader's last decisions"
+            );
+            self.spawn_batch(items, now, true);
+        }
     }
 
-    /// Reads the state of every job not loaded yet, and plans them.
-    async fn load_unloaded(&mut self) {
-        if self.unloaded.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = self.unloaded.iter().cloned().collect();
+    /// Reads the states of `ids` into memory; what cannot be read stays in
+    /// `unloaded` and is retried.
+    async fn read_states(&mut self, ids: Vec<String>) {
         let store = self.store.clone();
-        let loaded: Vec<(String, Result<Versioned, StateError>)> = stream::iter(ids)
+        let loaded: Vec<_> = stream::iter(ids)
             .map(|id| {
                 let store = store.clone();
                 async move {
@@ -208,24 +431,39 @@ impl Engine {
             match v {
                 Ok(v) => {
                     self.unloaded.remove(&id);
-                    self.states.insert(id.clone(), v);
-                    self.plan(&id);
+                    self.states.insert(id, v.state);
                 }
                 Err(e) => {
                     warn!(job = %id, error = %e, "cannot read fire state; will retry");
+                    self.unloaded.insert(id);
                     self.hold_until = Some(Instant::now() + Duration::from_millis(500));
                 }
             }
         }
     }
 
-    /// Sets the job's next instant in the timer from its definition and state.
+    /// Reads and plans the jobs whose state is not loaded yet.
+    async fn load_unloaded(&mut self) {
+        if self.unloaded.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = self.unloaded.iter().cloned().collect();
+        self.read_states(ids.clone()).await;
+        for id in ids {
+            self.plan(&id);
+        }
+    }
+
+    /// Sets the job's next instant in the timer from its definition and
+    /// state; not while a batch for it is in flight.
     fn plan(&mut self, id: &str) {
-        let (Some(k), Some(v)) = (self.jobs.get(id), self.states.get(id)) else {
+        if self.term.as_ref().is_none_or(|t| t.in_flight.contains(id)) {
+            return;
+        }
+        let (Some(k), Some(state)) = (self.jobs.get(id), self.states.get(id)) else {
             return;
         };
-        let next = next_instant(k, v.state.as_ref());
-        match next {
+        match next_instant(k, state.as_ref()) {
             Some(t) => self.timer.set(id, t),
             None => {
                 self.timer.remove(id);
@@ -233,7 +471,7 @@ impl Engine {
         }
     }
 
-    async fn on_catalog(&mut self, ev: CatalogEvent) {
+    fn on_catalog(&mut self, ev: CatalogEvent) {
         match ev {
             CatalogEvent::Upsert {
                 job,
@@ -253,7 +491,7 @@ impl Engine {
                         written,
                     },
                 );
-                if self.epoch.is_some() {
+                if self.term.is_some() {
                     if self.states.contains_key(&id) {
                         self.plan(&id);
                     } else {
@@ -267,12 +505,15 @@ impl Engine {
                 let known = self.jobs.remove(&id).is_some();
                 self.timer.remove(&id);
                 self.unloaded.remove(&id);
-                let had_state = self.states.remove(&id).is_some_and(|v| v.state.is_some());
-                if self.epoch.is_some() && known && had_state {
+                let had_state = self.states.remove(&id).is_some_and(|s| s.is_some());
+                let Some(term) = self.term.as_mut() else {
+                    return;
+                };
+                if term.in_flight.contains(&id) {
+                    term.removed.insert(id);
+                } else if known && had_state {
                     info!(job = %id, "job deleted; forgetting its fire state");
-                    if let Err(e) = self.store.remove(&id).await {
-                        warn!(job = %id, error = %e, "cannot remove fire state");
-                    }
+                    self.purge(id);
                 }
             }
             CatalogEvent::Invalid { id, .. } => {
@@ -285,24 +526,38 @@ impl Engine {
         }
     }
 
+    fn purge(&mut self, id: String) {
+        let item = Item {
+            job: id,
+            state: StateWrite::Purge,
+            action: Action::None,
+        };
+        self.spawn_batch(vec![item], Utc::now(), false);
+    }
+
     async fn fire_due(&mut self) {
-        if self.epoch.is_none() {
+        let Some(term) = &self.term else {
             return;
-        }
+        };
         if let Some(h) = self.hold_until {
             if Instant::now() < h {
                 return;
             }
             self.hold_until = None;
         }
-        self.load_unloaded().await;
-        let lease = self.leadership.clone();
-        let current = move || lease.borrow().valid_epoch();
-        let Some(epoch) = current() else {
+        if !term.fences.is_valid() {
             // The renewal is late; the lease task decides. Check again soon.
             self.hold_until = Some(Instant::now() + Duration::from_millis(50));
             return;
+        }
+        if self.batches.len() >= MAX_BATCHES {
+            return;
+        }
+        self.load_unloaded().await;
+        let Some(term) = &self.term else {
+            return;
         };
+        let epoch = term.fences.epoch();
         let now = Utc::now();
         let due = self.timer.pop_due(now);
         if due.is_empty() {
@@ -310,267 +565,213 @@ impl Engine {
         }
         let threshold = chrono::Duration::from_std(self.settings.misfire_threshold)
             .unwrap_or(chrono::Duration::MAX);
-        let mut fires = Vec::with_capacity(due.len());
-        let mut skips = Vec::new();
+        let mut items = Vec::with_capacity(due.len());
         for (id, at) in due {
             let Some(k) = self.jobs.get(&id) else {
                 continue;
             };
+            let prev = self.states.get(&id).cloned().flatten();
             let (instant, missed) = coalesce(&k.job.schedule, at, now);
-            if k.job.paused() {
-                skips.push(Skip {
+            let next = k.job.schedule.next_after(instant);
+            let (state, action) = if k.job.paused() {
+                debug!(job = %id, %instant, count = missed, "paused: skipped");
+                let state = FireState {
+                    job_revision: k.revision,
+                    next_instant: next,
+                    last_instant: prev.as_ref().and_then(|p| p.last_instant),
+                    last_fired_at: prev.as_ref().and_then(|p| p.last_fired_at),
+                    epoch,
+                    fires: prev.as_ref().map_or(0, |p| p.fires),
+                    paused_skipped: prev.as_ref().map_or(0, |p| p.paused_skipped) + missed,
+                    decision: Some(Decision {
+                        at: now,
+                        what: Decided::Skipped {
+                            instant,
+                            count: missed,
+                            reason: "paused".into(),
+                        },
+                    }),
+                };
+                let action = Action::Skip {
+                    instant,
+                    count: missed,
+                    reason: "paused".into(),
+                };
+                (state, action)
+            } else {
+                let cause = if missed > 1 || now - instant > threshold {
+                    Cause::Misfire
+                } else {
+                    Cause::Schedule
+                };
+                let fires = prev.as_ref().map_or(0, |s| s.fires);
+                // History is a ring of slots per job: fire n goes to slot n % history.
+                let slot = fires % u64::from(k.job.history());
+                let record = Some(self.names.run_fire_key(&id, &format!("s{slot}")));
+                let state = FireState {
+                    job_revision: k.revision,
+                    next_instant: next,
+                    last_instant: Some(instant),
+                    last_fired_at: Some(now),
+                    epoch,
+                    fires: fires + 1,
+                    paused_skipped: 0,
+                    decision: Some(Decision {
+                        at: now,
+                        what: Decided::Fired {
+                            instant,
+                            cause,
+                            missed,
+                            first_missed: at,
+                            record: record.clone(),
+                        },
+                    }),
+                };
+                let fire = Fire {
                     job: k.job.clone(),
                     revision: k.revision,
                     instant,
-                    count: missed,
-                });
-                continue;
+                    cause,
+                    missed,
+                    first_missed: at,
+                    shards: None,
+                    payload: None,
+                    record,
+                };
+                (state, Action::Fire(fire))
+            };
+            items.push(Item {
+                job: id,
+                state: StateWrite::Put(state),
+                action,
+            });
+        }
+        self.spawn_batch(items, now, false);
+    }
+
+    fn spawn_batch(&mut self, items: Vec<Item>, decided_at: DateTime<Utc>, finishing: bool) {
+        let Some(term) = self.term.as_mut() else {
+            return;
+        };
+        if items.is_empty() {
+            return;
+        }
+        self.next_batch += 1;
+        let id = self.next_batch;
+        for item in &items {
+            term.in_flight.insert(item.job.clone());
+        }
+        term.open.insert(
+            id,
+            Open {
+                decided_at,
+                finishing,
+            },
+        );
+        let persist = self.persist.clone();
+        let fences = term.fences.clone();
+        self.batches.spawn(async move {
+            persist
+                .run(
+                    fences,
+                    Batch {
+                        id,
+                        decided_at,
+                        items,
+                    },
+                )
+                .await
+        });
+    }
+
+    async fn on_batch(&mut self, outcome: Outcome) {
+        let Some(term) = self.term.as_mut() else {
+            return;
+        };
+        let Some(open) = term.open.remove(&outcome.id) else {
+            return;
+        };
+        if let Err(e) = &outcome.result {
+            self.resign_term(e).await;
+            return;
+        }
+        term.done_through = term.done_through.max(Some(open.decided_at));
+        let mut purge = Vec::new();
+        let mut replan = Vec::new();
+        for (item, dup) in outcome.items.into_iter().zip(outcome.duplicates) {
+            term.in_flight.remove(&item.job);
+            if dup > 0 {
+                info!(job = %item.job, duplicates = dup, "shards already dispatched by an earlier leader");
             }
-            let cause = if missed > 1 || now - instant > threshold {
-                Cause::Misfire
+            match item.state {
+                StateWrite::Put(s) => {
+                    self.states.insert(item.job.clone(), Some(s));
+                }
+                StateWrite::Purge => {
+                    self.states.remove(&item.job);
+                }
+                StateWrite::Stored => {}
+            }
+            if term.removed.remove(&item.job) {
+                purge.push(item.job);
             } else {
-                Cause::Schedule
-            };
-            // History is a ring of slots per job: fire n goes to slot n % history.
-            let slot = self.state_of(&id).map_or(0, |s| s.fires) % u64::from(k.job.history());
-            let record = self.names.run_fire_key(&id, &format!("s{slot}"));
-            fires.push(Fire {
-                job: k.job.clone(),
-                revision: k.revision,
-                instant,
-                cause,
-                missed,
-                first_missed: at,
-                shards: None,
-                payload: None,
-                record: Some(record),
-            });
-        }
-        let results = self.dispatcher.dispatch(&fires, current).await;
-        let dispatched_at = Utc::now();
-        let mut done = Vec::with_capacity(fires.len());
-        for (fire, result) in fires.into_iter().zip(results) {
-            let id = fire.job.id().to_string();
-            match result {
-                Ok(d) => {
-                    let _span = info_span!("fire", job = %id, instant = %fire.instant).entered();
-                    if d.duplicates > 0 {
-                        info!(
-                            duplicates = d.duplicates,
-                            "shards already dispatched by an earlier leader"
-                        );
-                    }
-                    done.push(fire);
-                }
-                Err(DispatchError::NotLeader) => self.timer.set(&id, fire.first_missed),
-                Err(e) => {
-                    warn!(job = %id, instant = %fire.instant, error = %e, "dispatch failed; will retry");
-                    self.timer.set(&id, fire.first_missed);
-                    self.hold_until = Some(Instant::now() + Duration::from_millis(500));
-                }
+                replan.push(item.job);
             }
         }
-        let mut updates: Vec<(String, FireState)> = done
-            .iter()
-            .map(|f| {
-                let prev = self.state_of(f.job.id());
-                let state = FireState {
-                    job_revision: f.revision,
-                    next_instant: f.job.schedule.next_after(f.instant),
-                    last_instant: Some(f.instant),
-                    last_fired_at: Some(dispatched_at),
-                    epoch,
-                    fires: prev.map_or(0, |s| s.fires) + 1,
-                    paused_skipped: 0,
-                };
-                (f.job.id().to_string(), state)
-            })
-            .collect();
-        updates.extend(skips.iter().map(|s| {
-            let prev = self.state_of(s.job.id());
-            let state = FireState {
-                job_revision: s.revision,
-                next_instant: s.job.schedule.next_after(s.instant),
-                last_instant: prev.and_then(|p| p.last_instant),
-                last_fired_at: prev.and_then(|p| p.last_fired_at),
-                epoch,
-                fires: prev.map_or(0, |p| p.fires),
-                paused_skipped: prev.map_or(0, |p| p.paused_skipped) + s.count,
-            };
-            (s.job.id().to_string(), state)
-        }));
-        self.record(updates).await;
-        self.write_fire_records(&done, epoch, dispatched_at).await;
-        self.report(&done, epoch, dispatched_at).await;
-        self.report_skips(&skips).await;
-    }
-
-    fn state_of(&self, id: &str) -> Option<&FireState> {
-        self.states.get(id).and_then(|v| v.state.as_ref())
-    }
-
-    /// Writes fire states with compare-and-set and plans the next instants.
-    async fn record(&mut self, updates: Vec<(String, FireState)>) {
-        let writes: Vec<(String, FireState, u64)> = updates
-            .into_iter()
-            .map(|(id, state)| {
-                let expected = self.states.get(&id).map_or(0, |v| v.revision);
-                (id, state, expected)
-            })
-            .collect();
-        let store = self.store.clone();
-        let written: Vec<(String, FireState, u64, Result<u64, StateError>)> = stream::iter(writes)
-            .map(|(id, state, expected)| {
-                let store = store.clone();
-                async move {
-                    let r = store.write(&id, &state, expected).await;
-                    (id, state, expected, r)
-                }
-            })
-            .buffer_unordered(STATE_CONCURRENCY)
-            .collect()
-            .await;
-        for (id, state, expected, result) in written {
-            match result {
-                Ok(revision) => {
-                    self.states.insert(
-                        id.clone(),
-                        Versioned {
-                            state: Some(state),
-                            revision,
-                        },
-                    );
-                    self.plan(&id);
-                }
-                Err(StateError::Conflict { .. }) => {
-                    error!(job = %id, "fire state changed under this leader; re-reading it");
-                    self.states.remove(&id);
-                    self.unloaded.insert(id);
-                }
-                Err(e) => {
-                    // Keep going from memory; the stored revision is unchanged,
-                    // so the next write still applies (or detects a conflict).
-                    warn!(job = %id, error = %e, "cannot record the fire");
-                    self.states.insert(
-                        id.clone(),
-                        Versioned {
-                            state: Some(state),
-                            revision: expected,
-                        },
-                    );
-                    self.plan(&id);
-                }
-            }
+        for id in replan {
+            self.plan(&id);
         }
-        self.load_unloaded().await;
-    }
-
-    /// Puts the run-history record of each dispatched fire (best effort:
-    /// results and events remain the record of truth).
-    async fn write_fire_records(&self, fires: &[Fire], epoch: u64, at: DateTime<Utc>) {
-        let records: Vec<(String, Bytes)> = fires
-            .iter()
-            .filter_map(|f| {
-                let rec = FireRecord {
-                    job: f.job.id().to_string(),
-                    fire_id: jetcron_shared::wire::fire_id(f.job.id(), f.instant),
-                    instant: f.instant,
-                    cause: f.cause,
-                    fired_at: at,
-                    shards: f.job.shard_count(),
-                    dispatched: f.shard_list(),
-                    epoch,
-                };
-                Some((
-                    f.record.clone()?,
-                    Bytes::from(jetcron_shared::runs::encode(&rec)),
-                ))
-            })
-            .collect();
-        let runs = self.runs.clone();
-        stream::iter(records)
-            .map(|(key, body)| {
-                let runs = runs.clone();
-                async move {
-                    if let Err(e) = runs.put(&key, body).await {
-                        debug!(key, error = %e, "fire record not written");
-                    }
-                }
-            })
-            .buffer_unordered(STATE_CONCURRENCY)
-            .collect::<Vec<()>>()
-            .await;
-    }
-
-    /// Sends `skipped` events for instants a paused job let pass.
-    async fn report_skips(&self, skips: &[Skip]) {
-        let mut acks = Vec::with_capacity(skips.len());
-        for s in skips {
-            debug!(job = s.job.id(), instant = %s.instant, count = s.count, "paused: skipped");
-            let event = Event::now(EventBody::Skipped {
-                job: s.job.id().to_string(),
-                instant: s.instant,
-                reason: "paused".to_string(),
-                count: s.count,
-            });
-            let id = format!(
-                "skipped:{}",
-                jetcron_shared::wire::fire_id(s.job.id(), s.instant)
-            );
-            acks.extend(self.events.send(&event, Some(id)).await);
+        for id in purge {
+            self.purge(id);
         }
-        settle_events(acks).await;
     }
 
-    /// Sends `fired` (and `misfired`) events for dispatched fires.
-    async fn report(&self, fires: &[Fire], epoch: u64, at: DateTime<Utc>) {
-        let mut acks = Vec::with_capacity(fires.len());
-        for f in fires {
-            let late_ms = (at - f.instant).num_milliseconds();
-            if f.cause == Cause::Misfire {
-                info!(job = f.job.id(), instant = %f.instant, missed = f.missed, late_ms, "misfire: fired late");
-                let event = Event::now(EventBody::Misfired {
-                    job: f.job.id().to_string(),
-                    missed: f.missed,
-                    first_missed: f.first_missed,
-                    last_missed: f.instant,
-                    fired: f.instant,
-                    epoch,
-                });
-                let id = format!(
-                    "misfired:{}",
-                    jetcron_shared::wire::fire_id(f.job.id(), f.instant)
-                );
-                acks.extend(self.events.send(&event, Some(id)).await);
-            }
-            let event = Event::now(EventBody::Fired {
-                job: f.job.id().to_string(),
-                instant: f.instant,
-                shards: f.job.shard_count(),
-                epoch,
-                cause: f.cause,
-                late_ms,
-            });
-            let id = format!(
-                "fired:{}",
-                jetcron_shared::wire::fire_id(f.job.id(), f.instant)
-            );
-            acks.extend(self.events.send(&event, Some(id)).await);
-            if acks.len() >= 1000 {
-                settle_events(std::mem::take(&mut acks)).await;
-            }
+    /// Stores the checkpoint when it has moved and the last one is older
+    /// than [`CHECKPOINT_EVERY`]; never while an earlier leader's decisions
+    /// are being finished (the checkpoint would claim them done).
+    fn checkpoint(&mut self) {
+        let Some(term) = self.term.as_mut() else {
+            return;
+        };
+        if !self.checkpoints.is_empty()
+            || term.open.values().any(|o| o.finishing)
+            || term
+                .checkpoint_sent
+                .is_some_and(|s| s.elapsed() < CHECKPOINT_EVERY)
+        {
+            return;
         }
-        settle_events(acks).await;
+        let through = match term.open.values().map(|o| o.decided_at).min() {
+            Some(oldest) => oldest - chrono::Duration::milliseconds(1),
+            None => match term.done_through {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        if term.checkpoint >= Some(through) {
+            return;
+        }
+        term.checkpoint = Some(through);
+        term.checkpoint_sent = Some(Instant::now());
+        let cp = Checkpoint {
+            epoch: term.fences.epoch(),
+            through,
+        };
+        let persist = self.persist.clone();
+        let fences = term.fences.clone();
+        self.checkpoints.spawn(async move {
+            let r = persist.checkpoint(&fences, &cp).await.map(|()| cp.through);
+            (cp.epoch, r)
+        });
     }
-}
 
-async fn settle_events(acks: Vec<async_nats::jetstream::context::PublishAckFuture>) {
-    let all = futures::future::join_all(acks.into_iter().map(IntoFuture::into_future));
-    if tokio::time::timeout(Duration::from_secs(5), all)
-        .await
-        .is_err()
-    {
-        debug!("event acks timed out");
+    async fn on_checkpoint(&mut self, epoch: u64, result: Result<DateTime<Utc>, FenceError>) {
+        let current = self.term.as_ref().map(|t| t.fences.epoch());
+        match result {
+            Ok(through) => debug!(epoch, %through, "checkpoint stored"),
+            Err(e) if current == Some(epoch) => self.resign_term(&e).await,
+            Err(_) => {}
+        }
     }
 }
 
@@ -632,6 +833,7 @@ mod tests {
             epoch: 1,
             fires: 1,
             paused_skipped: 0,
+            decision: None,
         }
     }
 

@@ -10,15 +10,28 @@
 //! at its deadline never fires once another replica may hold the lease.
 //! The epoch is the revision at which the lease was taken; it grows with
 //! every takeover and travels in every shard message.
+//!
+//! A write whose answer is lost (the link stalled, the server restarted) may
+//! still be stored later: the client delivers what it buffered once the
+//! link is back. So the lease never forgets its writes. Each take carries a
+//! fresh `term` in the value; a create that got no answer is remembered,
+//! and when the key turns out to hold one of those terms, the replica
+//! adopts it at once (renews and leads, or releases it if it cannot renew).
+//! A late create therefore never holds the lease for a replica that does not
+//! lead. Likewise a renewal refused as stale is checked against the stored
+//! term: if it is ours, an earlier renewal landed late and the lease is kept.
+//! What the lease cannot stop, a deposed leader's other late writes, the
+//! server refuses through the fences ([`crate::fence`]).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tokio::time::{Instant, sleep};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -49,6 +62,9 @@ pub struct LeaseValue {
     /// only in the very first write, before the revision is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// Identifies one take of the lease by one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +80,11 @@ impl LeaseSettings {
         self.ttl / 3
     }
 
+    /// Longest wait for one lease read or write.
+    fn attempt_limit(&self) -> Duration {
+        self.renew_every().max(Duration::from_millis(200))
+    }
+
     fn margin(&self) -> Duration {
         (self.ttl / 10).max(Duration::from_millis(100))
     }
@@ -73,14 +94,20 @@ impl LeaseSettings {
     }
 }
 
+/// The running lease: leadership changes, and a way for the engine to
+/// give back a term it can no longer use (send its epoch).
+#[derive(Debug)]
+pub struct LeaseHandle {
+    pub leadership: watch::Receiver<Leadership>,
+    pub resign: mpsc::Sender<u64>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 /// Runs the lease until `shutdown`, publishing changes on the returned channel.
 /// On shutdown a held lease is deleted so that a standby takes over at once.
-pub fn spawn(
-    kv: kv::Store,
-    settings: LeaseSettings,
-    shutdown: CancellationToken,
-) -> (watch::Receiver<Leadership>, tokio::task::JoinHandle<()>) {
+pub fn spawn(kv: kv::Store, settings: LeaseSettings, shutdown: CancellationToken) -> LeaseHandle {
     let (tx, rx) = watch::channel(Leadership::Follower);
+    let (resign, mut resigned) = mpsc::channel::<u64>(4);
     let task = tokio::spawn(async move {
         let mut lease = Lease {
             kv,
@@ -88,15 +115,29 @@ pub fn spawn(
             tx,
             revision: 0,
             epoch: 0,
+            term: String::new(),
+            abandoned: VecDeque::new(),
             since: Utc::now(),
         };
-        tokio::select! {
-            _ = lease.run() => {}
-            _ = shutdown.cancelled() => {}
+        loop {
+            tokio::select! {
+                _ = lease.run() => {}
+                _ = shutdown.cancelled() => break,
+                Some(epoch) = resigned.recv() => {
+                    if lease.epoch == epoch {
+                        info!(epoch, "giving the lease back");
+                        lease.release().await;
+                    }
+                }
+            }
         }
         lease.release().await;
     });
-    (rx, task)
+    LeaseHandle {
+        leadership: rx,
+        resign,
+        task,
+    }
 }
 
 struct Lease {
@@ -107,16 +148,32 @@ struct Lease {
     revision: u64,
     /// Revision at which we took the lease, 0 when following.
     epoch: u64,
+    /// The term of the current take.
+    term: String,
+    /// Creates that got no answer, and when they were sent: any of them
+    /// may still be stored.
+    abandoned: VecDeque<(String, Instant)>,
     since: chrono::DateTime<Utc>,
 }
 
+/// How long an unanswered create is remembered (a client buffers writes
+/// only while it reconnects).
+const ABANDONED_KEEP: Duration = Duration::from_secs(600);
+/// Most unanswered creates remembered.
+const ABANDONED_MAX: usize = 256;
+
 impl Lease {
     fn value(&self) -> Bytes {
+        self.value_of(&self.term, self.epoch)
+    }
+
+    fn value_of(&self, term: &str, epoch: u64) -> Bytes {
         let v = LeaseValue {
             holder: self.settings.holder.clone(),
             since: self.since,
             renewed_at: Utc::now(),
-            epoch: (self.epoch != 0).then_some(self.epoch),
+            epoch: (epoch != 0).then_some(epoch),
+            term: Some(term.to_string()),
         };
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
@@ -136,24 +193,106 @@ impl Lease {
     }
 
     async fn try_take(&mut self) {
+        let term = nuid::next().to_string();
         self.since = Utc::now();
         let sent = Instant::now();
-        match self.kv.create(&self.settings.key, self.value()).await {
-            Ok(revision) => {
-                self.revision = revision;
-                self.epoch = revision;
-                let deadline = self.settings.deadline(sent);
-                info!(epoch = revision, holder = %self.settings.holder, "took the leader lease");
-                self.tx.send_replace(Leadership::Leader {
-                    epoch: revision,
-                    deadline,
-                });
-                // Write the epoch into the value at once, for `status`.
-                self.renew().await;
+        let create = self
+            .kv
+            .create(&self.settings.key, self.value_of(&term, 0));
+        match timeout(self.settings.attempt_limit(), create).await {
+            Ok(Ok(revision)) => self.lead(term, revision, sent).await,
+            Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => self.adopt().await,
+            Ok(Err(e)) => {
+                debug!(error = %e, "lease create failed; it may still land");
+                self.abandon(term, sent);
             }
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-            Err(e) => debug!(error = %e, "cannot reach the lease bucket"),
+            Err(_) => {
+                debug!("lease create unanswered; it may still land");
+                self.abandon(term, sent);
+            }
         }
+    }
+
+    fn abandon(&mut self, term: String, sent: Instant) {
+        self.abandoned.push_back((term, sent));
+        while self.abandoned.len() > ABANDONED_MAX {
+            self.abandoned.pop_front();
+        }
+    }
+
+    /// Took the lease at `revision` with a write sent at `sent`.
+    async fn lead(&mut self, term: String, revision: u64, sent: Instant) {
+        self.leading(term, revision, revision, sent);
+        // Write the epoch into the value at once, for `status`.
+        self.renew().await;
+    }
+
+    /// Leads in the term taken at revision `epoch`; `revision` is the last
+    /// write, sent at `sent`.
+    fn leading(&mut self, term: String, epoch: u64, revision: u64, sent: Instant) {
+        self.revision = revision;
+        self.epoch = epoch;
+        self.term = term;
+        self.abandoned.clear();
+        let deadline = self.settings.deadline(sent);
+        info!(epoch, holder = %self.settings.holder, "took the leader lease");
+        self.tx.send_replace(Leadership::Leader { epoch, deadline });
+    }
+
+    /// The key is held: if by one of our unanswered creates, lead with it
+    /// now (or give it back), instead of letting it block takeover until it
+    /// expires.
+    async fn adopt(&mut self) {
+        let now = Instant::now();
+        self.abandoned
+            .retain(|(_, sent)| now.duration_since(*sent) < ABANDONED_KEEP);
+        if self.abandoned.is_empty() {
+            return;
+        }
+        let Some((revision, value)) = self.read().await else {
+            return;
+        };
+        let ours = value.holder == self.settings.holder
+            && value
+                .term
+                .as_ref()
+                .is_some_and(|t| self.abandoned.iter().any(|(a, _)| a == t));
+        if !ours {
+            return;
+        }
+        let term = value.term.unwrap_or_default();
+        info!(
+            epoch = revision,
+            "a lease create whose answer was lost has been stored; adopting it"
+        );
+        // Nobody renewed it, so its revision is the one it was created at.
+        let sent = Instant::now();
+        let update = self
+            .kv
+            .update(&self.settings.key, self.value_of(&term, revision), revision);
+        match timeout(self.settings.attempt_limit(), update).await {
+            Ok(Ok(renewed)) => self.leading(term, revision, renewed, sent),
+            _ => {
+                warn!("cannot renew the adopted lease; releasing it");
+                let release = self
+                    .kv
+                    .delete_expect_revision(&self.settings.key, Some(revision));
+                let _ = timeout(self.settings.attempt_limit(), release).await;
+            }
+        }
+    }
+
+    /// The stored lease: its revision and value.
+    async fn read(&self) -> Option<(u64, LeaseValue)> {
+        let entry = timeout(self.settings.attempt_limit(), self.kv.entry(&self.settings.key))
+            .await
+            .ok()?
+            .ok()??;
+        if entry.operation != Operation::Put {
+            return None;
+        }
+        let value = serde_json::from_slice(&entry.value).ok()?;
+        Some((entry.revision, value))
     }
 
     /// Renews until it succeeds, the lease is lost to another replica, or the
@@ -161,8 +300,8 @@ impl Lease {
     async fn renew(&mut self) {
         loop {
             let sent = Instant::now();
-            let attempt = tokio::time::timeout(
-                self.settings.ttl,
+            let attempt = timeout(
+                self.settings.attempt_limit(),
                 self.kv
                     .update(&self.settings.key, self.value(), self.revision),
             )
@@ -179,8 +318,21 @@ impl Lease {
                     return;
                 }
                 Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    warn!("lost the leader lease to another replica");
-                    return self.step_down();
+                    match self.read().await {
+                        // An earlier renewal of ours was stored after we
+                        // stopped waiting for it: carry on from it.
+                        Some((revision, v))
+                            if v.holder == self.settings.holder
+                                && v.term.as_deref() == Some(self.term.as_str()) =>
+                        {
+                            debug!(revision, "a late renewal of ours was stored");
+                            self.revision = revision;
+                        }
+                        _ => {
+                            warn!("lost the leader lease to another replica");
+                            return self.step_down();
+                        }
+                    }
                 }
                 Ok(Err(e)) => debug!(error = %e, "lease renewal failed; retrying"),
                 Err(_) => debug!("lease renewal timed out; retrying"),

@@ -3,17 +3,24 @@
 //! - [`config`]: settings with defaults.
 //! - [`catalog`]: watches the jobs bucket; every change becomes a catalog event.
 //! - [`lease`]: the leader lease (create / update-at-revision, local deadline).
-//! - [`engine`]: the fire loop: job table, [`timer`], fire state, misfires.
-//! - [`dispatch`]: publishes a fire's shard messages, deduplicated.
-//! - [`state`]: per-job fire state in KV, compare-and-set.
-//! - [`events`]: events on the events stream.
+//! - [`fence`]: the leader's fences, which make the server refuse a deposed
+//!   leader's writes.
+//! - [`engine`]: the fire loop: job table, [`timer`], decisions, misfires.
+//! - [`persist`]: stores a batch of decisions, fenced: fire states, then
+//!   shard messages, then events and fire records.
+//! - [`dispatch`]: a fire and its shard messages (and the unfenced
+//!   publisher of manual fires).
+//! - [`state`]: per-job fire state (the write-ahead record of each
+//!   decision) and the leader's checkpoint.
+//! - [`events`]: events the control API publishes.
 //! - [`replica`]: this replica's heartbeat, for `status`.
 //! - [`api`]: the control API micro service.
 //!
 //! A definition travels: jobs bucket -> catalog -> engine (job table) ->
-//! timer -> at its instant, if this replica holds a valid lease: dispatch
-//! (one message per shard on `jetcron.work.<group>.<job>`) -> state (CAS) ->
-//! `fired` event -> timer holds the next instant.
+//! timer -> at its instant, if this replica leads (lease held, fences
+//! stored): a decision -> persist: fire state, then one message per shard
+//! on `jetcron.work.<group>.<job>`, then the `fired` event and fire record,
+//! each write fenced -> timer holds the next instant.
 
 pub mod api;
 pub mod catalog;
@@ -21,7 +28,9 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod events;
+pub mod fence;
 pub mod lease;
+pub mod persist;
 pub mod replica;
 pub mod state;
 pub mod timer;
@@ -97,7 +106,7 @@ pub async fn run(
     // The lease outlives the engine so that it is released only after the
     // engine has stopped firing.
     let lease_stop = CancellationToken::new();
-    let (leadership, lease_task) = lease::spawn(
+    let lease = lease::spawn(
         res.lease.clone(),
         lease::LeaseSettings {
             holder: config.id.clone(),
@@ -111,7 +120,7 @@ pub async fn run(
         res.lease.clone(),
         names.replica_key(&config.id),
         config.id.clone(),
-        leadership.clone(),
+        lease.leadership.clone(),
         shutdown.clone(),
     ));
     let engine = engine::Engine::new(
@@ -119,16 +128,14 @@ pub async fn run(
             holder: config.id.clone(),
             misfire_threshold: config.misfire_threshold,
         },
-        leadership,
-        state::StateStore::new(res.state.clone()),
-        dispatch::Dispatcher::new(js.clone(), names.clone()),
-        events,
-        res.runs.clone(),
+        lease.leadership.clone(),
+        lease.resign.clone(),
+        res.clone(),
         names.clone(),
     );
     engine.run(catalog_rx, shutdown.clone()).await;
     lease_stop.cancel();
-    let _ = lease_task.await;
+    let _ = lease.task.await;
     let _ = heartbeat.await;
     let _ = catalog.await;
     let _ = api.await;

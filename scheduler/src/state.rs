@@ -1,15 +1,20 @@
-//! Per-job fire state in the state bucket, written with compare-and-set.
+//! Per-job fire state in the state bucket, and the leader's checkpoint.
 //!
-//! The state says which instant the leader will fire next for which
-//! definition revision, and which it fired last. A new leader reads it and
-//! continues exactly there: an instant recorded as fired is never fired
-//! again, and one that was due while nobody led is fired late (misfire).
+//! The state is the leader's write-ahead record: it is stored (fenced, see
+//! [`crate::fence`]) *before* the fire's shard messages and events, and it
+//! names the decision it records. So whatever a leader had stored when it
+//! died, its successor knows exactly which instants were decided: it
+//! continues at `next_instant`, and it finishes the writes of a decision the
+//! checkpoint does not yet cover (shards and events again, deduplicated by
+//! their message ids). An instant recorded as fired is never fired as
+//! another instant, and never reported missed.
 
-use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
-use bytes::Bytes;
+use async_nats::jetstream::kv::{self, Operation};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use jetcron_shared::wire::Cause;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FireState {
@@ -20,7 +25,7 @@ pub struct FireState {
     /// The last instant dispatched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_instant: Option<DateTime<Utc>>,
-    /// When the last instant was dispatched.
+    /// When the last instant was decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fired_at: Option<DateTime<Utc>>,
     /// Epoch of the leader that wrote this.
@@ -32,9 +37,67 @@ pub struct FireState {
     /// `job.resume` reports it; the engine resets it once the job runs again.
     #[serde(default)]
     pub paused_skipped: u64,
+    /// The decision this write records, so that a successor can finish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
-/// A state and the revision it was read or written at (0: never written).
+/// What the leader decided for one job at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// When it was decided, by the deciding leader's clock.
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub what: Decided,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decided", rename_all = "snake_case")]
+pub enum Decided {
+    /// `instant` was fired, standing for `missed` instants from `first_missed`.
+    Fired {
+        instant: DateTime<Utc>,
+        cause: Cause,
+        missed: u64,
+        first_missed: DateTime<Utc>,
+        /// Runs-bucket key of the fire record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<String>,
+    },
+    /// `count` instants up to `instant` passed unfired, for `reason`.
+    Skipped {
+        instant: DateTime<Utc>,
+        count: u64,
+        reason: String,
+    },
+}
+
+/// Everything a leader decided at or before `through` has all its shard
+/// messages and events stored. Written by the leader of `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub epoch: u64,
+    pub through: DateTime<Utc>,
+}
+
+impl Checkpoint {
+    /// Whether `state`'s decision may still lack some of its writes.
+    pub fn leaves_open(checkpoint: Option<&Checkpoint>, state: &FireState) -> bool {
+        let Some(d) = &state.decision else {
+            return false;
+        };
+        match checkpoint {
+            None => true,
+            Some(c) if state.epoch > c.epoch => true,
+            Some(c) if state.epoch == c.epoch => d.at > c.through,
+            // An older leader's decisions were finished by the leader that
+            // wrote the checkpoint, before it wrote any.
+            Some(_) => false,
+        }
+    }
+}
+
+/// A state and the revision it was read at (0: never written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     pub state: Option<FireState>,
@@ -43,12 +106,12 @@ pub struct Versioned {
 
 #[derive(Debug, Error)]
 pub enum StateError {
-    #[error("state of job {job} was changed by another leader")]
-    Conflict { job: String },
-    #[error("cannot access the state bucket: {0}")]
+    #[error("cannot read the state bucket: {0}")]
     Store(String),
 }
 
+/// Reads fire states and the checkpoint; every write goes through
+/// [`crate::persist`], fenced.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     kv: kv::Store,
@@ -84,30 +147,76 @@ impl StateStore {
         })
     }
 
-    /// Writes `state` if the stored revision is still `expected`.
-    pub async fn write(
-        &self,
-        job: &str,
-        state: &FireState,
-        expected: u64,
-    ) -> Result<u64, StateError> {
-        let body = Bytes::from(serde_json::to_vec(state).unwrap_or_default());
-        self.kv
-            .update(job, body, expected)
+    /// Reads the checkpoint under `key`; None when there is none yet.
+    pub async fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, StateError> {
+        let entry = self
+            .kv
+            .entry(key)
             .await
-            .map_err(|e| match e.kind() {
-                UpdateErrorKind::WrongLastRevision => StateError::Conflict {
-                    job: job.to_string(),
-                },
-                _ => StateError::Store(e.to_string()),
-            })
+            .map_err(|e| StateError::Store(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| serde_json::from_slice(&e.value).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, s).unwrap()
     }
 
-    /// Forgets a deleted job's state.
-    pub async fn remove(&self, job: &str) -> Result<(), StateError> {
-        self.kv
-            .purge(job)
-            .await
-            .map_err(|e| StateError::Store(e.to_string()))
+    fn state(epoch: u64, decided: Option<DateTime<Utc>>) -> FireState {
+        FireState {
+            job_revision: 1,
+            next_instant: Some(t(30)),
+            last_instant: Some(t(20)),
+            last_fired_at: decided,
+            epoch,
+            fires: 3,
+            paused_skipped: 0,
+            decision: decided.map(|at| Decision {
+                at,
+                what: Decided::Fired {
+                    instant: t(20),
+                    cause: Cause::Schedule,
+                    missed: 1,
+                    first_missed: t(20),
+                    record: Some("j.s2".into()),
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_says_which_decisions_may_be_unfinished() {
+        let cp = Checkpoint {
+            epoch: 7,
+            through: t(21),
+        };
+        // Same leader: after the checkpoint is open, at or before is done.
+        assert!(Checkpoint::leaves_open(Some(&cp), &state(7, Some(t(22)))));
+        assert!(!Checkpoint::leaves_open(Some(&cp), &state(7, Some(t(21)))));
+        // A later leader wrote it after the checkpoint: open.
+        assert!(Checkpoint::leaves_open(Some(&cp), &state(9, Some(t(1)))));
+        // An earlier leader's: finished by the checkpoint's writer.
+        assert!(!Checkpoint::leaves_open(Some(&cp), &state(5, Some(t(59)))));
+        // No checkpoint at all: open; no decision recorded: nothing to finish.
+        assert!(Checkpoint::leaves_open(None, &state(1, Some(t(1)))));
+        assert!(!Checkpoint::leaves_open(Some(&cp), &state(9, None)));
+    }
+
+    #[test]
+    fn state_round_trips_with_its_decision_and_reads_old_records() {
+        let s = state(7, Some(t(22)));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""decided":"fired""#), "{json}");
+        assert_eq!(serde_json::from_str::<FireState>(&json).unwrap(), s);
+        let old = r#"{"job_revision":3,"next_instant":null,"epoch":2}"#;
+        let s: FireState = serde_json::from_str(old).unwrap();
+        assert_eq!((s.fires, s.decision), (0, None));
     }
 }

@@ -95,7 +95,7 @@ impl ConnectArgs {
             // Reconnect quickly after a server restart; the default backoff
             // grows to several seconds, which would show up as missed fires.
             .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64 * 100).min(2000))
+                Duration::from_millis((attempts as u64 * 50).min(250))
             });
         if patience == Patience::WaitForServer {
             opts = opts.retry_on_initial_connect();

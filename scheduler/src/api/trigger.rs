@@ -60,14 +60,7 @@ pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         payload: req.payload,
         record: Some(key),
     };
-    let result = ctx
-        .dispatcher
-        .dispatch(std::slice::from_ref(&fire), || Some(epoch))
-        .await
-        .into_iter()
-        .next()
-        .unwrap_or(Err(crate::dispatch::DispatchError::NotLeader));
-    match result {
+    match ctx.dispatcher.dispatch(&fire, epoch).await {
         Ok(d) if d.duplicates > 0 => {
             return Err(ApiError::new(
                 ErrorCode::Conflict,

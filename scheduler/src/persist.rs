@@ -1,0 +1,415 @@
+//! Every write the leader makes, fenced, in the order that keeps the
+//! guarantees, with short bounded waits.
+//!
+//! The engine decides; a [`Batch`] of decisions is then stored here in
+//! three steps, each one pipelined and awaited before the next:
+//!
+//! 1. fire states (write-ahead: the decision is durable before any of its
+//!    effects, see [`crate::state`]);
+//! 2. shard messages (`Nats-Msg-Id` `<job>:<instant ms>:<shard>`);
+//! 3. `fired` / `misfired` / `skipped` events and fire records.
+//!
+//! Every write carries the leader's fence for its stream ([`crate::fence`]),
+//! so nothing of a deposed leader is stored, whatever its client delivers
+//! late. A write that fails is sent again (its message id or its value
+//! makes a repeat harmless) until it is stored or the leader must stop; no
+//! wait is longer than [`ACK_LIMIT`], and a batch never holds up another
+//! one: the engine runs several at once, one per job at a time.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use jetcron_shared::Names;
+use jetcron_shared::runs::{self, FireRecord};
+use jetcron_shared::wire::{self, Cause, Event, EventBody};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, warn};
+
+use crate::dispatch::Fire;
+use crate::fence::{FenceError, Fences, Target};
+use crate::state::{Checkpoint, FireState};
+
+/// Longest wait for the client to take one publish.
+pub const SEND_LIMIT: Duration = Duration::from_millis(500);
+/// Longest wait for the acks of one round of publishes.
+pub const ACK_LIMIT: Duration = Duration::from_secs(1);
+/// Publishes sent before their acks are awaited (the client stalls beyond
+/// a few thousand outstanding acks).
+const CHUNK: usize = 1000;
+/// Un-acked publishes of all batches together.
+const OUTSTANDING: usize = 4000;
+/// Pauses between rounds of retries.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
+const KV_OPERATION: &str = "KV-Operation";
+const NATS_ROLLUP: &str = "Nats-Rollup";
+
+/// One publish into one of the leader's streams.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub target: Target,
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a batch item does to its job's fire state.
+#[derive(Debug, Clone)]
+pub enum StateWrite {
+    Put(FireState),
+    /// The job was deleted: forget its state.
+    Purge,
+    /// Stored already: the item finishes a decision of an earlier leader.
+    Stored,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Fire(Fire),
+    /// `count` instants up to `instant` were let pass, for `reason`.
+    Skip {
+        instant: DateTime<Utc>,
+        count: u64,
+        reason: String,
+    },
+    /// Nothing beyond the state write.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub job: String,
+    pub state: StateWrite,
+    pub action: Action,
+}
+
+/// Decisions taken together, stored together.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub id: u64,
+    pub decided_at: DateTime<Utc>,
+    pub items: Vec<Item>,
+}
+
+/// How a batch ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub id: u64,
+    pub items: Vec<Item>,
+    /// Shards per item that an earlier leader had already stored.
+    pub duplicates: Vec<u32>,
+    /// Err: the leader must stop; what was not stored is left to the next one.
+    pub result: Result<(), FenceError>,
+}
+
+/// The leader's writer.
+#[derive(Debug, Clone)]
+pub struct Persist {
+    js: jetstream::Context,
+    names: Names,
+    acks: Arc<Semaphore>,
+}
+
+impl Persist {
+    pub fn new(js: jetstream::Context, names: Names) -> Persist {
+        Persist {
+            js,
+            names,
+            acks: Arc::new(Semaphore::new(OUTSTANDING)),
+        }
+    }
+
+    /// Stores a batch: states, then shards, then events and records.
+    pub async fn run(&self, fences: Arc<Fences>, batch: Batch) -> Outcome {
+        let epoch = fences.epoch();
+        let mut duplicates = vec![0u32; batch.items.len()];
+        let result = async {
+            let states: Vec<Write> = batch
+                .items
+                .iter()
+                .filter_map(|i| self.state_write(&i.job, &i.state))
+                .collect();
+            self.store_all(&fences, states).await?;
+
+            let mut shards = Vec::new();
+            let mut owner = Vec::new();
+            for (n, item) in batch.items.iter().enumerate() {
+                if let Action::Fire(f) = &item.action {
+                    for w in self.shard_writes(f, epoch) {
+                        owner.push(n);
+                        shards.push(w);
+                    }
+                }
+            }
+            let dup = self.store_all(&fences, shards).await?;
+            for (n, d) in owner.into_iter().zip(dup) {
+                duplicates[n] += u32::from(d);
+            }
+
+            let stored_at = Utc::now();
+            let mut after = Vec::new();
+            for item in &batch.items {
+                after.extend(self.reports(item, epoch, stored_at));
+            }
+            self.store_all(&fences, after).await?;
+            Ok(())
+        }
+        .await;
+        Outcome {
+            id: batch.id,
+            items: batch.items,
+            duplicates,
+            result,
+        }
+    }
+
+    /// Stores the checkpoint (fenced); Err when the leader must stop.
+    pub async fn checkpoint(&self, fences: &Fences, cp: &Checkpoint) -> Result<(), FenceError> {
+        let w = self.kv_put(
+            Target::State,
+            &self.names.state_bucket(),
+            self.names.checkpoint_key(),
+            Bytes::from(runs::encode(cp)),
+        );
+        self.store_all(fences, vec![w]).await.map(|_| ())
+    }
+
+    fn state_write(&self, job: &str, state: &StateWrite) -> Option<Write> {
+        let bucket = self.names.state_bucket();
+        match state {
+            StateWrite::Put(s) => {
+                Some(self.kv_put(Target::State, &bucket, job, Bytes::from(runs::encode(s))))
+            }
+            StateWrite::Purge => {
+                let mut headers = HeaderMap::new();
+                headers.insert(KV_OPERATION, "PURGE");
+                headers.insert(NATS_ROLLUP, "sub");
+                Some(Write {
+                    target: Target::State,
+                    subject: Names::kv_subject(&bucket, job),
+                    headers,
+                    body: Bytes::new(),
+                })
+            }
+            StateWrite::Stored => None,
+        }
+    }
+
+    fn kv_put(&self, target: Target, bucket: &str, key: &str, body: Bytes) -> Write {
+        Write {
+            target,
+            subject: Names::kv_subject(bucket, key),
+            headers: HeaderMap::new(),
+            body,
+        }
+    }
+
+    fn shard_writes(&self, fire: &Fire, epoch: u64) -> Vec<Write> {
+        fire.messages(epoch)
+            .map(|m| Write {
+                target: Target::Work,
+                subject: self.names.work_subject(&m.group, &m.job),
+                headers: m.headers(),
+                body: Bytes::from(m.encode()),
+            })
+            .collect()
+    }
+
+    fn event(&self, body: EventBody, msg_id: String) -> Write {
+        let event = Event::now(body);
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        Write {
+            target: Target::Events,
+            subject: self.names.event_subject(event.kind(), event.job()),
+            headers,
+            body: Bytes::from(event.encode()),
+        }
+    }
+
+    /// Events and the fire record that tell what an item did.
+    fn reports(&self, item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<Write> {
+        let job = item.job.clone();
+        match &item.action {
+            Action::Fire(f) => {
+                let fire_id = wire::fire_id(&job, f.instant);
+                let mut out = Vec::with_capacity(3);
+                if f.cause == Cause::Misfire {
+                    out.push(self.event(
+                        EventBody::Misfired {
+                            job: job.clone(),
+                            missed: f.missed,
+                            first_missed: f.first_missed,
+                            last_missed: f.instant,
+                            fired: f.instant,
+                            epoch,
+                        },
+                        format!("misfired:{fire_id}"),
+                    ));
+                }
+                out.push(self.event(
+                    EventBody::Fired {
+                        job: job.clone(),
+                        instant: f.instant,
+                        shards: f.job.shard_count(),
+                        epoch,
+                        cause: f.cause,
+                        late_ms: (at - f.instant).num_milliseconds(),
+                    },
+                    format!("fired:{fire_id}"),
+                ));
+                if let Some(key) = &f.record {
+                    let rec = FireRecord {
+                        job,
+                        fire_id,
+                        instant: f.instant,
+                        cause: f.cause,
+                        fired_at: at,
+                        shards: f.job.shard_count(),
+                        dispatched: f.shard_list(),
+                        epoch,
+                    };
+                    out.push(self.kv_put(
+                        Target::Runs,
+                        &self.names.runs_bucket(),
+                        key,
+                        Bytes::from(runs::encode(&rec)),
+                    ));
+                }
+                out
+            }
+            Action::Skip {
+                instant,
+                count,
+                reason,
+            } => {
+                let id = format!("skipped:{}", wire::fire_id(&job, *instant));
+                vec![self.event(
+                    EventBody::Skipped {
+                        job,
+                        instant: *instant,
+                        reason: reason.clone(),
+                        count: *count,
+                    },
+                    id,
+                )]
+            }
+            Action::None => Vec::new(),
+        }
+    }
+
+    /// Stores every write, sending again what failed, until all are stored
+    /// or this leader must stop. Returns, per write, whether the stream
+    /// already held it (a duplicate message id).
+    pub async fn store_all(
+        &self,
+        fences: &Fences,
+        writes: Vec<Write>,
+    ) -> Result<Vec<bool>, FenceError> {
+        let mut duplicate = vec![false; writes.len()];
+        let mut todo: Vec<usize> = (0..writes.len()).collect();
+        let mut pause = RETRY_FIRST;
+        while !todo.is_empty() {
+            let failed = self.round(fences, &writes, &todo, &mut duplicate).await;
+            if failed.is_empty() {
+                break;
+            }
+            let mut refused: Vec<(Target, u64)> = failed
+                .iter()
+                .filter_map(|f| match f.1 {
+                    Failure::Refused(seen) => Some((writes[f.0].target, seen)),
+                    Failure::Other(_) => None,
+                })
+                .collect();
+            refused.sort_by_key(|(t, s)| (*t as usize, *s));
+            refused.dedup();
+            for (target, seen) in &refused {
+                fences.refused(*target, *seen).await?;
+            }
+            if refused.is_empty() {
+                if let Some((_, Failure::Other(reason))) = failed.first() {
+                    warn!(failed = failed.len(), reason, "writes not stored; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            if !fences.is_valid() {
+                return Err(FenceError::NotLeader);
+            }
+            todo = failed.into_iter().map(|f| f.0).collect();
+        }
+        Ok(duplicate)
+    }
+
+    /// Sends `todo` once, in chunks; returns what failed and why.
+    async fn round(
+        &self,
+        fences: &Fences,
+        writes: &[Write],
+        todo: &[usize],
+        duplicate: &mut [bool],
+    ) -> Vec<(usize, Failure)> {
+        let mut failed = Vec::new();
+        for chunk in todo.chunks(CHUNK) {
+            let mut pending: Vec<(usize, u64, PublishAckFuture, OwnedSemaphorePermit)> =
+                Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let w = &writes[i];
+                let Ok(permit) = self.acks.clone().acquire_owned().await else {
+                    failed.push((i, Failure::Other("closed".into())));
+                    continue;
+                };
+                let mut headers = w.headers.clone();
+                let seen = fences.apply(w.target, &mut headers);
+                let send = self
+                    .js
+                    .publish_with_headers(w.subject.clone(), headers, w.body.clone());
+                match timeout(SEND_LIMIT, send).await {
+                    Ok(Ok(ack)) => pending.push((i, seen, ack, permit)),
+                    Ok(Err(e)) => failed.push((i, Failure::Other(e.to_string()))),
+                    Err(_) => failed.push((i, Failure::Other("client did not take it".into()))),
+                }
+            }
+            let deadline = Instant::now() + ACK_LIMIT;
+            let acks = join_all(
+                pending
+                    .into_iter()
+                    .map(|(i, seen, ack, permit)| async move {
+                        let r = timeout_at(deadline, ack.into_future()).await;
+                        drop(permit);
+                        (i, seen, r)
+                    }),
+            )
+            .await;
+            for (i, seen, r) in acks {
+                match r {
+                    Ok(Ok(ack)) => duplicate[i] = ack.duplicate,
+                    Ok(Err(e)) if Fences::is_refusal(e.kind()) => {
+                        failed.push((i, Failure::Refused(seen)))
+                    }
+                    Ok(Err(e)) => failed.push((i, Failure::Other(e.to_string()))),
+                    Err(_) => failed.push((i, Failure::Other("no ack in time".into()))),
+                }
+            }
+        }
+        if !failed.is_empty() {
+            debug!(failed = failed.len(), of = todo.len(), "round of writes incomplete");
+        }
+        failed
+    }
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// The server refused the fence this write expected.
+    Refused(u64),
+    Other(String),
+}
