@@ -129,7 +129,11 @@ impl Dispatcher {
                 }
             }
         }
-        debug!(job = fire.job.id(), shards = out.duplicates, "manual fire dispatched");
+        debug!(
+            job = fire.job.id(),
+            shards = out.duplicates,
+            "manual fire dispatched"
+        );
         Ok(out)
     }
 }

@@ -328,10 +328,7 @@ impl Engine {
     /// Reads the checkpoint, retrying while leading.
     async fn read_checkpoint(&mut self) -> Option<Option<Checkpoint>> {
         loop {
-            let valid = self
-                .term
-                .as_ref()
-                .is_some_and(|t| t.fences.is_valid());
+            let valid = self.term.as_ref().is_some_and(|t| t.fences.is_valid());
             if !valid {
                 return None;
             }

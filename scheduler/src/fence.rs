@@ -142,7 +142,10 @@ impl Fences {
         for r in taken {
             r?;
         }
-        info!(epoch, "fences stored in the work, state, runs and events streams");
+        info!(
+            epoch,
+            "fences stored in the work, state, runs and events streams"
+        );
         Ok(fences)
     }
 

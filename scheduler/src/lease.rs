@@ -196,9 +196,7 @@ impl Lease {
         let term = nuid::next().to_string();
         self.since = Utc::now();
         let sent = Instant::now();
-        let create = self
-            .kv
-            .create(&self.settings.key, self.value_of(&term, 0));
+        let create = self.kv.create(&self.settings.key, self.value_of(&term, 0));
         match timeout(self.settings.attempt_limit(), create).await {
             Ok(Ok(revision)) => self.lead(term, revision, sent).await,
             Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => self.adopt().await,
@@ -284,10 +282,13 @@ impl Lease {
 
     /// The stored lease: its revision and value.
     async fn read(&self) -> Option<(u64, LeaseValue)> {
-        let entry = timeout(self.settings.attempt_limit(), self.kv.entry(&self.settings.key))
-            .await
-            .ok()?
-            .ok()??;
+        let entry = timeout(
+            self.settings.attempt_limit(),
+            self.kv.entry(&self.settings.key),
+        )
+        .await
+        .ok()?
+        .ok()??;
         if entry.operation != Operation::Put {
             return None;
         }

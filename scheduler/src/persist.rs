@@ -401,7 +401,11 @@ impl Persist {
             }
         }
         if !failed.is_empty() {
-            debug!(failed = failed.len(), of = todo.len(), "round of writes incomplete");
+            debug!(
+                failed = failed.len(),
+                of = todo.len(),
+                "round of writes incomplete"
+            );
         }
         failed
     }

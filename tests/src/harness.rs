@@ -240,6 +240,8 @@ pub struct Stored {
     pub msg: ShardMessage,
     pub msg_id: String,
     pub epoch: u64,
+    /// Sequence in the work stream.
+    pub seq: u64,
 }
 
 /// Drains the work stream through a test consumer (only for tests without
@@ -294,6 +296,7 @@ impl WorkTap {
                             msg,
                             msg_id: header("Nats-Msg-Id"),
                             epoch: header("Jetcron-Epoch").parse().unwrap_or(0),
+                            seq: m.info().map_or(0, |i| i.stream_sequence),
                         });
                     }
                     let _ = m.ack().await;
@@ -358,4 +361,30 @@ pub async fn api(client: &async_nats::Client, names: &Names) -> jetcron_shared::
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Every message a stream holds now, in sequence order, read one by one
+/// (works on any stream, also a work queue, whose consumers may not overlap).
+pub async fn stream_messages(
+    client: &async_nats::Client,
+    stream: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let js = jetstream::new(client.clone());
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let info = s.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if info.messages == 0 {
+        return out;
+    }
+    for seq in info.first_sequence..=info.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The value of a header of a stored message, if present.
+pub fn header(m: &async_nats::jetstream::message::StreamMessage, name: &str) -> Option<String> {
+    m.headers.get(name).map(|v| v.as_str().to_string())
 }
