@@ -23,9 +23,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
+use jetcron_shared::Names;
 use jetcron_shared::setup::Resources;
-use jetcron_shared::wire::Cause;
-use jetcron_shared::{Job, Names, Schedule};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
@@ -33,17 +32,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::catalog::CatalogEvent;
-use crate::dispatch::Fire;
+use crate::decide::{self, Known, next_instant};
 use crate::fence::{FenceError, Fences};
 use crate::lease::Leadership;
 use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
-use crate::state::{Checkpoint, Decided, Decision, FireState, StateStore};
+use crate::state::{Checkpoint, FireState, StateStore};
 use crate::timer::Timer;
 
 /// Concurrent state reads.
 const STATE_CONCURRENCY: usize = 128;
-/// Most instants examined when coalescing a misfire.
-const MAX_COALESCE: u64 = 100_000;
 /// Longest sleep, so wall-clock jumps are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Batches being stored at once.
@@ -61,13 +58,6 @@ const FINISH_MARGIN: Duration = Duration::from_secs(60);
 pub struct EngineSettings {
     pub holder: String,
     pub misfire_threshold: Duration,
-}
-
-#[derive(Debug, Clone)]
-struct Known {
-    job: Arc<Job>,
-    revision: u64,
-    written: DateTime<Utc>,
 }
 
 /// A batch being stored.
@@ -349,57 +339,28 @@ impl Engine {
         let now = Utc::now();
         let window = chrono::Duration::from_std(self.dedup_window.saturating_sub(FINISH_MARGIN))
             .unwrap_or(chrono::Duration::zero());
-        let mut items = Vec::new();
-        for (id, state) in &self.states {
-            let Some(state) = state else { continue };
-            if !Checkpoint::leaves_open(checkpoint, state) {
-                continue;
-            }
-            let (Some(k), Some(d)) = (self.jobs.get(id), &state.decision) else {
-                continue;
-            };
-            if k.revision != state.job_revision {
-                info!(job = %id, "definition changed since its last decision; not redone");
-                continue;
-            }
-            if now - d.at > window {
-                warn!(job = %id, decided = %d.at, "last decision older than the duplicate window; not redone");
-                continue;
-            }
-            let action = match &d.what {
-                Decided::Fired {
-                    instant,
-                    cause,
-                    missed,
-                    first_missed,
-                    record,
-                } => Action::Fire(Fire {
-                    job: k.job.clone(),
-                    revision: k.revision,
-                    instant: *instant,
-                    cause: *cause,
-                    missed: *missed,
-                    first_missed: *first_missed,
-                    shards: None,
-                    payload: None,
-                    record: record.clone(),
-                }),
-                Decided::Skipped {
-                    instant,
-                    count,
-                    reason,
-                } => Action::Skip {
-                    instant: *instant,
-                    count: *count,
-                    reason: reason.clone(),
-                },
-            };
-            items.push(Item {
-                job: id.clone(),
-                state: StateWrite::Stored,
-                action,
-            });
-        }
+        let items: Vec<Item> = self
+            .states
+            .iter()
+            .filter_map(|(id, state)| {
+                let state = state.as_ref()?;
+                if !Checkpoint::leaves_open(checkpoint, state) {
+                    return None;
+                }
+                let k = self.jobs.get(id)?;
+                match decide::finish(k, state) {
+                    Some(d) if now - d.at > window => {
+                        warn!(job = %id, decided = %d.at, "last decision older than the duplicate window; not redone");
+                        None
+                    }
+                    Some(d) => Some(d.item),
+                    None => {
+                        info!(job = %id, "definition changed since its last decision; not redone");
+                        None
+                    }
+                }
+            })
+            .collect();
         if !items.is_empty() {
             info!(
                 decisions = items.len(),
@@ -562,87 +523,23 @@ impl Engine {
         }
         let threshold = chrono::Duration::from_std(self.settings.misfire_threshold)
             .unwrap_or(chrono::Duration::MAX);
-        let mut items = Vec::with_capacity(due.len());
-        for (id, at) in due {
-            let Some(k) = self.jobs.get(&id) else {
-                continue;
-            };
-            let prev = self.states.get(&id).cloned().flatten();
-            let (instant, missed) = coalesce(&k.job.schedule, at, now);
-            let next = k.job.schedule.next_after(instant);
-            let (state, action) = if k.job.paused() {
-                debug!(job = %id, %instant, count = missed, "paused: skipped");
-                let state = FireState {
-                    job_revision: k.revision,
-                    next_instant: next,
-                    last_instant: prev.as_ref().and_then(|p| p.last_instant),
-                    last_fired_at: prev.as_ref().and_then(|p| p.last_fired_at),
+        let items: Vec<Item> = due
+            .into_iter()
+            .filter_map(|(id, at)| {
+                let k = self.jobs.get(&id)?;
+                let prev = self.states.get(&id).and_then(Option::as_ref);
+                Some(decide::due(
+                    &self.names,
+                    &id,
+                    k,
+                    prev,
+                    at,
+                    now,
                     epoch,
-                    fires: prev.as_ref().map_or(0, |p| p.fires),
-                    paused_skipped: prev.as_ref().map_or(0, |p| p.paused_skipped) + missed,
-                    decision: Some(Decision {
-                        at: now,
-                        what: Decided::Skipped {
-                            instant,
-                            count: missed,
-                            reason: "paused".into(),
-                        },
-                    }),
-                };
-                let action = Action::Skip {
-                    instant,
-                    count: missed,
-                    reason: "paused".into(),
-                };
-                (state, action)
-            } else {
-                let cause = if missed > 1 || now - instant > threshold {
-                    Cause::Misfire
-                } else {
-                    Cause::Schedule
-                };
-                let fires = prev.as_ref().map_or(0, |s| s.fires);
-                // History is a ring of slots per job: fire n goes to slot n % history.
-                let slot = fires % u64::from(k.job.history());
-                let record = Some(self.names.run_fire_key(&id, &format!("s{slot}")));
-                let state = FireState {
-                    job_revision: k.revision,
-                    next_instant: next,
-                    last_instant: Some(instant),
-                    last_fired_at: Some(now),
-                    epoch,
-                    fires: fires + 1,
-                    paused_skipped: 0,
-                    decision: Some(Decision {
-                        at: now,
-                        what: Decided::Fired {
-                            instant,
-                            cause,
-                            missed,
-                            first_missed: at,
-                            record: record.clone(),
-                        },
-                    }),
-                };
-                let fire = Fire {
-                    job: k.job.clone(),
-                    revision: k.revision,
-                    instant,
-                    cause,
-                    missed,
-                    first_missed: at,
-                    shards: None,
-                    payload: None,
-                    record,
-                };
-                (state, Action::Fire(fire))
-            };
-            items.push(Item {
-                job: id,
-                state: StateWrite::Put(state),
-                action,
-            });
-        }
+                    threshold,
+                ))
+            })
+            .collect();
         self.spawn_batch(items, now, false);
     }
 
@@ -769,101 +666,5 @@ impl Engine {
             Err(e) if current == Some(epoch) => self.resign_term(&e).await,
             Err(_) => {}
         }
-    }
-}
-
-/// The next instant of a job given its stored state.
-fn next_instant(k: &Known, state: Option<&FireState>) -> Option<DateTime<Utc>> {
-    match state {
-        // Same definition: continue exactly where the last leader stopped.
-        Some(s) if s.job_revision == k.revision => s.next_instant,
-        // Changed definition: from the change on, never before the last fire.
-        Some(s) => {
-            let base = s.last_instant.map_or(k.written, |l| l.max(k.written));
-            k.job.schedule.next_after(base)
-        }
-        None => k.job.schedule.next_after(k.written),
-    }
-}
-
-/// From the first due instant `at`, the latest instant due by `now` and how
-/// many instants that fire stands for.
-fn coalesce(schedule: &Schedule, at: DateTime<Utc>, now: DateTime<Utc>) -> (DateTime<Utc>, u64) {
-    let mut instant = at;
-    let mut count = 1;
-    while count < MAX_COALESCE {
-        match schedule.next_after(instant) {
-            Some(n) if n <= now => {
-                instant = n;
-                count += 1;
-            }
-            _ => break,
-        }
-    }
-    (instant, count)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn known(schedule: &str, revision: u64, written: DateTime<Utc>) -> Known {
-        let body = format!(r#"{{"id":"j","schedule":"{schedule}","run":{{"shell":"true"}}}}"#);
-        Known {
-            job: Arc::new(Job::decode(body.as_bytes(), None).unwrap()),
-            revision,
-            written,
-        }
-    }
-
-    fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 5, 1, h, m, s).unwrap()
-    }
-
-    fn state(rev: u64, last: Option<DateTime<Utc>>, next: Option<DateTime<Utc>>) -> FireState {
-        FireState {
-            job_revision: rev,
-            next_instant: next,
-            last_instant: last,
-            last_fired_at: last,
-            epoch: 1,
-            fires: 1,
-            paused_skipped: 0,
-            decision: None,
-        }
-    }
-
-    #[test]
-    fn new_job_fires_first_after_it_was_written() {
-        let k = known("0 * * * * *", 3, t(10, 0, 30));
-        assert_eq!(next_instant(&k, None), Some(t(10, 1, 0)));
-    }
-
-    #[test]
-    fn same_definition_continues_from_the_stored_next_instant_even_if_past() {
-        let k = known("0 * * * * *", 3, t(9, 0, 0));
-        let s = state(3, Some(t(10, 0, 0)), Some(t(10, 1, 0)));
-        assert_eq!(next_instant(&k, Some(&s)), Some(t(10, 1, 0)));
-    }
-
-    #[test]
-    fn changed_definition_applies_from_the_change_and_never_refires() {
-        // Changed at 10:00:30 after firing 10:00:00: next is 10:00:40 on the new schedule.
-        let k = known("*/20 * * * * *", 4, t(10, 0, 30));
-        let s = state(3, Some(t(10, 0, 0)), Some(t(10, 1, 0)));
-        assert_eq!(next_instant(&k, Some(&s)), Some(t(10, 0, 40)));
-        // Changed before the last fire was recorded (clock skew): not before it.
-        let k = known("*/20 * * * * *", 4, t(9, 59, 0));
-        assert_eq!(next_instant(&k, Some(&s)), Some(t(10, 0, 20)));
-    }
-
-    #[test]
-    fn coalesce_counts_missed_instants_and_keeps_the_latest() {
-        let sched = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
-        assert_eq!(coalesce(&sched, t(10, 0, 0), t(10, 0, 0)), (t(10, 0, 0), 1));
-        assert_eq!(coalesce(&sched, t(10, 0, 0), t(10, 0, 3)), (t(10, 0, 3), 4));
-        let once = Schedule::parse("@at 2026-05-01T10:00:00Z", chrono_tz::UTC).unwrap();
-        assert_eq!(coalesce(&once, t(10, 0, 0), t(11, 0, 0)), (t(10, 0, 0), 1));
     }
 }

@@ -5,7 +5,9 @@
 //! - [`lease`]: the leader lease (create / update-at-revision, local deadline).
 //! - [`fence`]: the leader's fences, which make the server refuse a deposed
 //!   leader's writes.
-//! - [`engine`]: the fire loop: job table, [`timer`], decisions, misfires.
+//! - [`engine`]: the fire loop: job table, [`timer`], leadership terms.
+//! - [`decide`]: what a due instant becomes (fire, misfire, skip), apart
+//!   from I/O.
 //! - [`persist`]: stores a batch of decisions, fenced: fire states, then
 //!   shard messages, then events and fire records.
 //! - [`dispatch`]: a fire and its shard messages (and the unfenced
@@ -25,6 +27,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod decide;
 pub mod dispatch;
 pub mod engine;
 pub mod events;
