@@ -1,14 +1,36 @@
-//! One delivery of one shard message: decode it, run it, report it, then
-//! settle it with the server.
+//! One delivery of one shard message: decode it, decide whether and as
+//! which attempt it runs, run it, report it, then settle it with the server.
+//!
+//! # Once only where the record can tell
+//!
+//! Before running anything, a delivery reads the shard record its message
+//! names. A final record of the same fire (succeeded, or failed or timed
+//! out with no retry to follow) means an earlier execution ran to its end
+//! and stored everything it had to store, and only its ack was lost (its
+//! worker died, or the server crashed and forgot the ack): the message is
+//! acked without running again.
+//!
+//! When the record cannot tell (no record key, no record, a record that is
+//! not final or cannot be read), the shard runs. Such a run may repeat an
+//! execution whose result is already stored; it is not hidden: every
+//! execution has its own run id, which is part of its result's
+//! `Nats-Msg-Id` (see [`crate::report`]), so both results are stored.
 //!
 //! # Attempts
 //!
-//! The attempt number is the server's delivery count of the message
-//! (1-based). Every delivery runs, whatever its number: an attempt lost
-//! because its worker died (or handed back at shutdown) is redelivered by
-//! the server and runs again, and it counts. So a shard whose worker was
-//! killed completes on another worker as attempt 2, even when the job allows
-//! one attempt; and a failure at or past `retry.max_attempts` is the last.
+//! The attempt number is the larger of the server's delivery count
+//! (1-based) and, when the shard record belongs to this fire and is not
+//! final (running, handed back, or failed with a retry to follow), the
+//! record's attempt plus one; with no such record it is the delivery count.
+//! See [`plan`]. The delivery count alone cannot be trusted: after a server
+//! crash a message that was already delivered, and even run, can come back
+//! with the count it had the first time.
+//!
+//! Every delivery that runs counts, whatever its number: an attempt lost
+//! because its worker died (or handed back at shutdown) is redelivered and
+//! runs again, and it counts. So a shard whose worker was killed completes
+//! on another worker as attempt 2, even when the job allows one attempt;
+//! and a failure at or past `retry.max_attempts` is the last.
 //!
 //! # Report, then ack
 //!
@@ -17,10 +39,12 @@
 //! comes back after the ack wait: a shard is never settled without a trace.
 //!
 //! When the message names a shard record, the attempt writes it `running`
-//! as it starts, and its outcome right after the result is stored, before
-//! the message is settled (see [`crate::record`]). Those writes are best
-//! effort: a failed one is logged and changes nothing in how the message
-//! is settled.
+//! as it starts, and its outcome once the result (and the `dead` event
+//! after a last failure) is stored, before the message is settled (see
+//! [`crate::record`]). So a final record promises that nothing of the
+//! attempt is left to store. Those writes are best effort: a failed one is
+//! logged and changes nothing in how the message is settled; the cost is
+//! that a lost ack then leads to a second, recorded, execution.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,12 +53,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use chrono::{SecondsFormat, Utc};
 use jetcron_shared::job::{RetryPolicy, Run};
-use jetcron_shared::runs::ShardRecord;
+use jetcron_shared::runs::{ShardRecord, ShardState};
 use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
@@ -44,6 +68,8 @@ use crate::report::{Reporter, dead_msg_id};
 
 /// Tries to settle a message before leaving it to the ack wait.
 const SETTLE_TRIES: u32 = 3;
+/// Tries to read a shard record before running without it.
+const READ_TRIES: u32 = 3;
 /// Longest a progress ack may take to be handed to the client.
 const PROGRESS_SEND_LIMIT: Duration = Duration::from_secs(1);
 
@@ -78,13 +104,15 @@ pub enum Settle {
     Malformed,
     /// Killed at shutdown: deliver again now, to another worker (`-NAK`).
     HandedBack,
+    /// An earlier execution already finished for good; not run again: done (`+ACK`).
+    AlreadyFinished,
 }
 
 impl Settle {
     pub fn ack_kind(self) -> AckKind {
         match self {
             Settle::Running => AckKind::Progress,
-            Settle::Succeeded => AckKind::Ack,
+            Settle::Succeeded | Settle::AlreadyFinished => AckKind::Ack,
             Settle::Retry(delay) => AckKind::Nak(Some(delay)),
             Settle::Dead | Settle::Malformed => AckKind::Term,
             Settle::HandedBack => AckKind::Nak(None),
@@ -103,6 +131,37 @@ impl Settle {
     }
 }
 
+/// Whether a delivery runs, decided from its delivery count and the shard
+/// record its message names (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Run the shard as this attempt.
+    Run { attempt: u32 },
+    /// Execution `run_id` already ended the shard as `state`: settle without running.
+    Finished { run_id: String, state: ShardState },
+}
+
+/// The attempt rule: `delivered` is the server's delivery count, `record`
+/// the shard record read before running (if any).
+pub fn plan(delivered: u32, shard: &ShardMessage, record: Option<&ShardRecord>) -> Plan {
+    let delivered = delivered.max(1);
+    // A record of another instant was left by an older fire in the same slot.
+    let Some(record) = record
+        .filter(|r| r.job == shard.job && r.instant == shard.instant && r.shard == shard.shard)
+    else {
+        return Plan::Run { attempt: delivered };
+    };
+    if record::is_final(record) {
+        return Plan::Finished {
+            run_id: record.run_id.clone(),
+            state: record.state,
+        };
+    }
+    Plan::Run {
+        attempt: delivered.max(record.attempt.saturating_add(1)),
+    }
+}
+
 /// Handles one delivered message; `_slot` is the run slot it occupies.
 pub async fn handle(
     worker: Arc<Worker>,
@@ -110,8 +169,11 @@ pub async fn handle(
     hand_back: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) {
-    let attempt = match message.info() {
-        Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+    let (delivered, stream_seq) = match message.info() {
+        Ok(info) => (
+            u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+            info.stream_sequence,
+        ),
         Err(e) => {
             error!(subject = %message.subject, error = %e, "not a JetStream delivery; ignored");
             return;
@@ -120,21 +182,44 @@ pub async fn handle(
     let shard = match ShardMessage::decode(&message.payload) {
         Ok(shard) => shard,
         Err(e) => {
-            error!(subject = %message.subject, attempt, error = %e, "malformed shard message; terminating it");
+            error!(subject = %message.subject, delivered, error = %e, "malformed shard message; terminating it");
             settle(&message, Settle::Malformed).await;
             return;
         }
     };
-    let _running = worker.running.enter();
     let span = info_span!(
         "run",
         job = %shard.job,
         instant = %shard.instant,
         shard = shard.shard,
-        attempt,
+        attempt = field::Empty,
     );
     async {
-        let work = run_and_report(&worker, &shard, attempt, &hand_back);
+        // Reading the record is inside the progress acks too: it may take
+        // a while, and the message must not go to another worker meanwhile.
+        let work = async {
+            let record = read_record(&worker, &shard).await;
+            match plan(delivered, &shard, record.as_ref()) {
+                Plan::Finished { run_id, state } => {
+                    info!(
+                        run_id,
+                        state = state.as_str(),
+                        delivered,
+                        "already finished by {run_id}; not run again"
+                    );
+                    Some(Settle::AlreadyFinished)
+                }
+                Plan::Run { attempt } => {
+                    Span::current().record("attempt", attempt);
+                    if attempt > delivered {
+                        // Worth seeing: the server forgot deliveries, as after a crash.
+                        info!(delivered, "attempt numbered from the shard record");
+                    }
+                    let _running = worker.running.enter();
+                    run_and_report(&worker, &shard, attempt, stream_seq, &hand_back).await
+                }
+            }
+        };
         match with_progress(&message, worker.progress_every, work).await {
             Some(how) => settle(&message, how).await,
             None => warn!("result not stored; the shard comes back after the ack wait"),
@@ -150,6 +235,7 @@ async fn run_and_report(
     worker: &Worker,
     shard: &ShardMessage,
     attempt: u32,
+    stream_seq: u64,
     hand_back: &CancellationToken,
 ) -> Option<Settle> {
     let run_id = nuid::next().to_string();
@@ -162,7 +248,7 @@ async fn run_and_report(
         Run::Shell(script) if worker.allow_shell => {
             let cmd = ShellCommand {
                 script: script.clone(),
-                env: shell_env(shard, attempt, &run_id),
+                env: shell_env(shard, attempt, &run_id, &worker.id),
                 timeout: shard.timeout(),
                 kill_grace: worker.kill_grace,
                 max_output: worker.max_output,
@@ -200,7 +286,7 @@ async fn run_and_report(
         error: outcome.error,
         will_retry: matches!(how, Settle::Retry(_)),
         epoch: shard.epoch,
-        stream_seq: None,
+        stream_seq: Some(stream_seq),
     };
     info!(
         status = result.status.as_str(),
@@ -213,7 +299,8 @@ async fn run_and_report(
         error!(error = %e, "cannot store the result");
         return None;
     }
-    write_record(worker, record_key.as_deref(), &record::finished(&result)).await;
+    // The dead event goes before the final record: a final record stops
+    // every later delivery from running, so it must come last.
     if how == Settle::Dead {
         let event = Event::now(EventBody::Dead {
             job: result.job.clone(),
@@ -235,7 +322,35 @@ async fn run_and_report(
             "shard is dead: it failed its last attempt"
         );
     }
+    write_record(worker, record_key.as_deref(), &record::finished(&result)).await;
     Some(how)
+}
+
+/// The shard record the message names, as it is before this delivery
+/// runs; `None` when there is none, or when it cannot be read (then the
+/// shard runs on its delivery count, and a repeat execution is recorded).
+async fn read_record(worker: &Worker, shard: &ShardMessage) -> Option<ShardRecord> {
+    let key = shard.record_key()?;
+    let mut backoff = Backoff::default();
+    for tries in 1..=READ_TRIES {
+        match worker.recorder.get(&key).await {
+            Ok(record) => return record,
+            // Written by someone else; asking again will not help.
+            Err(e @ record::RecordError::Garbled { .. }) => {
+                warn!(error = %e, "ignoring the shard record");
+                return None;
+            }
+            Err(e) if tries < READ_TRIES => {
+                warn!(error = %e, "cannot read the shard record; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => warn!(
+                error = %e,
+                "cannot read the shard record; running without the once-only check"
+            ),
+        }
+    }
+    None
 }
 
 /// Writes the shard record when the message names one; best effort.
@@ -255,7 +370,12 @@ async fn write_record(worker: &Worker, key: Option<&str>, record: &ShardRecord) 
 }
 
 /// What a shell command sees besides the worker's own environment.
-fn shell_env(shard: &ShardMessage, attempt: u32, run_id: &str) -> Vec<(String, String)> {
+fn shell_env(
+    shard: &ShardMessage,
+    attempt: u32,
+    run_id: &str,
+    worker: &str,
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("JETCRON_JOB".to_string(), shard.job.clone()),
         (
@@ -270,6 +390,7 @@ fn shell_env(shard: &ShardMessage, attempt: u32, run_id: &str) -> Vec<(String, S
         ),
         ("JETCRON_ATTEMPT".to_string(), attempt.to_string()),
         ("JETCRON_RUN_ID".to_string(), run_id.to_string()),
+        ("JETCRON_WORKER".to_string(), worker.to_string()),
     ];
     if let Some(payload) = &shard.payload {
         env.push(("JETCRON_PAYLOAD".to_string(), payload.to_string()));
@@ -345,6 +466,7 @@ mod tests {
         assert_eq!(ack_bytes(Settle::Dead), "+TERM");
         assert_eq!(ack_bytes(Settle::Malformed), "+TERM");
         assert_eq!(ack_bytes(Settle::HandedBack), "-NAK");
+        assert_eq!(ack_bytes(Settle::AlreadyFinished), "+ACK");
     }
 
     #[test]
@@ -376,6 +498,119 @@ mod tests {
         assert_eq!(Settle::after(RunStatus::Failed, 1, &retry), Settle::Dead);
     }
 
+    fn recorded_shard() -> ShardMessage {
+        let job = jetcron_shared::Job::decode(
+            br#"{"id":"sync","schedule":"@every 1h","shards":3,"run":{"shell":"true"}}"#,
+            None,
+        )
+        .unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let mut shard = ShardMessage::new(&job, at, 2, 7, Cause::Schedule);
+        shard.record = Some("sync.s4".into());
+        shard
+    }
+
+    /// The record an earlier attempt `attempt` left, in `state`.
+    fn left(
+        shard: &ShardMessage,
+        attempt: u32,
+        state: ShardState,
+        will_retry: bool,
+    ) -> ShardRecord {
+        ShardRecord {
+            state,
+            will_retry,
+            ..record::running(shard, attempt, "w1", "RUN1", shard.instant)
+        }
+    }
+
+    #[test]
+    fn without_a_record_the_delivery_count_is_the_attempt() {
+        let shard = recorded_shard();
+        assert_eq!(plan(1, &shard, None), Plan::Run { attempt: 1 });
+        assert_eq!(plan(3, &shard, None), Plan::Run { attempt: 3 });
+        // The server counts from 1; a 0 is not an attempt number.
+        assert_eq!(plan(0, &shard, None), Plan::Run { attempt: 1 });
+    }
+
+    #[test]
+    fn a_record_of_an_unfinished_attempt_raises_the_attempt() {
+        let shard = recorded_shard();
+        // Delivered again with the count it had (the server crashed and
+        // forgot the delivery): the record knows attempt 1 ran.
+        let running = left(&shard, 1, ShardState::Running, false);
+        assert_eq!(plan(1, &shard, Some(&running)), Plan::Run { attempt: 2 });
+        let handed_back = left(&shard, 1, ShardState::Pending, true);
+        assert_eq!(
+            plan(1, &shard, Some(&handed_back)),
+            Plan::Run { attempt: 2 }
+        );
+        let retrying = left(&shard, 2, ShardState::Failed, true);
+        assert_eq!(plan(2, &shard, Some(&retrying)), Plan::Run { attempt: 3 });
+        let timed_out = left(&shard, 2, ShardState::TimedOut, true);
+        assert_eq!(plan(1, &shard, Some(&timed_out)), Plan::Run { attempt: 3 });
+        // A delivery count ahead of the record (a record write was lost) wins.
+        assert_eq!(plan(5, &shard, Some(&running)), Plan::Run { attempt: 5 });
+        let at_the_top = left(&shard, u32::MAX, ShardState::Running, false);
+        assert_eq!(
+            plan(1, &shard, Some(&at_the_top)),
+            Plan::Run { attempt: u32::MAX }
+        );
+    }
+
+    #[test]
+    fn a_final_record_of_the_fire_means_not_again() {
+        let shard = recorded_shard();
+        for (state, will_retry) in [
+            (ShardState::Succeeded, false),
+            (ShardState::Failed, false),
+            (ShardState::TimedOut, false),
+        ] {
+            let done = left(&shard, 1, state, will_retry);
+            for delivered in [1, 2, 9] {
+                assert_eq!(
+                    plan(delivered, &shard, Some(&done)),
+                    Plan::Finished {
+                        run_id: "RUN1".into(),
+                        state
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_fire_is_ignored() {
+        let shard = recorded_shard();
+        let older = ShardRecord {
+            instant: shard.instant - chrono::Duration::hours(20),
+            ..left(&shard, 3, ShardState::Succeeded, false)
+        };
+        assert_eq!(plan(1, &shard, Some(&older)), Plan::Run { attempt: 1 });
+        let running_older = ShardRecord {
+            state: ShardState::Running,
+            ..older.clone()
+        };
+        assert_eq!(
+            plan(2, &shard, Some(&running_older)),
+            Plan::Run { attempt: 2 }
+        );
+        // Nor is a record of another shard or job, should one be misfiled.
+        let other_shard = ShardRecord {
+            shard: 0,
+            ..left(&shard, 1, ShardState::Succeeded, false)
+        };
+        assert_eq!(
+            plan(1, &shard, Some(&other_shard)),
+            Plan::Run { attempt: 1 }
+        );
+        let other_job = ShardRecord {
+            job: "other".into(),
+            ..left(&shard, 1, ShardState::Succeeded, false)
+        };
+        assert_eq!(plan(1, &shard, Some(&other_job)), Plan::Run { attempt: 1 });
+    }
+
     #[test]
     fn the_command_sees_the_shard() {
         let job = jetcron_shared::Job::decode(
@@ -386,7 +621,7 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
         let shard = ShardMessage::new(&job, at, 1, 7, Cause::Schedule);
         let env: std::collections::HashMap<_, _> =
-            shell_env(&shard, 2, "RUN1").into_iter().collect();
+            shell_env(&shard, 2, "RUN1", "w7").into_iter().collect();
         assert_eq!(env["JETCRON_JOB"], "sync");
         assert_eq!(env["JETCRON_INSTANT"], "2026-01-02T03:04:05Z");
         assert_eq!(env["JETCRON_SHARD"], "1");
@@ -394,13 +629,14 @@ mod tests {
         assert_eq!(env["JETCRON_SHARD_PARAM"], "b");
         assert_eq!(env["JETCRON_ATTEMPT"], "2");
         assert_eq!(env["JETCRON_RUN_ID"], "RUN1");
+        assert_eq!(env["JETCRON_WORKER"], "w7");
         assert_eq!(env["JETCRON_PAYLOAD"], r#"{"k":1}"#);
 
         let mut bare = shard.clone();
         bare.param = None;
         bare.payload = None;
         let env: std::collections::HashMap<_, _> =
-            shell_env(&bare, 1, "RUN2").into_iter().collect();
+            shell_env(&bare, 1, "RUN2", "w7").into_iter().collect();
         assert_eq!(env["JETCRON_SHARD_PARAM"], "");
         assert!(!env.contains_key("JETCRON_PAYLOAD"));
     }

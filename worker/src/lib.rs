@@ -4,8 +4,9 @@
 //! - [`config`]: [`WorkerConfig`], the settings with their defaults.
 //! - [`consume`]: the group's durable consumer and the pull loop, which
 //!   pulls no more messages than there are free run slots.
-//! - [`attempt`]: one delivery: decode, run, report, settle (ack, nak with
-//!   delay, term; progress while running), and the rule for attempt numbers.
+//! - [`attempt`]: one delivery: decode, skip if already finished, run,
+//!   report, settle (ack, nak with delay, term; progress while running),
+//!   and the rule for attempt numbers.
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
 //! - [`output`]: the bounded tail of a run's output.
 //! - [`report`]: publishes results and `dead` events through JetStream.
@@ -16,12 +17,15 @@
 //! - [`error`]: why a worker could not start.
 //!
 //! A shard message travels: work stream `jetcron.work.<group>.<job>` ->
-//! [`consume`] pulls it into a free slot -> [`attempt`] decodes it, marks
-//! its shard record `running` ([`record`]) and runs it with [`execute`]
-//! (acking progress meanwhile) -> [`report`] stores the `RunResult` on
-//! `jetcron.results.<job>` -> [`record`] writes the outcome into the shard
-//! record (and [`report`] a `dead` event after the last failed attempt) ->
-//! [`attempt`] settles the message: ack, nak with the retry delay, or term.
+//! [`consume`] pulls it into a free slot -> [`attempt`] decodes it and
+//! reads its shard record ([`record`]): a shard that already finished for
+//! good is acked without running, any other gets its attempt number ->
+//! [`attempt`] marks the record `running` and runs the shard with
+//! [`execute`] (acking progress meanwhile) -> [`report`] stores the
+//! `RunResult` on `jetcron.results.<job>` (and a `dead` event after the
+//! last failed attempt) -> [`record`] writes the outcome into the shard
+//! record -> [`attempt`] settles the message: ack, nak with the retry
+//! delay, or term.
 //!
 //! Beside it, [`heartbeat`] keeps `<group>.<id>` fresh in the workers bucket
 //! from start to exit, with the number of shards running.

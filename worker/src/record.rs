@@ -2,13 +2,22 @@
 //! the key the shard message names (`ShardMessage::record_key()`).
 //!
 //! An attempt writes `running` when it starts and its outcome when it ends,
-//! after its result is stored and before its message is settled: once a
-//! shard message is acked, its record is final. An attempt handed back at
-//! shutdown writes `pending`, since it waits for another worker.
+//! after its result (and its `dead` event, if any) is stored and before its
+//! message is settled: once a shard message is acked, its record is final.
+//! An attempt handed back at shutdown writes `pending`, since it waits for
+//! another worker.
 //!
-//! Records are a view for operators; the results stream stays the source of
-//! truth. So a record that cannot be written is logged and the attempt goes
-//! on, settled as it would have been.
+//! Before running, a delivery [`Recorder::get`]s the record: a final record
+//! of the same fire means the shard already ran to its end and only the ack
+//! was lost, so it is not run again; any other record of that fire tells
+//! how many attempts came before (see [`crate::attempt`]). A record whose
+//! `instant` differs was left by an older fire in the same history slot and
+//! says nothing about this one.
+//!
+//! The results stream stays the source of truth. A record that cannot be
+//! written is logged and the attempt goes on, settled as it would have been;
+//! the price is that a lost ack may then run the shard again, and that
+//! second execution is recorded like any other.
 
 use std::time::Duration;
 
@@ -28,6 +37,12 @@ pub enum RecordError {
     Put { key: String, reason: String },
     #[error("cannot write shard record {key}: no answer within {RECORD_LIMIT:?}")]
     TimedOut { key: String },
+    #[error("cannot read shard record {key}: {reason}")]
+    Get { key: String, reason: String },
+    #[error("cannot read shard record {key}: no answer within {RECORD_LIMIT:?}")]
+    GetTimedOut { key: String },
+    #[error("shard record {key} is not a shard record")]
+    Garbled { key: String },
 }
 
 /// Writes shard records into the runs bucket.
@@ -54,6 +69,42 @@ impl Recorder {
                 key: key.to_string(),
             }),
         }
+    }
+
+    /// Reads the record under `key`; `None` when there is none (a shard
+    /// never started, or a fire whose record was never written).
+    pub async fn get(&self, key: &str) -> Result<Option<ShardRecord>, RecordError> {
+        let value = match timeout(RECORD_LIMIT, self.store.get(key)).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => {
+                return Err(RecordError::Get {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(RecordError::GetTimedOut {
+                    key: key.to_string(),
+                });
+            }
+        };
+        match value {
+            None => Ok(None),
+            Some(bytes) => runs::decode(&bytes).map(Some).ok_or(RecordError::Garbled {
+                key: key.to_string(),
+            }),
+        }
+    }
+}
+
+/// Whether `record` is the last word on its shard: it succeeded, or it
+/// failed (or timed out) with no attempt to follow. Such a shard is never
+/// run again for the same fire.
+pub fn is_final(record: &ShardRecord) -> bool {
+    match record.state {
+        ShardState::Succeeded => true,
+        ShardState::Failed | ShardState::TimedOut => !record.will_retry,
+        ShardState::Pending | ShardState::Running => false,
     }
 }
 
@@ -178,5 +229,23 @@ mod tests {
         assert_eq!(back.state, ShardState::Pending);
         assert_eq!((back.attempt, back.finished_at), (2, Some(finished_at)));
         assert!(back.will_retry);
+    }
+
+    #[test]
+    fn only_success_or_a_failure_without_retry_is_final() {
+        let started = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap();
+        let base = running(&shard(), 1, "w1", "RUN", started);
+        let with = |state, will_retry| ShardRecord {
+            state,
+            will_retry,
+            ..base.clone()
+        };
+        assert!(is_final(&with(ShardState::Succeeded, false)));
+        assert!(is_final(&with(ShardState::Failed, false)));
+        assert!(is_final(&with(ShardState::TimedOut, false)));
+        assert!(!is_final(&with(ShardState::Failed, true)));
+        assert!(!is_final(&with(ShardState::TimedOut, true)));
+        assert!(!is_final(&with(ShardState::Running, false)));
+        assert!(!is_final(&with(ShardState::Pending, true)));
     }
 }

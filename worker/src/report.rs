@@ -2,8 +2,13 @@
 //! stream and, after the last failed attempt, a `dead` event.
 //!
 //! Both go through JetStream and wait for the stream's ack, with a
-//! `Nats-Msg-Id` naming the attempt (or the dead shard), so that a publish
+//! `Nats-Msg-Id` naming the execution (or the dead shard), so that a publish
 //! retried after a lost ack is stored once.
+//!
+//! A result's id ends with the run id, not just the attempt: after a server
+//! crash the same attempt number can be executed twice (the server may
+//! forget a delivery, and the record that would have told otherwise may be
+//! missing), and two executions must never be merged into one result.
 
 use std::time::Duration;
 
@@ -33,14 +38,17 @@ pub enum ReportError {
     },
 }
 
-/// Dedup id of one attempt's result: `<job>:<instant ms>:<shard>:<attempt>`.
+/// Dedup id of one execution's result:
+/// `<job>:<instant ms>:<shard>:<attempt>:<run_id>`. Every execution has its
+/// own run id, so only a retried publish of the same result is dropped.
 pub fn result_msg_id(r: &RunResult) -> String {
     format!(
-        "{}:{}:{}:{}",
+        "{}:{}:{}:{}:{}",
         r.job,
         r.instant.timestamp_millis(),
         r.shard,
-        r.attempt
+        r.attempt,
+        r.run_id
     )
 }
 
@@ -143,10 +151,8 @@ mod tests {
     use chrono::TimeZone;
     use jetcron_shared::wire::RunStatus;
 
-    #[test]
-    fn dedup_ids_name_the_attempt_and_the_shard() {
-        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let r = RunResult {
+    fn result(at: DateTime<Utc>) -> RunResult {
+        RunResult {
             job: "sync".into(),
             instant: at,
             shard: 2,
@@ -163,10 +169,32 @@ mod tests {
             error: None,
             will_retry: true,
             epoch: 1,
-            stream_seq: None,
-        };
+            stream_seq: Some(12),
+        }
+    }
+
+    #[test]
+    fn dedup_ids_name_the_execution_and_the_shard() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let r = result(at);
         let ms = at.timestamp_millis();
-        assert_eq!(result_msg_id(&r), format!("sync:{ms}:2:4"));
+        assert_eq!(result_msg_id(&r), format!("sync:{ms}:2:4:r"));
         assert_eq!(dead_msg_id("sync", at, 2), format!("dead:sync:{ms}:2"));
+    }
+
+    #[test]
+    fn two_executions_of_one_attempt_are_never_merged() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let first = RunResult {
+            run_id: "RUN1".into(),
+            ..result(at)
+        };
+        // The same shard and attempt number, run again after a crash.
+        let again = RunResult {
+            run_id: "RUN2".into(),
+            ..first.clone()
+        };
+        assert_eq!((first.shard, first.attempt), (again.shard, again.attempt));
+        assert_ne!(result_msg_id(&first), result_msg_id(&again));
     }
 }
