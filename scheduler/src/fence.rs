@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self};
 use bytes::Bytes;
@@ -188,6 +189,15 @@ impl Fences {
         kind == PublishErrorKind::WrongLastSequence
     }
 
+    /// Whether a publish error says only that another write checking the
+    /// same fence is still being replicated: a clustered stream lets one
+    /// such write be in flight at a time (err_code 10164). Send it again.
+    pub fn is_busy(e: &PublishError) -> bool {
+        std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+    }
+
     /// Whether this term's lease is still held (by the local deadline).
     pub fn is_valid(&self) -> bool {
         self.leadership.borrow().valid_epoch() == Some(self.epoch)
@@ -246,7 +256,7 @@ impl Fences {
                     return Ok(());
                 }
                 // Another write to the fence subject came first: read again.
-                Ok(Err(e)) if Self::is_refusal(e.kind()) => {}
+                Ok(Err(e)) if Self::is_refusal(e.kind()) || Self::is_busy(&e) => {}
                 Ok(Err(e)) => {
                     debug!(stream = %Self::stream_name(slot), error = %e, "fence not stored; retrying");
                     tokio::time::sleep(FENCE_RETRY).await;

@@ -117,6 +117,7 @@ pub fn spawn(kv: kv::Store, settings: LeaseSettings, shutdown: CancellationToken
             epoch: 0,
             term: String::new(),
             abandoned: VecDeque::new(),
+            lapsed: None,
             since: Utc::now(),
         };
         loop {
@@ -153,6 +154,10 @@ struct Lease {
     /// Creates that got no answer, and when they were sent: any of them
     /// may still be stored.
     abandoned: VecDeque<(String, Instant)>,
+    /// The term this replica stopped leading because it could not renew
+    /// in time (not because another replica took the lease): the key may
+    /// still hold it.
+    lapsed: Option<String>,
     since: chrono::DateTime<Utc>,
 }
 
@@ -239,17 +244,21 @@ impl Lease {
 
     /// The key is held: if by one of our unanswered creates, lead with it
     /// now (or give it back), instead of letting it block takeover until it
-    /// expires.
+    /// expires; if by our own lapsed term, take it back.
     async fn adopt(&mut self) {
         let now = Instant::now();
         self.abandoned
             .retain(|(_, sent)| now.duration_since(*sent) < ABANDONED_KEEP);
-        if self.abandoned.is_empty() {
+        if self.abandoned.is_empty() && self.lapsed.is_none() {
             return;
         }
         let Some((revision, value)) = self.read().await else {
             return;
         };
+        if value.holder == self.settings.holder && value.term.is_some() && value.term == self.lapsed
+        {
+            return self.reclaim(revision).await;
+        }
         let ours = value.holder == self.settings.holder
             && value
                 .term
@@ -276,6 +285,33 @@ impl Lease {
                     .kv
                     .delete_expect_revision(&self.settings.key, Some(revision));
                 let _ = timeout(self.settings.attempt_limit(), release).await;
+            }
+        }
+    }
+
+    /// The key still holds the term this replica let lapse (its server was
+    /// unreachable, say): nobody else can have led since, so it takes the
+    /// lease back at that revision as a new term with a new epoch, instead
+    /// of waiting for the key to expire.
+    async fn reclaim(&mut self, revision: u64) {
+        let term = nuid::next().to_string();
+        let sent = Instant::now();
+        let update = self
+            .kv
+            .update(&self.settings.key, self.value_of(&term, 0), revision);
+        match timeout(self.settings.attempt_limit(), update).await {
+            Ok(Ok(taken)) => {
+                info!(
+                    epoch = taken,
+                    "taking back the lease this replica let lapse"
+                );
+                self.lapsed = None;
+                self.lead(term, taken, sent).await;
+            }
+            Ok(Err(e)) => debug!(error = %e, "cannot take back the lapsed lease"),
+            Err(_) => {
+                debug!("taking back the lapsed lease unanswered; it may still land");
+                self.abandon(term, sent);
             }
         }
     }
@@ -331,7 +367,7 @@ impl Lease {
                         }
                         _ => {
                             warn!("lost the leader lease to another replica");
-                            return self.step_down();
+                            return self.step_down(false);
                         }
                     }
                 }
@@ -344,13 +380,16 @@ impl Lease {
             };
             if expired {
                 warn!("could not renew the leader lease in time; stepping down");
-                return self.step_down();
+                return self.step_down(true);
             }
             sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn step_down(&mut self) {
+    /// Stops leading; `lapsed`: because renewing failed, so the key may
+    /// still hold this term.
+    fn step_down(&mut self, lapsed: bool) {
+        self.lapsed = lapsed.then(|| std::mem::take(&mut self.term));
         self.revision = 0;
         self.epoch = 0;
         self.tx.send_replace(Leadership::Follower);
@@ -373,6 +412,8 @@ impl Lease {
                 Ok(Ok(())) => info!("released the leader lease"),
                 _ => debug!("could not release the leader lease; it will expire"),
             }
+        } else {
+            self.lapsed = Some(std::mem::take(&mut self.term));
         }
         self.revision = 0;
         self.epoch = 0;

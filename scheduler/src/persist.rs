@@ -326,18 +326,21 @@ impl Persist {
                 .iter()
                 .filter_map(|f| match f.1 {
                     Failure::Refused(seen) => Some((writes[f.0].target, seen)),
-                    Failure::Other(_) => None,
+                    Failure::Busy | Failure::Other(_) => None,
                 })
                 .collect();
+            let busy = failed.iter().any(|f| matches!(f.1, Failure::Busy));
             refused.sort_by_key(|(t, s)| (*t as usize, *s));
             refused.dedup();
             for (target, seen) in &refused {
                 fences.refused(*target, *seen).await?;
             }
-            if refused.is_empty() {
-                if let Some((_, Failure::Other(reason))) = failed.first() {
-                    warn!(failed = failed.len(), reason, "writes not stored; retrying");
-                }
+            let other = failed.iter().find_map(|f| match &f.1 {
+                Failure::Other(reason) => Some(reason.clone()),
+                _ => None,
+            });
+            if let Some(reason) = other {
+                warn!(failed = failed.len(), reason, "writes not stored; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RETRY_MAX);
             }
@@ -345,8 +348,41 @@ impl Persist {
                 return Err(FenceError::NotLeader);
             }
             todo = failed.into_iter().map(|f| f.0).collect();
+            if busy {
+                // A clustered stream takes one fenced write at a time.
+                self.one_by_one(fences, &writes, &mut todo, &mut duplicate)
+                    .await;
+            }
         }
         Ok(duplicate)
+    }
+
+    /// Sends the writes in `todo` one at a time, each after the previous
+    /// one's ack; leaves in `todo` what was not stored.
+    async fn one_by_one(
+        &self,
+        fences: &Fences,
+        writes: &[Write],
+        todo: &mut Vec<usize>,
+        duplicate: &mut [bool],
+    ) {
+        let mut left = Vec::new();
+        for &i in todo.iter() {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let failed = self.round(fences, writes, &[i], duplicate).await;
+                match failed.first() {
+                    None => break,
+                    Some((_, Failure::Busy)) if tries < 20 => continue,
+                    Some(_) => {
+                        left.push(i);
+                        break;
+                    }
+                }
+            }
+        }
+        *todo = left;
     }
 
     /// Sends `todo` once, in chunks; returns what failed and why.
@@ -395,6 +431,7 @@ impl Persist {
                     Ok(Err(e)) if Fences::is_refusal(e.kind()) => {
                         failed.push((i, Failure::Refused(seen)))
                     }
+                    Ok(Err(e)) if Fences::is_busy(&e) => failed.push((i, Failure::Busy)),
                     Ok(Err(e)) => failed.push((i, Failure::Other(e.to_string()))),
                     Err(_) => failed.push((i, Failure::Other("no ack in time".into()))),
                 }
@@ -415,5 +452,8 @@ impl Persist {
 enum Failure {
     /// The server refused the fence this write expected.
     Refused(u64),
+    /// A clustered stream was replicating another fenced write: send again
+    /// at once, one at a time.
+    Busy,
     Other(String),
 }

@@ -270,6 +270,8 @@ impl WorkTap {
                 pull::Config {
                     durable_name: Some("test-tap".into()),
                     filter_subject: names.work_shards_all(),
+                    // A delivery lost with a killed server comes back soon.
+                    ack_wait: Duration::from_secs(2),
                     ..Default::default()
                 },
             )
