@@ -30,7 +30,7 @@ use jetcron_shared::runs::{self, FireRecord};
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::dispatch::Fire;
 use crate::fence::{FenceError, Fences, Target};
@@ -318,7 +318,14 @@ impl Persist {
         let mut todo: Vec<usize> = (0..writes.len()).collect();
         let mut pause = RETRY_FIRST;
         while !todo.is_empty() {
-            let failed = self.round(fences, &writes, &todo, &mut duplicate).await;
+            let mut failed = self.round(fences, &writes, &todo, &mut duplicate).await;
+            failed.retain(|(i, f)| match f {
+                Failure::Permanent(reason) => {
+                    error!(subject = %writes[*i].subject, reason, "write can never be stored; dropped");
+                    false
+                }
+                _ => true,
+            });
             if failed.is_empty() {
                 break;
             }
@@ -326,7 +333,7 @@ impl Persist {
                 .iter()
                 .filter_map(|f| match f.1 {
                     Failure::Refused(seen) => Some((writes[f.0].target, seen)),
-                    Failure::Busy | Failure::Other(_) => None,
+                    _ => None,
                 })
                 .collect();
             let busy = failed.iter().any(|f| matches!(f.1, Failure::Busy));
@@ -410,7 +417,7 @@ impl Persist {
                     .publish_with_headers(w.subject.clone(), headers, w.body.clone());
                 match timeout(SEND_LIMIT, send).await {
                     Ok(Ok(ack)) => pending.push((i, seen, ack, permit)),
-                    Ok(Err(e)) => failed.push((i, Failure::Other(e.to_string()))),
+                    Ok(Err(e)) => failed.push((i, classify(&e, seen))),
                     Err(_) => failed.push((i, Failure::Other("client did not take it".into()))),
                 }
             }
@@ -428,11 +435,7 @@ impl Persist {
             for (i, seen, r) in acks {
                 match r {
                     Ok(Ok(ack)) => duplicate[i] = ack.duplicate,
-                    Ok(Err(e)) if Fences::is_refusal(e.kind()) => {
-                        failed.push((i, Failure::Refused(seen)))
-                    }
-                    Ok(Err(e)) if Fences::is_busy(&e) => failed.push((i, Failure::Busy)),
-                    Ok(Err(e)) => failed.push((i, Failure::Other(e.to_string()))),
+                    Ok(Err(e)) => failed.push((i, classify(&e, seen))),
                     Err(_) => failed.push((i, Failure::Other("no ack in time".into()))),
                 }
             }
@@ -455,5 +458,20 @@ enum Failure {
     /// A clustered stream was replicating another fenced write: send again
     /// at once, one at a time.
     Busy,
+    /// Sending it again cannot help (larger than the server's max payload).
+    Permanent(String),
     Other(String),
+}
+
+fn classify(e: &async_nats::jetstream::context::PublishError, seen: u64) -> Failure {
+    use async_nats::jetstream::context::PublishErrorKind;
+    if Fences::is_refusal(e.kind()) {
+        Failure::Refused(seen)
+    } else if Fences::is_busy(e) {
+        Failure::Busy
+    } else if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+        Failure::Permanent(e.to_string())
+    } else {
+        Failure::Other(e.to_string())
+    }
 }
