@@ -167,7 +167,9 @@ pub async fn ensure(
             description: Some("jetcron events: fired, misfired, dead, invalid, leader".into()),
             subjects: vec![names.events_all()],
             max_age: opts.events_max_age,
-            duplicate_window: Duration::from_secs(120),
+            // As long as the work stream's: a successor that redoes a dead
+            // leader's last fire sends its events again, deduplicated.
+            duplicate_window: opts.duplicate_window,
             num_replicas: opts.replicas,
             ..Default::default()
         },
