@@ -25,19 +25,26 @@ pub struct Known {
     pub written: DateTime<Utc>,
 }
 
-/// What `at`, the job's first due instant, becomes at `now`: the fire (or
-/// skip) and the state that records it.
-#[allow(clippy::too_many_arguments)]
-pub fn due(
-    names: &Names,
-    id: &str,
-    k: &Known,
-    prev: Option<&FireState>,
-    at: DateTime<Utc>,
-    now: DateTime<Utc>,
-    epoch: u64,
-    misfire_threshold: chrono::Duration,
-) -> Item {
+/// What the leader of `epoch` decides at `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct Decider<'a> {
+    pub names: &'a Names,
+    pub epoch: u64,
+    pub now: DateTime<Utc>,
+    /// A fire later than this after its instant is a misfire.
+    pub misfire_threshold: chrono::Duration,
+}
+
+impl Decider<'_> {
+    /// What `at`, the job's first due instant, becomes: the fire (or skip)
+    /// and the state that records it.
+    pub fn due(&self, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<Utc>) -> Item {
+        due(self, id, k, prev, at)
+    }
+}
+
+fn due(d: &Decider, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<Utc>) -> Item {
+    let (names, now, epoch) = (d.names, d.now, d.epoch);
     let (instant, missed) = coalesce(&k.job.schedule, at, now);
     let next = k.job.schedule.next_after(instant);
     if k.job.paused() {
@@ -69,7 +76,7 @@ pub fn due(
             },
         };
     }
-    let cause = if missed > 1 || now - instant > misfire_threshold {
+    let cause = if missed > 1 || now - instant > d.misfire_threshold {
         Cause::Misfire
     } else {
         Cause::Schedule
@@ -283,17 +290,13 @@ mod tests {
         let k = known_paused("* * * * * *", false);
         let names = Names::default();
         let prev = state(4, Some(t(10, 0, 0)), Some(t(10, 0, 1)));
-        let threshold = chrono::Duration::seconds(1);
-        let item = due(
-            &names,
-            "j",
-            &k,
-            Some(&prev),
-            t(10, 0, 1),
-            t(10, 0, 4),
-            9,
-            threshold,
-        );
+        let late = Decider {
+            names: &names,
+            epoch: 9,
+            now: t(10, 0, 4),
+            misfire_threshold: chrono::Duration::seconds(1),
+        };
+        let item = late.due("j", &k, Some(&prev), t(10, 0, 1));
         let StateWrite::Put(s) = &item.state else {
             panic!("no state write: {item:?}");
         };
@@ -322,16 +325,11 @@ mod tests {
             (f.instant, f.missed, f.cause, f.record.clone())
         );
         // On time: a plain scheduled fire.
-        let item = due(
-            &names,
-            "j",
-            &k,
-            Some(&prev),
-            t(10, 0, 1),
-            t(10, 0, 1),
-            9,
-            threshold,
-        );
+        let on_time = Decider {
+            now: t(10, 0, 1),
+            ..late
+        };
+        let item = on_time.due("j", &k, Some(&prev), t(10, 0, 1));
         let Action::Fire(f) = item.action else {
             panic!("not a fire");
         };
@@ -343,16 +341,13 @@ mod tests {
         let k = known_paused("* * * * * *", true);
         let names = Names::default();
         let prev = state(4, Some(t(10, 0, 0)), Some(t(10, 0, 1)));
-        let item = due(
-            &names,
-            "j",
-            &k,
-            Some(&prev),
-            t(10, 0, 1),
-            t(10, 0, 2),
-            9,
-            chrono::Duration::seconds(1),
-        );
+        let decider = Decider {
+            names: &names,
+            epoch: 9,
+            now: t(10, 0, 2),
+            misfire_threshold: chrono::Duration::seconds(1),
+        };
+        let item = decider.due("j", &k, Some(&prev), t(10, 0, 1));
         let StateWrite::Put(s) = &item.state else {
             panic!("no state write");
         };

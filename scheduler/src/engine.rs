@@ -521,23 +521,19 @@ impl Engine {
         if due.is_empty() {
             return;
         }
-        let threshold = chrono::Duration::from_std(self.settings.misfire_threshold)
-            .unwrap_or(chrono::Duration::MAX);
+        let decider = decide::Decider {
+            names: &self.names,
+            epoch,
+            now,
+            misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
+                .unwrap_or(chrono::Duration::MAX),
+        };
         let items: Vec<Item> = due
             .into_iter()
             .filter_map(|(id, at)| {
                 let k = self.jobs.get(&id)?;
                 let prev = self.states.get(&id).and_then(Option::as_ref);
-                Some(decide::due(
-                    &self.names,
-                    &id,
-                    k,
-                    prev,
-                    at,
-                    now,
-                    epoch,
-                    threshold,
-                ))
+                Some(decider.due(&id, k, prev, at))
             })
             .collect();
         self.spawn_batch(items, now, false);
