@@ -11,6 +11,7 @@
 //! A line cut short (the machine stopped mid-write) is counted, not fatal.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -56,6 +57,36 @@ impl ExecLog {
     pub fn read(path: &Path) -> Result<ExecLog, ExecLogError> {
         match std::fs::read(path) {
             Ok(bytes) => Ok(ExecLog::parse(&String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ExecLog::default()),
+            Err(source) => Err(ExecLogError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Only the last `bytes` of the log (from its first whole line): what
+    /// ran recently, without reading a long run's whole log again.
+    pub fn read_tail(path: &Path, bytes: u64) -> Result<ExecLog, ExecLogError> {
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut file = std::fs::File::open(path)?;
+            let len = file.metadata()?.len();
+            let from = len.saturating_sub(bytes);
+            file.seek(SeekFrom::Start(from))?;
+            let mut tail = Vec::new();
+            file.read_to_end(&mut tail)?;
+            if from > 0 {
+                // Drop the line the cut fell into.
+                let first = tail
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(tail.len(), |i| i + 1);
+                tail.drain(..first);
+            }
+            Ok(tail)
+        };
+        match read() {
+            Ok(tail) => Ok(ExecLog::parse(&String::from_utf8_lossy(&tail))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ExecLog::default()),
             Err(source) => Err(ExecLogError::Read {
                 path: path.display().to_string(),
@@ -188,6 +219,24 @@ end 17000 k 2026-01-01T00:00:00Z
             .map(|e| e.run_id.as_str())
             .collect();
         assert_eq!(running, ["R2"]);
+    }
+
+    #[test]
+    fn the_tail_starts_at_a_whole_line() {
+        let path =
+            std::env::temp_dir().join(format!("jetcron-chaos-tail-{}.log", std::process::id()));
+        let line = |run: &str| format!("start 1700000000.5 k 2026-01-01T00:00:00Z 0 1 {run} 7 \n");
+        std::fs::write(&path, format!("{}{}{}", line("R1"), line("R2"), line("R3"))).unwrap();
+        let one = line("R3").len() as u64;
+        let tail = ExecLog::read_tail(&path, one + 5).unwrap();
+        let runs: Vec<&str> = tail.executions.iter().map(|e| e.run_id.as_str()).collect();
+        assert_eq!(runs, ["R3"]);
+        assert_eq!(tail.bad_lines, 0);
+        assert_eq!(
+            ExecLog::read_tail(&path, 1 << 20).unwrap().executions.len(),
+            3
+        );
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

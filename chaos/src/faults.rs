@@ -36,6 +36,9 @@ const FIND_LEADER: Duration = Duration::from_secs(10);
 const FIND_RUNNING: Duration = Duration::from_secs(25);
 /// ... of which so long for one with a long run (slow jobs start every 20 s).
 const FIND_LONG_RUN: Duration = Duration::from_secs(21);
+/// Tail of the execution log read to find running shards: the last 15 s
+/// hold about 100 KiB (some 60 lines of ~100 bytes a second).
+const RECENT_LOG_BYTES: u64 = 1 << 20;
 /// Longest wait for every stream to be led again after a node kill.
 const RELEAD_LIMIT: Duration = Duration::from_secs(60);
 
@@ -158,7 +161,7 @@ impl Injector<'_> {
     /// that shard; `long` keeps only shards with a second or more to go.
     fn running_workers(&mut self, long: bool) -> Vec<(u32, String)> {
         let ours: BTreeSet<u32> = self.fleet.workers.iter().filter_map(|w| w.pid()).collect();
-        let Ok(log) = ExecLog::read(&self.exec_log) else {
+        let Ok(log) = ExecLog::read_tail(&self.exec_log, RECENT_LOG_BYTES) else {
             return Vec::new();
         };
         let now = Utc::now();
