@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream::LastRawMessageErrorKind};
 use futures::StreamExt;
 use jetcron_shared::Names;
-use jetcron_shared::wire::{Event, Fence, RunResult};
+use jetcron_shared::wire::{Event, Fence, RunResult, ShardMessage};
 use thiserror::Error;
 use tokio::time::timeout;
 
@@ -43,6 +43,29 @@ pub struct StoredFence {
     pub fence: Fence,
 }
 
+/// A shard message still in the work stream at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leftover {
+    pub seq: u64,
+    pub subject: String,
+    /// `None` when the payload is not a shard message.
+    pub shard: Option<ShardMessage>,
+}
+
+/// What was left in the work stream, and where its consumers stood.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkLeft {
+    /// Shard messages in the stream.
+    pub count: u64,
+    /// The first of them (at most [`MAX_LEFTOVERS`]).
+    pub messages: Vec<Leftover>,
+    /// One line per consumer: ack floor, delivered, pending, ack pending.
+    pub consumers: Vec<String>,
+}
+
+/// Leftover shard messages described, at most.
+pub const MAX_LEFTOVERS: usize = 50;
+
 /// Everything the run stored.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -50,7 +73,7 @@ pub struct History {
     pub events: Vec<Event>,
     pub fences: Vec<StoredFence>,
     /// Shard messages still in the work stream.
-    pub work_left: u64,
+    pub work_left: WorkLeft,
     /// Messages that did not decode (stream, sequence, why), the first few.
     pub undecodable: Vec<String>,
     pub undecodable_count: usize,
@@ -77,7 +100,16 @@ impl History {
                 Err(e) => history.note_undecodable(&names.work_stream(), seq, e),
             }
         }
-        history.work_left = work_left(js, names).await?;
+        let count = work_left(js, names).await?;
+        history.work_left = if count == 0 {
+            WorkLeft::default()
+        } else {
+            WorkLeft {
+                count,
+                messages: leftovers(js, names).await?,
+                consumers: consumer_states(js, names).await?,
+            }
+        };
         Ok(history)
     }
 
@@ -210,6 +242,86 @@ pub async fn work_left(js: &jetstream::Context, names: &Names) -> Result<u64, Hi
             Ok(Some(Err(e))) => return Err(err(&name, e)),
             Ok(None) => return Ok(total),
             Err(_) => return Err(err(&name, "subject counts timed out")),
+        }
+    }
+}
+
+/// The first shard messages left in the work stream.
+async fn leftovers(js: &jetstream::Context, names: &Names) -> Result<Vec<Leftover>, HistoryError> {
+    let name = names.work_stream();
+    let filter = names.work_shards_all();
+    let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(err(&name, e)),
+        Err(_) => return Err(err(&name, "stream info timed out")),
+    };
+    let mut out = Vec::new();
+    let mut from = 1;
+    while out.len() < MAX_LEFTOVERS {
+        match timeout(
+            STEP_LIMIT,
+            stream.get_first_raw_message_by_subject(&filter, from),
+        )
+        .await
+        {
+            Ok(Ok(m)) => {
+                from = m.sequence + 1;
+                out.push(Leftover {
+                    seq: m.sequence,
+                    subject: m.subject.to_string(),
+                    shard: ShardMessage::decode(&m.payload).ok(),
+                });
+            }
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+            Ok(Err(e)) => {
+                return Err(err(
+                    &name,
+                    format!("getting shard messages after seq {from}: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(err(
+                    &name,
+                    format!("getting shard messages after seq {from}: timed out"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where each consumer of the work stream stands.
+async fn consumer_states(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<Vec<String>, HistoryError> {
+    let name = names.work_stream();
+    let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(err(&name, e)),
+        Err(_) => return Err(err(&name, "stream info timed out")),
+    };
+    let mut consumers = stream.consumer_names();
+    let mut out = Vec::new();
+    loop {
+        let consumer = match timeout(STEP_LIMIT, consumers.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(e))) => return Err(err(&name, e)),
+            Ok(None) => return Ok(out),
+            Err(_) => return Err(err(&name, "consumer names timed out")),
+        };
+        match timeout(STEP_LIMIT, stream.consumer_info(&consumer)).await {
+            Ok(Ok(info)) => out.push(format!(
+                "{consumer}: ack floor stream seq {}, delivered up to stream seq {}, \
+                 pending {}, ack pending {}, redelivered {}",
+                info.ack_floor.stream_sequence,
+                info.delivered.stream_sequence,
+                info.num_pending,
+                info.num_ack_pending,
+                info.num_redelivered
+            )),
+            Ok(Err(e)) => out.push(format!("{consumer}: no info ({e})")),
+            Err(_) => out.push(format!("{consumer}: no info (timed out)")),
         }
     }
 }

@@ -372,7 +372,7 @@ async fn with_servers(
         results: &history.results,
         events: &history.events,
         fences: &history.fences,
-        work_left: history.work_left,
+        work_left: &history.work_left,
         executions: &log.executions,
         worker_kills: &worker_kills,
         jobs: &due_jobs,

@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus};
 
-use super::Violation;
+use super::{Violation, ts};
+use crate::history::WorkLeft;
 
 /// Returns the violations and the number of shards checked.
 pub fn every_shard_finished(
     events: &[Event],
     results: &[RunResult],
-    work_left: u64,
+    left: &WorkLeft,
 ) -> (Vec<Violation>, usize) {
     let mut fires: BTreeMap<(&str, DateTime<Utc>), u32> = BTreeMap::new();
     for ev in events {
@@ -69,8 +70,38 @@ pub fn every_shard_finished(
             }
         }
     }
-    if work_left > 0 {
-        violations.push(Violation::WorkLeft { count: work_left });
+    if left.count > 0 {
+        let final_result = |job: &str, instant: DateTime<Utc>, shard: u32| {
+            by_shard.get(&(job, instant, shard)).is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r.status == RunStatus::Succeeded || !r.will_retry)
+            })
+        };
+        let messages = left
+            .messages
+            .iter()
+            .map(|m| match &m.shard {
+                Some(sm) => format!(
+                    "seq {} {} {} shard {} epoch {} ({})",
+                    m.seq,
+                    sm.job,
+                    ts(sm.instant),
+                    sm.shard,
+                    sm.epoch,
+                    if final_result(&sm.job, sm.instant, sm.shard) {
+                        "its final result is stored"
+                    } else {
+                        "no final result"
+                    }
+                ),
+                None => format!("seq {} on {}: not a shard message", m.seq, m.subject),
+            })
+            .collect();
+        violations.push(Violation::WorkLeft {
+            count: left.count,
+            messages,
+            consumers: left.consumers.clone(),
+        });
     }
     (violations, checked)
 }
@@ -79,6 +110,7 @@ pub fn every_shard_finished(
 mod tests {
     use super::super::fixture::{fired, result, t};
     use super::*;
+    use crate::history::Leftover;
 
     fn failed(r: RunResult, will_retry: bool) -> RunResult {
         RunResult {
@@ -96,7 +128,7 @@ mod tests {
             failed(result("a", t(1), 1, 1, "r2"), true),
             failed(result("a", t(1), 1, 2, "r3"), false),
         ];
-        let (v, n) = every_shard_finished(&events, &results, 0);
+        let (v, n) = every_shard_finished(&events, &results, &WorkLeft::default());
         assert!(v.is_empty(), "{v:?}");
         assert_eq!(n, 2);
     }
@@ -108,7 +140,7 @@ mod tests {
             result("a", t(1), 0, 1, "r1"),
             failed(result("a", t(1), 2, 1, "r2"), true),
         ];
-        let (v, n) = every_shard_finished(&events, &results, 0);
+        let (v, n) = every_shard_finished(&events, &results, &WorkLeft::default());
         assert_eq!(n, 3);
         let shards: Vec<u32> = v
             .iter()
@@ -125,7 +157,7 @@ mod tests {
     fn a_fire_known_only_from_a_result_counts_its_shards() {
         let mut r = result("a", t(1), 0, 1, "r1");
         r.shards = 2;
-        let (v, n) = every_shard_finished(&[], &[r], 0);
+        let (v, n) = every_shard_finished(&[], &[r], &WorkLeft::default());
         assert_eq!(n, 2);
         assert!(
             matches!(&v[..], [Violation::Unfinished { shard: 1, .. }]),
@@ -134,9 +166,34 @@ mod tests {
     }
 
     #[test]
-    fn leftover_shard_messages_are_reported() {
-        let (v, _) = every_shard_finished(&[], &[], 4);
-        assert_eq!(v, [Violation::WorkLeft { count: 4 }]);
-        assert!(v[0].to_string().starts_with("[5] "));
+    fn leftover_shard_messages_are_reported_with_what_became_of_them() {
+        let job = jetcron_shared::Job::decode(
+            br#"{"id":"a","schedule":"@every 1s","run":{"shell":"true"}}"#,
+            None,
+        )
+        .unwrap();
+        let sm = jetcron_shared::wire::ShardMessage::new(
+            &job,
+            t(1),
+            0,
+            7,
+            jetcron_shared::wire::Cause::Schedule,
+        );
+        let left = WorkLeft {
+            count: 4,
+            messages: vec![Leftover {
+                seq: 12,
+                subject: "jetcron.work.default.a".into(),
+                shard: Some(sm),
+            }],
+            consumers: vec!["jetcron-default: ack floor stream seq 40".into()],
+        };
+        let (v, _) = every_shard_finished(&[], &[result("a", t(1), 0, 1, "r1")], &left);
+        assert_eq!(v.len(), 1, "{v:?}");
+        let text = v[0].to_string();
+        assert!(text.starts_with("[5] work stream still holds 4"), "{text}");
+        assert!(text.contains("seq 12 a "), "{text}");
+        assert!(text.contains("its final result is stored"), "{text}");
+        assert!(text.contains("ack floor stream seq 40"), "{text}");
     }
 }

@@ -30,7 +30,7 @@ use jetcron_shared::wire::{Event, RunResult};
 
 use crate::execlog::Execution;
 use crate::faults::{FaultRecord, WorkerKill};
-use crate::history::StoredFence;
+use crate::history::{StoredFence, WorkLeft};
 use crate::plan::FaultKind;
 
 /// A job as the checker needs it: its schedule and when it was put.
@@ -49,7 +49,7 @@ pub struct Input<'a> {
     pub events: &'a [Event],
     pub fences: &'a [StoredFence],
     /// Shard messages still in the work stream at the end.
-    pub work_left: u64,
+    pub work_left: &'a WorkLeft,
     pub executions: &'a [Execution],
     pub worker_kills: &'a [WorkerKill],
     pub jobs: &'a [DueJob],
@@ -149,8 +149,13 @@ pub enum Violation {
         /// (attempt, status, will_retry) of the results it has.
         attempts: Vec<(u32, String, bool)>,
     },
-    /// 5: shard messages left in the work stream.
-    WorkLeft { count: u64 },
+    /// 5: shard messages left in the work stream: the first of them, and
+    /// where the work stream's consumers stood.
+    WorkLeft {
+        count: u64,
+        messages: Vec<String>,
+        consumers: Vec<String>,
+    },
     /// 6: firing stalled longer than the fault's outage allows.
     Stall {
         fault: usize,
@@ -313,11 +318,20 @@ impl fmt::Display for Violation {
                 }
                 Ok(())
             }
-            Violation::WorkLeft { count } => {
+            Violation::WorkLeft {
+                count,
+                messages,
+                consumers,
+            } => {
                 write!(
                     f,
-                    "work stream still holds {count} shard message(s) at the end"
-                )
+                    "work stream still holds {count} shard message(s) at the end: {}",
+                    messages.join("; ")
+                )?;
+                if messages.len() < *count as usize {
+                    write!(f, "; ...")?;
+                }
+                write!(f, "; consumers: {}", consumers.join("; "))
             }
             Violation::Stall {
                 fault,
