@@ -290,11 +290,11 @@ async fn leftovers(js: &jetstream::Context, names: &Names) -> Result<Vec<Leftove
     Ok(out)
 }
 
-/// Where each consumer of the work stream stands.
-async fn consumer_states(
+/// The info of every consumer of the work stream.
+async fn consumer_infos(
     js: &jetstream::Context,
     names: &Names,
-) -> Result<Vec<String>, HistoryError> {
+) -> Result<Vec<consumer::Info>, HistoryError> {
     let name = names.work_stream();
     let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
         Ok(Ok(s)) => s,
@@ -311,17 +311,42 @@ async fn consumer_states(
             Err(_) => return Err(err(&name, "consumer names timed out")),
         };
         match timeout(STEP_LIMIT, stream.consumer_info(&consumer)).await {
-            Ok(Ok(info)) => out.push(format!(
-                "{consumer}: ack floor stream seq {}, delivered up to stream seq {}, \
+            Ok(Ok(info)) => out.push(info),
+            Ok(Err(e)) => return Err(err(&name, format!("consumer {consumer}: {e}"))),
+            Err(_) => return Err(err(&name, format!("consumer {consumer}: info timed out"))),
+        }
+    }
+}
+
+/// Where each consumer of the work stream stands, one line each.
+async fn consumer_states(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<Vec<String>, HistoryError> {
+    Ok(consumer_infos(js, names)
+        .await?
+        .iter()
+        .map(|info| {
+            format!(
+                "{}: ack floor stream seq {}, delivered up to stream seq {}, \
                  pending {}, ack pending {}, redelivered {}",
+                info.name,
                 info.ack_floor.stream_sequence,
                 info.delivered.stream_sequence,
                 info.num_pending,
                 info.num_ack_pending,
                 info.num_redelivered
-            )),
-            Ok(Err(e)) => out.push(format!("{consumer}: no info ({e})")),
-            Err(_) => out.push(format!("{consumer}: no info (timed out)")),
-        }
-    }
+            )
+        })
+        .collect())
+}
+
+/// True when no consumer of the work stream has anything left to deliver
+/// or waiting for an ack: shard messages still in the stream then will
+/// never be delivered again.
+pub async fn work_idle(js: &jetstream::Context, names: &Names) -> Result<bool, HistoryError> {
+    Ok(consumer_infos(js, names)
+        .await?
+        .iter()
+        .all(|info| info.num_pending == 0 && info.num_ack_pending == 0))
 }

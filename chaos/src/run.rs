@@ -486,14 +486,18 @@ fn note_unplanned(fleet: &mut Fleet, console: &Console, unplanned: &mut Vec<Viol
 }
 
 /// Waits until the work stream holds no shard message; how long that took.
+/// Gives up early when messages remain that no consumer will deliver again
+/// (nothing pending, nothing waiting for an ack, for [`IDLE_LIMIT`]).
 async fn drain(
     js: &jetstream::Context,
     names: &Names,
     limit: Duration,
     console: &Console,
 ) -> Option<Duration> {
+    const IDLE_LIMIT: Duration = Duration::from_secs(10);
     let start = Instant::now();
     let mut last_said = Instant::now();
+    let mut idle_since: Option<Instant> = None;
     loop {
         match history::work_left(js, names).await {
             Ok(0) => {
@@ -503,11 +507,24 @@ async fn drain(
                 ));
                 return Some(start.elapsed());
             }
-            Ok(n) if last_said.elapsed() >= Duration::from_secs(5) => {
-                console.say(format!("waiting for {n} shard message(s) to finish"));
-                last_said = Instant::now();
+            Ok(n) => {
+                if history::work_idle(js, names).await.unwrap_or(false) {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= IDLE_LIMIT {
+                        console.say(format!(
+                            "{n} shard message(s) left that no consumer will deliver (nothing \
+                             pending or unacked for {IDLE_LIMIT:?}); not waiting for them"
+                        ));
+                        return None;
+                    }
+                } else {
+                    idle_since = None;
+                }
+                if last_said.elapsed() >= Duration::from_secs(5) {
+                    console.say(format!("waiting for {n} shard message(s) to finish"));
+                    last_said = Instant::now();
+                }
             }
-            Ok(_) => {}
             Err(e) => console.say(format!("cannot count the shard messages left: {e}")),
         }
         if start.elapsed() >= limit {
