@@ -16,6 +16,8 @@
 //!   decision) and the leader's checkpoint.
 //! - [`events`]: events the control API publishes.
 //! - [`replica`]: this replica's heartbeat, for `status`.
+//! - [`sweep`]: removes shard messages a server crash stranded in the work
+//!   stream below their consumer's ack floor.
 //! - [`api`]: the control API micro service.
 //!
 //! A definition travels: jobs bucket -> catalog -> engine (job table) ->
@@ -36,6 +38,7 @@ pub mod lease;
 pub mod persist;
 pub mod replica;
 pub mod state;
+pub mod sweep;
 pub mod timer;
 
 use std::time::Duration;
@@ -126,6 +129,11 @@ pub async fn run(
         lease.leadership.clone(),
         shutdown.clone(),
     ));
+    let sweeper = tokio::spawn(sweep::run(
+        res.work.clone(),
+        lease.leadership.clone(),
+        shutdown.clone(),
+    ));
     let engine = engine::Engine::new(
         engine::EngineSettings {
             holder: config.id.clone(),
@@ -140,6 +148,7 @@ pub async fn run(
     lease_stop.cancel();
     let _ = lease.task.await;
     let _ = heartbeat.await;
+    let _ = sweeper.await;
     let _ = catalog.await;
     let _ = api.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;

@@ -232,3 +232,60 @@ async fn losing_a_cluster_node_stalls_firing_no_longer_than_the_failover() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A message at or below its consumer's ack floor is finished; a server
+/// crash can leave such messages in a work-queue stream, where no consumer
+/// delivers them again. A stream that keeps acked messages (limits
+/// retention) holds exactly that picture, on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_messages_at_or_below_the_ack_floor_and_nothing_else() {
+    use async_nats::jetstream::{consumer::pull, stream};
+    use futures::StreamExt;
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let work = js
+        .create_stream(stream::Config {
+            name: "STRANDED".into(),
+            subjects: vec!["w.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = work
+        .create_consumer(pull::Config {
+            durable_name: Some("g".into()),
+            filter_subject: "w.g.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..5 {
+        js.publish(format!("w.g.job{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Another group's message, never delivered: not below any floor of its own.
+    js.publish("w.other.job", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(3).messages().await.unwrap();
+    while let Some(m) = batch.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+    let removed = jetcron_scheduler::sweep::sweep(&work).await.unwrap();
+    assert_eq!(removed, 3);
+    let left: Vec<String> = harness::stream_messages(&client, "STRANDED")
+        .await
+        .into_iter()
+        .map(|m| m.subject.to_string())
+        .collect();
+    assert_eq!(left, ["w.g.job3", "w.g.job4", "w.other.job"]);
+    // Nothing more to do on a second pass.
+    assert_eq!(jetcron_scheduler::sweep::sweep(&work).await.unwrap(), 0);
+}
