@@ -180,6 +180,18 @@ pub async fn read_all(
     }
 }
 
+/// The stream `name`, with a bounded wait.
+async fn open_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<jetstream::stream::Stream, HistoryError> {
+    match timeout(STEP_LIMIT, js.get_stream(name)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(err(name, e)),
+        Err(_) => Err(err(name, "stream info timed out")),
+    }
+}
+
 /// The fence messages of the work stream, by `next_by_subj` gets.
 async fn read_fences(
     js: &jetstream::Context,
@@ -187,11 +199,7 @@ async fn read_fences(
 ) -> Result<Vec<(u64, Vec<u8>)>, HistoryError> {
     let name = names.work_stream();
     let subject = names.work_fence_subject();
-    let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(err(&name, e)),
-        Err(_) => return Err(err(&name, "stream info timed out")),
-    };
+    let stream = open_stream(js, &name).await?;
     let mut out = Vec::new();
     let mut from = 1;
     loop {
@@ -220,11 +228,7 @@ async fn read_fences(
 /// Shard messages (anything but fences) left in the work stream.
 pub async fn work_left(js: &jetstream::Context, names: &Names) -> Result<u64, HistoryError> {
     let name = names.work_stream();
-    let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(err(&name, e)),
-        Err(_) => return Err(err(&name, "stream info timed out")),
-    };
+    let stream = open_stream(js, &name).await?;
     let mut subjects = match timeout(
         STEP_LIMIT,
         stream.info_with_subjects(names.work_shards_all()),
@@ -250,11 +254,7 @@ pub async fn work_left(js: &jetstream::Context, names: &Names) -> Result<u64, Hi
 async fn leftovers(js: &jetstream::Context, names: &Names) -> Result<Vec<Leftover>, HistoryError> {
     let name = names.work_stream();
     let filter = names.work_shards_all();
-    let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(err(&name, e)),
-        Err(_) => return Err(err(&name, "stream info timed out")),
-    };
+    let stream = open_stream(js, &name).await?;
     let mut out = Vec::new();
     let mut from = 1;
     while out.len() < MAX_LEFTOVERS {
@@ -296,11 +296,7 @@ async fn consumer_infos(
     names: &Names,
 ) -> Result<Vec<consumer::Info>, HistoryError> {
     let name = names.work_stream();
-    let stream = match timeout(STEP_LIMIT, js.get_stream(&name)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(err(&name, e)),
-        Err(_) => return Err(err(&name, "stream info timed out")),
-    };
+    let stream = open_stream(js, &name).await?;
     let mut consumers = stream.consumer_names();
     let mut out = Vec::new();
     loop {
