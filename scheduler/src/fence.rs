@@ -164,13 +164,6 @@ impl Fences {
         seq
     }
 
-    /// Headers of a fenced write to `target`'s stream, and the sequence they expect.
-    pub fn headers(&self, target: Target) -> (HeaderMap, u64) {
-        let mut h = HeaderMap::new();
-        let seq = self.apply(target, &mut h);
-        (h, seq)
-    }
-
     /// The server refused a write that expected fence `seen`. Ok: write
     /// again with the fence as it is now (this leader's own fence moved, or
     /// had expired and is stored again). Err: this leader must stop.

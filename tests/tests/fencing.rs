@@ -16,7 +16,7 @@ use jetcron_scheduler::lease::Leadership;
 use jetcron_scheduler::persist::{Persist, Write};
 use jetcron_shared::Names;
 use jetcron_shared::setup::{self, Resources, SetupOptions};
-use jetcron_shared::wire::{Event, EventBody, Fence, HEADER_EPOCH};
+use jetcron_shared::wire::{Event, EventBody, Fence};
 use jetcron_tests::harness::{self, Scheduler, WorkTap};
 use jetcron_tests::{NatsServer, Proxy};
 use tokio::sync::watch;
@@ -345,7 +345,6 @@ async fn a_leader_cut_off_and_deposed_stores_nothing_when_its_link_heals() {
     );
     // The shard messages' epoch header is the dispatching leader's.
     assert!(tap.snapshot().iter().all(|s| s.epoch == s.msg.epoch));
-    let _ = HEADER_EPOCH;
     b.stop().await;
     a.stop().await;
 }
