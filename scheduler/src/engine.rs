@@ -1,8 +1,10 @@
 //! The fire loop: one task that owns the job table and the timer, and
 //! decides what fires when. Every write goes through [`crate::persist`].
 //!
-//! Followers only keep the job table current. On taking the lease the engine
-//! stores its fences ([`crate::fence`]), loads every job's fire state,
+//! Followers keep the job table and every job's fire state current (the
+//! latter through [`crate::mirror`]). On taking the lease the engine stores
+//! its fences ([`crate::fence`]), waits until its mirror has seen its state
+//! fence (then its copy is what is stored; nothing is read per job),
 //! finishes what the previous leader decided but may not have stored in
 //! full (shards and events again, deduplicated), and plans each job's next
 //! instant. From then on it sleeps until the earliest instant in the timer,
@@ -22,7 +24,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, stream};
 use jetcron_shared::Names;
 use jetcron_shared::setup::Resources;
 use tokio::sync::{mpsc, watch};
@@ -33,14 +34,13 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::CatalogEvent;
 use crate::decide::{self, Known, next_instant};
-use crate::fence::{FenceError, Fences};
+use crate::fence::{FenceError, Fences, Target};
 use crate::lease::Leadership;
+use crate::mirror::{Mirror, Update};
 use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
-use crate::state::{Checkpoint, FireState, StateStore};
+use crate::state::{Checkpoint, FireState};
 use crate::timer::Timer;
 
-/// Concurrent state reads.
-const STATE_CONCURRENCY: usize = 128;
 /// Longest sleep, so wall-clock jumps are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Batches being stored at once.
@@ -48,7 +48,7 @@ const MAX_BATCHES: usize = 64;
 /// Checkpoints are written at most this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How long a stopping leader lets its batches and last checkpoint finish.
-const STOP_GRACE: Duration = Duration::from_secs(1);
+const STOP_GRACE: Duration = Duration::from_millis(200);
 /// A decision is finished by a successor only if its shards are still
 /// within the work stream's duplicate window by this margin; older ones
 /// cannot be sent again without risking a second dispatch.
@@ -72,6 +72,9 @@ struct Open {
 #[derive(Debug)]
 struct Term {
     fences: Arc<Fences>,
+    /// The fire states in memory are what is stored: the mirror has
+    /// delivered this term's state fence.
+    ready: bool,
     /// Jobs with a batch in flight.
     in_flight: HashSet<String>,
     open: BTreeMap<u64, Open>,
@@ -89,18 +92,22 @@ pub struct Engine {
     settings: EngineSettings,
     jobs: HashMap<String, Known>,
     timer: Timer,
-    /// Fire states as stored (None: loaded, never written), while leading.
-    states: HashMap<String, Option<FireState>>,
-    /// Jobs whose state could not be read yet; planned once it can.
-    unloaded: HashSet<String>,
+    /// Fire states as stored: from the mirror while following, from this
+    /// replica's own writes while leading.
+    states: HashMap<String, FireState>,
+    /// The state bucket's watch, while not leading.
+    mirror: Option<Mirror>,
+    /// Stream sequence of the last mirrored entry.
+    mirrored: u64,
+    /// The checkpoint as last mirrored.
+    stored_checkpoint: Option<Checkpoint>,
     term: Option<Term>,
     /// The epoch this replica gave up; it waits for the lease to change.
     resigned: Option<u64>,
     leadership: watch::Receiver<Leadership>,
     resign: mpsc::Sender<u64>,
-    /// No state reads before this (after a failed one).
+    /// Nothing fires before this (the renewal is late).
     hold_until: Option<Instant>,
-    store: StateStore,
     persist: Persist,
     batches: JoinSet<Outcome>,
     checkpoints: JoinSet<(u64, Result<DateTime<Utc>, FenceError>)>,
@@ -126,13 +133,14 @@ impl Engine {
             jobs: HashMap::new(),
             timer: Timer::default(),
             states: HashMap::new(),
-            unloaded: HashSet::new(),
+            mirror: Some(Mirror::start(res.state.clone(), names.clone())),
+            mirrored: 0,
+            stored_checkpoint: None,
             term: None,
             resigned: None,
             leadership,
             resign,
             hold_until: None,
-            store: StateStore::new(res.state.clone()),
             persist: Persist::new(res.js.clone(), names.clone()),
             batches: JoinSet::new(),
             checkpoints: JoinSet::new(),
@@ -144,10 +152,14 @@ impl Engine {
         }
     }
 
+    /// Runs until `shutdown`; then stops firing, lets the last writes
+    /// finish (briefly), and cancels `release` so that the lease is given
+    /// back before anything else is torn down.
     pub async fn run(
         mut self,
         mut catalog: mpsc::Receiver<CatalogEvent>,
         shutdown: CancellationToken,
+        release: CancellationToken,
     ) {
         loop {
             let wake = self.wake_at();
@@ -170,6 +182,7 @@ impl Engine {
                         self.on_checkpoint(epoch, result).await;
                     }
                 }
+                Some(updates) = mirrored(&mut self.mirror) => self.on_mirror(updates),
                 ev = catalog.recv() => match ev {
                     Some(ev) => self.on_catalog(ev),
                     None => break,
@@ -179,6 +192,7 @@ impl Engine {
             self.checkpoint();
         }
         self.stop().await;
+        release.cancel();
     }
 
     /// A stopping leader lets its batches finish (briefly) and records how
@@ -216,9 +230,7 @@ impl Engine {
     fn wake_at(&self) -> Instant {
         let now = Instant::now();
         let mut at = now + MAX_SLEEP;
-        if self.term.is_some() && !self.unloaded.is_empty() {
-            at = now;
-        } else if self.term.is_some()
+        if self.term.as_ref().is_some_and(|t| t.ready)
             && let Some(t) = self.timer.earliest()
         {
             let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -249,13 +261,57 @@ impl Engine {
         }
     }
 
+    /// Stops leading, if it did, and mirrors the stored fire states again
+    /// from a full snapshot: batches cut short may have stored more than
+    /// this replica knows. The timer stays: a standby keeps it planned.
     fn stand_by(&mut self) {
-        self.term = None;
+        let Some(term) = self.term.take() else {
+            return;
+        };
         self.batches.abort_all();
         self.checkpoints.abort_all();
-        self.timer.clear();
-        self.states.clear();
-        self.unloaded.clear();
+        for id in term.in_flight {
+            self.plan(&id);
+        }
+        self.mirror = Some(Mirror::start(self.res.state.clone(), self.names.clone()));
+    }
+
+    /// Applies what the mirror delivered; completes a takeover once it has
+    /// seen the term's state fence.
+    fn on_mirror(&mut self, updates: Vec<Update>) {
+        for u in updates {
+            if let Some(seq) = u.seq() {
+                self.mirrored = self.mirrored.max(seq);
+            }
+            match u {
+                Update::State {
+                    job,
+                    state: Some(s),
+                    ..
+                } => {
+                    self.states.insert(job.clone(), s);
+                    self.plan(&job);
+                }
+                Update::State { job, .. } | Update::Removed { job, .. } => {
+                    self.states.remove(&job);
+                    self.plan(&job);
+                }
+                Update::Checkpoint { checkpoint, .. } => {
+                    self.stored_checkpoint = Some(checkpoint);
+                }
+                Update::Other { .. } => {}
+                Update::Current => {
+                    debug!(states = self.states.len(), "fire states current");
+                }
+            }
+        }
+        let fence = match &self.term {
+            Some(t) if !t.ready => t.fences.seq(Target::State),
+            _ => return,
+        };
+        if self.mirrored >= fence {
+            self.ready();
+        }
     }
 
     /// Gives up this term: the server refused its writes or its lease lapsed
@@ -293,8 +349,10 @@ impl Engine {
                 return;
             }
         };
+        let fence = fences.seq(Target::State);
         self.term = Some(Term {
             fences,
+            ready: false,
             in_flight: HashSet::new(),
             open: BTreeMap::new(),
             done_through: None,
@@ -302,34 +360,36 @@ impl Engine {
             checkpoint_sent: None,
             removed: HashSet::new(),
         });
-        let ids: Vec<String> = self.jobs.keys().cloned().collect();
-        self.read_states(ids).await;
-        let Some(checkpoint) = self.read_checkpoint().await else {
-            return;
-        };
-        self.finish_open(checkpoint.as_ref());
-        let planned: Vec<String> = self.states.keys().cloned().collect();
-        for id in planned {
-            self.plan(&id);
+        if self.mirrored >= fence {
+            self.ready();
+        } else {
+            debug!(
+                epoch,
+                fence,
+                mirrored = self.mirrored,
+                "waiting for the mirror to reach the state fence"
+            );
         }
-        info!(epoch, scheduled = self.timer.len(), "leading: timer ready");
     }
 
-    /// Reads the checkpoint, retrying while leading.
-    async fn read_checkpoint(&mut self) -> Option<Option<Checkpoint>> {
-        loop {
-            let valid = self.term.as_ref().is_some_and(|t| t.fences.is_valid());
-            if !valid {
-                return None;
-            }
-            match self.store.checkpoint(self.names.checkpoint_key()).await {
-                Ok(c) => return Some(c),
-                Err(e) => {
-                    warn!(error = %e, "cannot read the checkpoint; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+    /// The fire states in memory are what is stored, and the timer holds
+    /// every job's next instant (planned while standing by): stop mirroring,
+    /// finish the previous leader's open decisions, and fire.
+    fn ready(&mut self) {
+        let Some(term) = self.term.as_mut() else {
+            return;
+        };
+        term.ready = true;
+        let epoch = term.fences.epoch();
+        self.mirror = None;
+        let checkpoint = self.stored_checkpoint;
+        self.finish_open(checkpoint.as_ref());
+        info!(
+            epoch,
+            states = self.states.len(),
+            scheduled = self.timer.len(),
+            "leading: timer ready"
+        );
     }
 
     /// Sends again the shards and events of decisions the checkpoint does
@@ -343,7 +403,6 @@ impl Engine {
             .states
             .iter()
             .filter_map(|(id, state)| {
-                let state = state.as_ref()?;
                 if !Checkpoint::leaves_open(checkpoint, state) {
                     return None;
                 }
@@ -370,58 +429,16 @@ impl Engine {
         }
     }
 
-    /// Reads the states of `ids` into memory; what cannot be read stays in
-    /// `unloaded` and is retried.
-    async fn read_states(&mut self, ids: Vec<String>) {
-        let store = self.store.clone();
-        let loaded: Vec<_> = stream::iter(ids)
-            .map(|id| {
-                let store = store.clone();
-                async move {
-                    let v = store.load(&id).await;
-                    (id, v)
-                }
-            })
-            .buffer_unordered(STATE_CONCURRENCY)
-            .collect()
-            .await;
-        for (id, v) in loaded {
-            match v {
-                Ok(v) => {
-                    self.unloaded.remove(&id);
-                    self.states.insert(id, v.state);
-                }
-                Err(e) => {
-                    warn!(job = %id, error = %e, "cannot read fire state; will retry");
-                    self.unloaded.insert(id);
-                    self.hold_until = Some(Instant::now() + Duration::from_millis(500));
-                }
-            }
-        }
-    }
-
-    /// Reads and plans the jobs whose state is not loaded yet.
-    async fn load_unloaded(&mut self) {
-        if self.unloaded.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = self.unloaded.iter().cloned().collect();
-        self.read_states(ids.clone()).await;
-        for id in ids {
-            self.plan(&id);
-        }
-    }
-
     /// Sets the job's next instant in the timer from its definition and
     /// state; not while a batch for it is in flight.
     fn plan(&mut self, id: &str) {
-        if self.term.as_ref().is_none_or(|t| t.in_flight.contains(id)) {
+        if self.term.as_ref().is_some_and(|t| t.in_flight.contains(id)) {
             return;
         }
-        let (Some(k), Some(state)) = (self.jobs.get(id), self.states.get(id)) else {
+        let Some(k) = self.jobs.get(id) else {
             return;
         };
-        match next_instant(k, state.as_ref()) {
+        match next_instant(k, self.states.get(id)) {
             Some(t) => self.timer.set(id, t),
             None => {
                 self.timer.remove(id);
@@ -449,22 +466,13 @@ impl Engine {
                         written,
                     },
                 );
-                if self.term.is_some() {
-                    if self.states.contains_key(&id) {
-                        self.plan(&id);
-                    } else {
-                        // Loaded in one batch by the next wake-up, so a burst
-                        // of new definitions costs one round of reads.
-                        self.unloaded.insert(id);
-                    }
-                }
+                self.plan(&id);
             }
             CatalogEvent::Remove { id } => {
                 let known = self.jobs.remove(&id).is_some();
                 self.timer.remove(&id);
-                self.unloaded.remove(&id);
-                let had_state = self.states.remove(&id).is_some_and(|s| s.is_some());
-                let Some(term) = self.term.as_mut() else {
+                let had_state = self.states.remove(&id).is_some();
+                let Some(term) = self.term.as_mut().filter(|t| t.ready) else {
                     return;
                 };
                 if term.in_flight.contains(&id) {
@@ -479,7 +487,6 @@ impl Engine {
                 // definition continues where this one stopped.
                 self.jobs.remove(&id);
                 self.timer.remove(&id);
-                self.unloaded.remove(&id);
             }
         }
     }
@@ -494,7 +501,7 @@ impl Engine {
     }
 
     async fn fire_due(&mut self) {
-        let Some(term) = &self.term else {
+        let Some(term) = self.term.as_ref().filter(|t| t.ready) else {
             return;
         };
         if let Some(h) = self.hold_until {
@@ -511,10 +518,6 @@ impl Engine {
         if self.batches.len() >= MAX_BATCHES {
             return;
         }
-        self.load_unloaded().await;
-        let Some(term) = &self.term else {
-            return;
-        };
         let epoch = term.fences.epoch();
         let now = Utc::now();
         let due = self.timer.pop_due(now);
@@ -532,7 +535,7 @@ impl Engine {
             .into_iter()
             .filter_map(|(id, at)| {
                 let k = self.jobs.get(&id)?;
-                let prev = self.states.get(&id).and_then(Option::as_ref);
+                let prev = self.states.get(&id);
                 Some(decider.due(&id, k, prev, at))
             })
             .collect();
@@ -550,6 +553,7 @@ impl Engine {
         let id = self.next_batch;
         for item in &items {
             term.in_flight.insert(item.job.clone());
+            self.timer.remove(&item.job);
         }
         term.open.insert(
             id,
@@ -595,7 +599,7 @@ impl Engine {
             }
             match item.state {
                 StateWrite::Put(s) => {
-                    self.states.insert(item.job.clone(), Some(s));
+                    self.states.insert(item.job.clone(), s);
                 }
                 StateWrite::Purge => {
                     self.states.remove(&item.job);
@@ -662,5 +666,13 @@ impl Engine {
             Err(e) if current == Some(epoch) => self.resign_term(&e).await,
             Err(_) => {}
         }
+    }
+}
+
+/// The next delivery of the mirror, if one runs.
+async fn mirrored(mirror: &mut Option<Mirror>) -> Option<Vec<Update>> {
+    match mirror {
+        Some(m) => m.updates.recv().await,
+        None => std::future::pending().await,
     }
 }

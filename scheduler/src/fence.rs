@@ -154,6 +154,11 @@ impl Fences {
         self.epoch
     }
 
+    /// Sequence of this leader's fence in `target`'s stream.
+    pub fn seq(&self, target: Target) -> u64 {
+        self.slots[target.index()].seq.load(Ordering::Acquire)
+    }
+
     /// Adds the fence headers for a write to `target`'s stream; returns the
     /// fence sequence they expect, to hand to [`Fences::refused`].
     pub fn apply(&self, target: Target, headers: &mut HeaderMap) -> u64 {

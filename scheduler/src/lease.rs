@@ -29,6 +29,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
@@ -184,15 +185,51 @@ impl Lease {
     }
 
     async fn run(&mut self) {
+        let mut released: Option<kv::Watch> = None;
         loop {
             if self.revision == 0 {
                 self.try_take().await;
                 if self.revision == 0 {
-                    sleep(self.settings.poll).await;
+                    self.await_release(&mut released).await;
                 }
             } else {
+                released = None;
                 sleep(self.settings.renew_every()).await;
                 self.renew().await;
+            }
+        }
+    }
+
+    /// Waits for the next try at the lease: a poll interval, cut short when
+    /// the holder deletes the key (a graceful stop), so that a standby takes
+    /// over at once. A key that expires is noticed by the poll.
+    async fn await_release(&self, watch: &mut Option<kv::Watch>) {
+        if watch.is_none() {
+            let open = timeout(
+                self.settings.attempt_limit(),
+                self.kv.watch(&self.settings.key),
+            );
+            *watch = match open.await {
+                Ok(Ok(w)) => Some(w),
+                _ => None,
+            };
+        }
+        let Some(w) = watch.as_mut() else {
+            return sleep(self.settings.poll).await;
+        };
+        let poll = sleep(self.settings.poll);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = &mut poll => return,
+                change = w.next() => match change {
+                    Some(Ok(e)) if e.operation != Operation::Put => return,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        *watch = None;
+                        return poll.await;
+                    }
+                },
             }
         }
     }

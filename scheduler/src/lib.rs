@@ -14,6 +14,8 @@
 //!   publisher of manual fires).
 //! - [`state`]: per-job fire state (the write-ahead record of each
 //!   decision) and the leader's checkpoint.
+//! - [`mirror`]: a standby's copy of every fire state, kept current so
+//!   that taking over reads nothing per job.
 //! - [`events`]: events the control API publishes.
 //! - [`replica`]: this replica's heartbeat, for `status`.
 //! - [`sweep`]: removes shard messages a server crash stranded in the work
@@ -35,6 +37,7 @@ pub mod engine;
 pub mod events;
 pub mod fence;
 pub mod lease;
+pub mod mirror;
 pub mod persist;
 pub mod replica;
 pub mod state;
@@ -109,8 +112,8 @@ pub async fn run(
         catalog_tx,
         shutdown.clone(),
     ));
-    // The lease outlives the engine so that it is released only after the
-    // engine has stopped firing.
+    // The lease outlives the engine's fire loop: the engine releases it once
+    // it has stopped firing, before anything else is torn down.
     let lease_stop = CancellationToken::new();
     let lease = lease::spawn(
         res.lease.clone(),
@@ -144,8 +147,9 @@ pub async fn run(
         res.clone(),
         names.clone(),
     );
-    engine.run(catalog_rx, shutdown.clone()).await;
-    lease_stop.cancel();
+    engine
+        .run(catalog_rx, shutdown.clone(), lease_stop.clone())
+        .await;
     let _ = lease.task.await;
     let _ = heartbeat.await;
     let _ = sweeper.await;

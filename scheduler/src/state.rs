@@ -110,7 +110,8 @@ pub enum StateError {
     Store(String),
 }
 
-/// Reads fire states and the checkpoint; every write goes through
+/// Reads one job's fire state (the API's `job.resume`); the engine keeps
+/// them in memory ([`crate::mirror`]), and every write goes through
 /// [`crate::persist`], fenced.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -145,18 +146,6 @@ impl StateStore {
                 revision: e.revision,
             },
         })
-    }
-
-    /// Reads the checkpoint under `key`; None when there is none yet.
-    pub async fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, StateError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| StateError::Store(e.to_string()))?;
-        Ok(entry
-            .filter(|e| e.operation == Operation::Put)
-            .and_then(|e| serde_json::from_slice(&e.value).ok()))
     }
 }
 
