@@ -1,0 +1,246 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Taking over: a standby that kept the fire states current reads none of
+//! them when it takes over, and a stopping leader gives the lease back
+//! before it tears anything down.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv::Operation};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use jetcron_shared::Names;
+use jetcron_shared::wire::EventBody;
+use jetcron_tests::NatsServer;
+use jetcron_tests::harness::{self, Scheduler, Stored, WorkTap};
+use tokio::time::Instant;
+
+fn names() -> Names {
+    Names::default()
+}
+
+/// Writes `count` definitions straight into the jobs bucket, acks awaited
+/// in rounds.
+async fn put_jobs(client: &async_nats::Client, count: usize, schedule: &str) -> Vec<String> {
+    harness::kv_put(
+        client,
+        &names(),
+        "warm-up",
+        br#"{"id":"warm-up","schedule":"@yearly","run":{"shell":"true"}}"#,
+    )
+    .await;
+    let js = jetstream::new(client.clone());
+    let bucket = names().jobs_bucket();
+    let ids: Vec<String> = (0..count).map(|n| format!("job-{n:05}")).collect();
+    for chunk in ids.chunks(500) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            let body =
+                format!(r#"{{"id":"{id}","schedule":"{schedule}","run":{{"shell":"true"}}}}"#);
+            let subject = Names::kv_subject(&bucket, id);
+            acks.push(js.publish(subject, body.into()).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    ids
+}
+
+/// Counts the reads of single job states from the state bucket's stream:
+/// direct gets and message gets, as any KV `get` sends them. Reads of the
+/// bucket's own keys (`=fence`, `=checkpoint`) are not per job.
+async fn count_state_reads(client: &async_nats::Client) -> Arc<AtomicU64> {
+    let stream = format!("KV_{}", names().state_bucket());
+    let own_keys = format!("$KV.{}.=", names().state_bucket());
+    let count = Arc::new(AtomicU64::new(0));
+    for subject in [
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+    ] {
+        let mut sub = client.subscribe(subject).await.unwrap();
+        let count = count.clone();
+        let own_keys = own_keys.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let body = String::from_utf8_lossy(&m.payload);
+                if m.subject.contains(own_keys.as_str()) || body.contains(own_keys.as_str()) {
+                    continue;
+                }
+                eprintln!("state read: {} {body}", m.subject);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    client.flush().await.unwrap();
+    count
+}
+
+fn epochs(stored: &[Stored]) -> BTreeSet<u64> {
+    stored.iter().map(|s| s.epoch).collect()
+}
+
+fn assert_unique_ids(stored: &[Stored]) {
+    let mut seen = HashSet::new();
+    for s in stored {
+        assert!(seen.insert(s.msg_id.clone()), "{} stored twice", s.msg_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_takes_over_without_reading_any_fire_state() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let a = Scheduler::start(&server.url(), "a");
+    harness::api(&client, &names()).await;
+    let tap = WorkTap::start(&client, &names()).await;
+    let ids = put_jobs(&client, 300, "* * * * * *").await;
+    // Every job has fired under a, so every job has a stored fire state.
+    let stored = tap
+        .wait_for("every job fired once", Duration::from_secs(30), |s| {
+            let fired: HashSet<&str> = s.iter().map(|m| m.msg.job.as_str()).collect();
+            ids.iter().all(|id| fired.contains(id.as_str()))
+        })
+        .await;
+    let first = epochs(&stored);
+    assert_eq!(first.len(), 1, "one leader so far: {first:?}");
+    let b = Scheduler::start(&server.url(), "b");
+    // b mirrors the states while it stands by.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = count_state_reads(&client).await;
+    a.kill();
+    let stored = tap
+        .wait_for(
+            "every job fired under the new leader",
+            Duration::from_secs(30),
+            |s| {
+                let fired: HashSet<&str> = s
+                    .iter()
+                    .filter(|m| !first.contains(&m.epoch))
+                    .map(|m| m.msg.job.as_str())
+                    .collect();
+                ids.iter().all(|id| fired.contains(id.as_str()))
+            },
+        )
+        .await;
+    assert_unique_ids(&stored);
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        0,
+        "the standby read fire states one by one while taking over"
+    );
+    // The count sees reads when there are some.
+    let js = jetstream::new(client.clone());
+    let state = js.get_key_value(names().state_bucket()).await.unwrap();
+    state
+        .entry(ids[0].as_str())
+        .await
+        .unwrap()
+        .expect("a stored state");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reads.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "a state read went unseen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_releases_the_lease_before_it_finishes_stopping() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let events = harness::events(&client, &names()).await;
+    let a = Scheduler::start(&server.url(), "a");
+    harness::api(&client, &names()).await;
+    let tap = WorkTap::start(&client, &names()).await;
+    put_jobs(&client, 5_000, "@yearly").await;
+    harness::kv_put(
+        &client,
+        &names(),
+        "tick",
+        br#"{"id":"tick","schedule":"* * * * * *","run":{"shell":"true"}}"#,
+    )
+    .await;
+    let b = Scheduler::start(&server.url(), "b");
+    tap.wait_for("tick fires", Duration::from_secs(30), |s| s.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let js = jetstream::new(client.clone());
+    let lease = js.get_key_value(names().lease_bucket()).await.unwrap();
+    let mut watch = lease.watch(names().lease_key()).await.unwrap();
+    let stopping = Utc::now();
+    a.stop().await;
+    let stopped = Utc::now();
+    // When the server stored the release.
+    let released = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(e)) = watch.next().await {
+            if e.operation != Operation::Put {
+                let nanos = e.created.unix_timestamp_nanos();
+                return DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap());
+            }
+        }
+        panic!("the lease watch ended");
+    })
+    .await
+    .expect("the lease was released");
+    assert!(
+        released <= stopped,
+        "the lease was released at {released}, after the leader had stopped at {stopped}"
+    );
+    eprintln!(
+        "lease released {:?} after the stop began; stopping took {:?}",
+        released - stopping,
+        stopped - stopping
+    );
+
+    events
+        .wait_for("b leads", Duration::from_secs(10), |e| {
+            e.iter()
+                .any(|e| matches!(&e.body, EventBody::Leader { holder, .. } if holder == "b"))
+        })
+        .await;
+    let first = epochs(&tap.snapshot());
+    let stored = tap
+        .wait_for("tick fires under b", Duration::from_secs(10), |s| {
+            s.iter().filter(|m| !first.contains(&m.epoch)).count() >= 2
+        })
+        .await;
+    assert_unique_ids(&stored);
+    // No instant of tick between a's last fire and b's first went silent:
+    // each was fired, or a misfired event names it.
+    let fired: BTreeSet<DateTime<Utc>> = stored
+        .iter()
+        .filter(|s| s.msg.job == "tick")
+        .map(|s| s.msg.instant)
+        .collect();
+    let mut covered = fired.clone();
+    for e in events.snapshot() {
+        if let EventBody::Misfired {
+            job,
+            first_missed,
+            last_missed,
+            ..
+        } = &e.body
+            && job == "tick"
+        {
+            let mut t = *first_missed;
+            while t <= *last_missed {
+                covered.insert(t);
+                t += chrono::Duration::seconds(1);
+            }
+        }
+    }
+    let (lo, hi) = (*fired.first().unwrap(), *fired.last().unwrap());
+    let mut t = lo;
+    while t <= hi {
+        assert!(covered.contains(&t), "instant {t} of tick went silent");
+        t += chrono::Duration::seconds(1);
+    }
+    b.stop().await;
+}
