@@ -31,15 +31,27 @@ pub fn status_text(s: &StatusReply, now: DateTime<Utc>) -> String {
         None => "leader:   none: no scheduler holds the lease, nothing fires".to_string(),
     });
     let j = &s.jobs;
+    // Replies of older schedulers have no count beside the list.
+    let invalid = j.invalid_count.max(j.invalid.len() as u64);
     lines.push(format!(
-        "jobs:     {} ({} active, {} paused, {} invalid)",
+        "jobs:     {} ({} active, {} paused, {invalid} invalid){}",
         j.total,
         j.active,
         j.paused,
-        j.invalid.len()
+        if j.complete {
+            ""
+        } else {
+            "; still counting: the answering replica has not read every job yet"
+        }
     ));
     for bad in &j.invalid {
         lines.push(format!("invalid:  {}: {}", bad.id, bad.error));
+    }
+    let unnamed = invalid.saturating_sub(j.invalid.len() as u64);
+    if unnamed > 0 {
+        lines.push(format!(
+            "invalid:  and {unnamed} more (jetcron job ls --state invalid)"
+        ));
     }
 
     lines.push(String::new());
@@ -77,6 +89,7 @@ pub fn status_text(s: &StatusReply, now: DateTime<Utc>) -> String {
             .map(|g| {
                 vec![
                     g.group.clone(),
+                    g.jobs.to_string(),
                     g.workers.to_string(),
                     g.pending.to_string(),
                     g.in_flight.to_string(),
@@ -86,7 +99,14 @@ pub fn status_text(s: &StatusReply, now: DateTime<Utc>) -> String {
             })
             .collect();
         lines.push(table(
-            &["GROUP", "WORKERS", "PENDING", "IN FLIGHT", "OLDEST PENDING"],
+            &[
+                "GROUP",
+                "JOBS",
+                "WORKERS",
+                "PENDING",
+                "IN FLIGHT",
+                "OLDEST PENDING",
+            ],
             &rows,
         ));
     }
@@ -166,16 +186,19 @@ mod tests {
             }),
             replicas: vec![replica("a", false), replica("b", true)],
             jobs: JobCounts {
-                total: 3,
+                total: 25,
                 active: 1,
                 paused: 1,
+                invalid_count: 23,
                 invalid: vec![InvalidJob {
                     id: "broken".into(),
                     error: "schedule: bad".into(),
                 }],
+                complete: true,
             },
             groups: vec![GroupStatus {
                 group: "default".into(),
+                jobs: 2,
                 workers: 2,
                 pending: 4,
                 in_flight: 1,
@@ -185,15 +208,16 @@ mod tests {
         assert_eq!(
             status_text(&s, t(300)),
             "leader:   b (epoch 7, since 2026-11-24T21:02:00Z, 3m00s ago)\n\
-             jobs:     3 (1 active, 1 paused, 1 invalid)\n\
+             jobs:     25 (1 active, 1 paused, 23 invalid)\n\
              invalid:  broken: schedule: bad\n\
+             invalid:  and 22 more (jetcron job ls --state invalid)\n\
              \n\
              REPLICA  HOST  VERSION  ROLE     UP     HEARTBEAT\n\
              b        h     0.1.0    leader   5m00s  1.0s ago\n\
              a        h     0.1.0    standby  5m00s  1.0s ago\n\
              \n\
-             GROUP    WORKERS  PENDING  IN FLIGHT  OLDEST PENDING\n\
-             default  2        4        1          12.0s"
+             GROUP    JOBS  WORKERS  PENDING  IN FLIGHT  OLDEST PENDING\n\
+             default  2     2        4        1          12.0s"
         );
         let none = StatusReply {
             leader: None,
@@ -202,12 +226,18 @@ mod tests {
                 total: 0,
                 active: 0,
                 paused: 0,
+                invalid_count: 0,
                 invalid: vec![],
+                complete: false,
             },
             groups: vec![],
         };
         let text = status_text(&none, t(0));
         assert!(text.starts_with("leader:   none"), "{text}");
+        assert!(
+            text.contains("jobs:     0 (0 active, 0 paused, 0 invalid); still counting"),
+            "{text}"
+        );
         assert!(text.ends_with("no worker groups"), "{text}");
     }
 

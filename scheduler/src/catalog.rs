@@ -5,6 +5,14 @@
 //! (written straight into KV) are reported with an `invalid` event and a log
 //! line; they never reach the timer, and every other job keeps firing. A
 //! broken watch (server restart) is re-established from a full snapshot.
+//!
+//! Every entry is also applied to the [`JobIndex`] ([`index`]) before the
+//! engine hears of it, so that the control API lists and counts jobs from
+//! memory.
+
+mod index;
+
+pub use index::{Counts, Def, GroupCount, JobIndex, Listed, Page, Progress, Query};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,10 +82,12 @@ fn to_chrono(t: time::OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
 
-/// Runs the watch until `shutdown`, sending events on `tx`.
+/// Runs the watch until `shutdown`, keeping `index` current and sending
+/// events on `tx`.
 pub async fn watch(
     kv: kv::Store,
     events: Events,
+    index: JobIndex,
     tx: mpsc::Sender<CatalogEvent>,
     shutdown: CancellationToken,
 ) {
@@ -99,7 +109,30 @@ pub async fn watch(
                 continue;
             }
         };
+        // An empty bucket delivers nothing, not even the end of its history:
+        // asked after the watch began, it is complete at once.
+        let info = tokio::select! {
+            i = kv.stream.get_info() => i,
+            _ = shutdown.cancelled() => return,
+        };
+        let empty = match info {
+            Ok(info) => info.state.messages == 0,
+            Err(e) => {
+                warn!(error = %e, "cannot read the jobs bucket's stream info; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
         backoff = Duration::from_millis(100);
+        index.begin_read();
+        let mut read_complete = empty;
+        if read_complete {
+            index.read_complete();
+        }
         loop {
             let next = tokio::select! {
                 n = watch.next() => n,
@@ -108,6 +141,11 @@ pub async fn watch(
             match next {
                 Some(Ok(entry)) => {
                     let ev = classify(&entry);
+                    index.apply(entry.revision, &ev);
+                    if !read_complete && entry.seen_current {
+                        read_complete = true;
+                        index.read_complete();
+                    }
                     if let CatalogEvent::Invalid {
                         id,
                         revision,

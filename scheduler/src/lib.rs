@@ -96,12 +96,14 @@ pub async fn run(
     info!(id = %config.id, prefix = names.prefix(), lease_ttl = ?ttl, "scheduler starting");
 
     let events = events::Events::new(js.clone(), names.clone());
+    let index = catalog::JobIndex::new();
     let api = api::spawn(
         client.clone(),
         &names,
         &res,
         &config.id,
         events.clone(),
+        index.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -109,6 +111,7 @@ pub async fn run(
     let catalog = tokio::spawn(catalog::watch(
         res.jobs.clone(),
         events.clone(),
+        index,
         catalog_tx,
         shutdown.clone(),
     ));

@@ -220,18 +220,37 @@ pub struct InvalidJob {
     pub error: String,
 }
 
+/// Invalid jobs listed by name in `status`; the rest are counted.
+pub const STATUS_INVALID_LISTED: usize = 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCounts {
     pub total: u64,
     pub active: u64,
     pub paused: u64,
+    /// Invalid definitions in all.
+    #[serde(default)]
+    pub invalid_count: u64,
+    /// The first [`STATUS_INVALID_LISTED`] invalid definitions by id, with
+    /// their errors (`job.list` with `"state": "invalid"` lists them all).
     pub invalid: Vec<InvalidJob>,
+    /// False when the answering replica had not read the whole jobs bucket
+    /// yet (it has just started): the counts are then too low.
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A worker group in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
     pub group: String,
+    /// Valid jobs of the group, paused ones included.
+    #[serde(default)]
+    pub jobs: u64,
     pub workers: u64,
     /// Shard messages waiting for a worker.
     pub pending: u64,
@@ -305,10 +324,63 @@ pub struct JobSummary {
     pub invalid: Option<String>,
 }
 
-/// Reply of `job.list`.
+/// Most jobs one `job.list` page holds.
+pub const LIST_LIMIT_MAX: u32 = 1000;
+/// Jobs per `job.list` page when the request does not say.
+pub const LIST_LIMIT_DEFAULT: u32 = 100;
+
+/// What state a job is in, as `job.list` filters it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Valid and not paused: it fires.
+    Active,
+    /// Valid and paused.
+    Paused,
+    /// What is stored does not decode or validate.
+    Invalid,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Active => "active",
+            JobState::Paused => "paused",
+            JobState::Invalid => "invalid",
+        }
+    }
+}
+
+/// Body of `job.list`; every field is optional and an empty body asks for
+/// the first page with the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListRequest {
+    /// Jobs in this page, 1-[`LIST_LIMIT_MAX`] (default [`LIST_LIMIT_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The page starts after this job id (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Only jobs of this group (invalid definitions have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Only jobs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+}
+
+/// Reply of `job.list`: one page, ids in ascending order.
+///
+/// A page may hold fewer jobs than asked for (even none) when the reply
+/// would not fit in one NATS message or a filter matched little of what was
+/// looked at; only a page without `next` is the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListReply {
     pub jobs: Vec<JobSummary>,
+    /// The cursor of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Encodes a success reply: the fields of `body` next to `"ok": true`.
@@ -426,8 +498,31 @@ impl ApiClient {
         self.call(endpoint::JOB_DELETE, id_body(id)).await
     }
 
+    /// One page of `job.list`.
+    pub async fn list_page(&self, request: &ListRequest) -> Result<ListReply, ClientError> {
+        self.call(endpoint::JOB_LIST, json_body(request)).await
+    }
+
+    /// Walks `job.list` from `request` on, page by page; a page holds
+    /// [`LIST_LIMIT_MAX`] jobs unless `request.limit` says otherwise.
+    pub fn pages(&self, request: ListRequest) -> Pages<'_> {
+        Pages {
+            api: self,
+            request,
+            left: None,
+            done: false,
+        }
+    }
+
+    /// Every job, all pages read into one reply (without `next`). For many
+    /// jobs, walk [`ApiClient::pages`] instead.
     pub async fn list(&self) -> Result<ListReply, ClientError> {
-        self.call(endpoint::JOB_LIST, Bytes::new()).await
+        let mut pages = self.pages(ListRequest::default());
+        let mut jobs = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            jobs.extend(page.jobs);
+        }
+        Ok(ListReply { jobs, next: None })
     }
 
     /// Stores a definition only if the stored revision is still `expected`
@@ -479,6 +574,47 @@ impl ApiClient {
 
     pub async fn workers(&self) -> Result<WorkersReply, ClientError> {
         self.call(endpoint::WORKERS, Bytes::new()).await
+    }
+}
+
+/// `job.list` page by page: `while let Some(page) = pages.next_page().await? {...}`.
+#[derive(Debug)]
+pub struct Pages<'a> {
+    api: &'a ApiClient,
+    request: ListRequest,
+    /// Jobs still wanted in all; `None`: every one.
+    left: Option<u64>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    /// Stops after this many jobs in all.
+    pub fn total(mut self, total: u64) -> Self {
+        self.left = Some(total);
+        self
+    }
+
+    /// The next page, or `None` after the last one. A page may be empty
+    /// and still not be the last (see [`ListReply`]).
+    pub async fn next_page(&mut self) -> Result<Option<ListReply>, ClientError> {
+        if self.done || self.left == Some(0) {
+            return Ok(None);
+        }
+        let mut request = self.request.clone();
+        let size = u64::from(request.limit.unwrap_or(LIST_LIMIT_MAX));
+        let size = self.left.map_or(size, |left| size.min(left));
+        request.limit = Some(u32::try_from(size).unwrap_or(LIST_LIMIT_MAX));
+        let mut page = self.api.list_page(&request).await?;
+        if let Some(left) = &mut self.left {
+            page.jobs
+                .truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= page.jobs.len() as u64;
+        }
+        match &page.next {
+            Some(next) => self.request.cursor = Some(next.clone()),
+            None => self.done = true,
+        }
+        Ok(Some(page))
     }
 }
 

@@ -229,7 +229,22 @@ async fn every_endpoint_refuses_bad_requests_with_the_field_named_and_writes_not
         ),
         ("status", r#"{"verbose":true}"#, "verbose: unknown field"),
         ("workers", "[]", "body must be empty or {}"),
-        ("job.list", "{", "body must be empty or {}"),
+        ("job.list", "{", r#"body must be {"limit": 1-1000"#),
+        (
+            "job.list",
+            r#"{"limit":0}"#,
+            "limit: must be 1-1000, found 0",
+        ),
+        (
+            "job.list",
+            r#"{"state":"gone"}"#,
+            "state: unknown variant `gone`",
+        ),
+        (
+            "job.list",
+            r#"{"cursor":"a.b"}"#,
+            "cursor: 'a.b' is not a job id",
+        ),
     ] {
         let m = refused(&client, ep, body, "bad_request", "").await;
         assert!(

@@ -1,5 +1,4 @@
-//! `job.put`, `job.get`, `job.delete`, `job.list`: job definitions in the
-//! jobs bucket.
+//! `job.put`, `job.get`, `job.delete`: job definitions in the jobs bucket.
 //!
 //! A put stores what is sent, literally (a definition without `paused`
 //! un-pauses the job). With `expected_revision` it is a compare-and-set:
@@ -8,15 +7,15 @@
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
+use jetcron_shared::Job;
 use jetcron_shared::api::{
-    ApiError, DeleteReply, EXPECTED_REVISION_FIELD, ErrorCode, GetReply, IdRequest, JobSummary,
-    ListReply, PutReply, encode_ok,
+    ApiError, DeleteReply, EXPECTED_REVISION_FIELD, ErrorCode, GetReply, IdRequest, PutReply,
+    encode_ok,
 };
 use jetcron_shared::wire::{Event, EventBody};
-use jetcron_shared::{Job, JobSpec};
 use tracing::warn;
 
-use super::{Ctx, ID_SHAPE, check_id, load_job, no_params, not_found, parse, scan, unavailable};
+use super::{Ctx, ID_SHAPE, check_id, load_job, not_found, parse, unavailable};
 
 /// Raw stored definitions shown by `job.get` are cut to this many characters.
 const RAW_LIMIT: usize = 4096;
@@ -166,51 +165,6 @@ pub(super) async fn delete(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         .await
         .map_err(|e| unavailable("jobs bucket", e))?;
     Ok(encode_ok(&DeleteReply { id }))
-}
-
-pub(super) async fn list(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    no_params(body)?;
-    let mut jobs: Vec<JobSummary> = scan::latest(&ctx.jobs, ">")
-        .await
-        .map_err(|e| unavailable("jobs bucket", e))?
-        .into_iter()
-        .map(|r| summarize(&r.key, r.revision, &r.value))
-        .collect();
-    jobs.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(encode_ok(&ListReply { jobs }))
-}
-
-pub(super) fn summarize(id: &str, revision: u64, value: &[u8]) -> JobSummary {
-    match Job::decode(value, Some(id)) {
-        Ok(job) => {
-            let JobSpec {
-                schedule,
-                timezone,
-                group,
-                ..
-            } = &job.spec;
-            JobSummary {
-                id: id.to_string(),
-                revision,
-                schedule: Some(schedule.clone()),
-                timezone: Some(timezone.clone()),
-                group: Some(group.clone()),
-                shards: Some(job.shard_count()),
-                paused: job.paused(),
-                invalid: None,
-            }
-        }
-        Err(e) => JobSummary {
-            id: id.to_string(),
-            revision,
-            schedule: None,
-            timezone: None,
-            group: None,
-            shards: None,
-            paused: false,
-            invalid: Some(e.to_string()),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,19 @@
 //!
 //! - [`micro`] - the micro protocol (endpoints, `$SRV.PING/INFO/STATS`, error
 //!   counting).
-//! - [`jobs`] - `job.put`, `job.get`, `job.delete`, `job.list`.
+//! - [`jobs`] - `job.put`, `job.get`, `job.delete`.
+//! - [`list`] - `job.list`, one page at a time from the job index.
 //! - [`pause`] - `job.pause`, `job.resume`.
 //! - [`trigger`] - `job.trigger`.
 //! - [`next`] - `job.next`.
 //! - [`runs`] - `job.runs`.
-//! - [`status`] - `status`, `workers`.
+//! - [`status`] - `status` (job counts from the job index), `workers`.
 //! - [`scan`] - reads the latest value of every key under a filter.
+//!
+//! `job.list` and `status` read the replica's [`JobIndex`], which the
+//! catalog keeps current; they first wait (briefly) until it holds every
+//! write the jobs bucket had when the request came ([`index_current`]), so
+//! that a client reads its own writes whichever replica answers.
 //!
 //! A request travels: endpoint subscription -> [`spawn`]'s loop -> one task
 //! per request -> handler (validates first; a bad request changes nothing) ->
@@ -21,6 +27,7 @@
 pub mod micro;
 
 mod jobs;
+mod list;
 mod next;
 mod pause;
 mod runs;
@@ -46,6 +53,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::catalog::JobIndex;
 use crate::dispatch::Dispatcher;
 use crate::events::Events;
 use crate::state::StateStore;
@@ -54,6 +62,12 @@ use crate::state::StateStore;
 const HANDLER_LIMIT: Duration = Duration::from_millis(4500);
 /// How long in-flight requests may finish after shutdown.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long a read of the job index waits for it to catch up with the
+/// bucket once it is loaded (a write a moment old).
+const CATCH_UP_LIMIT: Duration = Duration::from_millis(100);
+/// How long a read waits for the index's first full read of the bucket
+/// (a replica that has just started).
+const LOAD_LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 #[error("cannot start the control API service: {0}")]
@@ -116,6 +130,7 @@ impl Endpoint {
 /// Everything a handler reads or writes.
 #[derive(Debug)]
 struct Ctx {
+    client: async_nats::Client,
     names: Names,
     jobs: kv::Store,
     state: StateStore,
@@ -125,6 +140,8 @@ struct Ctx {
     work: stream::Stream,
     events: Events,
     dispatcher: Dispatcher,
+    /// Every job definition, as this replica's catalog read it.
+    index: JobIndex,
     /// Last manual instant (unix ms) this replica used, so two triggers of
     /// one job never share an instant (and so a dedup id).
     last_manual_ms: AtomicI64,
@@ -138,9 +155,11 @@ pub async fn spawn(
     res: &Resources,
     replica: &str,
     events: Events,
+    index: JobIndex,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ServiceError> {
     let ctx = Arc::new(Ctx {
+        client: client.clone(),
         names: names.clone(),
         jobs: res.jobs.clone(),
         state: StateStore::new(res.state.clone()),
@@ -150,6 +169,7 @@ pub async fn spawn(
         work: res.work.clone(),
         events,
         dispatcher: Dispatcher::new(res.js.clone(), names.clone()),
+        index,
         last_manual_ms: AtomicI64::new(0),
     });
     let specs = Endpoint::ALL
@@ -209,7 +229,7 @@ async fn handle(ctx: &Ctx, ep: Endpoint, body: &[u8]) -> Result<Bytes, ApiError>
             Endpoint::Put => jobs::put(ctx, body).await,
             Endpoint::Get => jobs::get(ctx, body).await,
             Endpoint::Delete => jobs::delete(ctx, body).await,
-            Endpoint::List => jobs::list(ctx, body).await,
+            Endpoint::List => list::list(ctx, body).await,
             Endpoint::Pause => pause::pause(ctx, body).await,
             Endpoint::Resume => pause::resume(ctx, body).await,
             Endpoint::Trigger => trigger::trigger(ctx, body).await,
@@ -349,6 +369,49 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 // ---- the jobs bucket ----
+
+/// How the job index stood against the jobs bucket for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexState {
+    /// It holds every write the bucket had when the request came.
+    Current,
+    /// It has read the whole bucket once but not yet the latest writes
+    /// (within [`CATCH_UP_LIMIT`]): what it holds is a moment old.
+    Behind,
+    /// Its first read of the bucket is still going on (after [`LOAD_LIMIT`]).
+    Loading,
+}
+
+/// Waits until the job index holds what the jobs bucket holds now, as far
+/// as the limits allow. The bucket's last sequence is one small request
+/// (stream state, no messages read).
+async fn index_current(ctx: &Ctx) -> Result<IndexState, ApiError> {
+    let info = ctx
+        .jobs
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| unavailable("jobs bucket", e))?;
+    // A bucket emptied by a purge of its stream never delivers its last
+    // sequence again; there is nothing to wait for.
+    let target = if info.state.messages == 0 {
+        0
+    } else {
+        info.state.last_sequence
+    };
+    let limit = if ctx.index.progress().loaded {
+        CATCH_UP_LIMIT
+    } else {
+        LOAD_LIMIT
+    };
+    let reached = ctx.index.wait_for(target, limit).await;
+    let loaded = ctx.index.progress().loaded;
+    Ok(match (reached, loaded) {
+        (true, _) => IndexState::Current,
+        (false, true) => IndexState::Behind,
+        (false, false) => IndexState::Loading,
+    })
+}
 
 /// A stored definition: what is there, and whether it validates.
 #[derive(Debug)]

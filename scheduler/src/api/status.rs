@@ -3,13 +3,14 @@
 //!
 //! - leader: the lease key (holder, since, epoch);
 //! - replicas: heartbeats `replica.*` in the lease bucket;
-//! - jobs: the jobs bucket, counted as active, paused and invalid;
+//! - jobs: counted as active, paused and invalid by the job index, in
+//!   memory (the first invalid ones named); no read of the jobs bucket;
 //! - groups: every group named by a job or a worker heartbeat, with its
-//!   workers, the group consumer's pending and ack-pending counts (before
+//!   jobs, workers, the group consumer's pending and ack-pending counts (before
 //!   any worker created the consumer: the group's messages in the work
 //!   stream), and the age of its oldest message in the work stream.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::kv::Operation;
@@ -17,13 +18,13 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
-use jetcron_shared::Job;
 use jetcron_shared::api::{
-    ApiError, GroupStatus, InvalidJob, JobCounts, LeaderInfo, StatusReply, WorkersReply, encode_ok,
+    ApiError, GroupStatus, InvalidJob, JobCounts, LeaderInfo, STATUS_INVALID_LISTED, StatusReply,
+    WorkersReply, encode_ok,
 };
 use jetcron_shared::runs::{self, ReplicaHeartbeat, WorkerHeartbeat};
 
-use super::{Ctx, no_params, scan, unavailable};
+use super::{Ctx, IndexState, index_current, no_params, scan, unavailable};
 use crate::lease::LeaseValue;
 
 /// Groups queried at once.
@@ -34,16 +35,20 @@ pub(super) async fn status(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let (leader, replicas, jobs, workers) = tokio::try_join!(
         leader(ctx),
         replicas(ctx),
-        scan_jobs(ctx),
+        count_jobs(ctx),
         worker_heartbeats(ctx)
     )?;
     let (counts, job_groups) = jobs;
-    let mut per_group: BTreeMap<String, u64> = job_groups.into_iter().map(|g| (g, 0)).collect();
+    // (jobs, workers) per group.
+    let mut per_group: BTreeMap<String, (u64, u64)> = job_groups
+        .into_iter()
+        .map(|(g, jobs)| (g, (jobs, 0)))
+        .collect();
     for w in &workers {
-        *per_group.entry(w.group.clone()).or_default() += 1;
+        per_group.entry(w.group.clone()).or_default().1 += 1;
     }
     let groups = stream::iter(per_group)
-        .map(|(group, workers)| group_status(ctx, group, workers))
+        .map(|(group, (jobs, workers))| group_status(ctx, group, jobs, workers))
         .buffered(GROUP_CONCURRENCY)
         .try_collect()
         .await?;
@@ -105,40 +110,33 @@ async fn worker_heartbeats(ctx: &Ctx) -> Result<Vec<WorkerHeartbeat>, ApiError> 
     Ok(out)
 }
 
-/// Job counts, and the groups of the valid jobs.
-async fn scan_jobs(ctx: &Ctx) -> Result<(JobCounts, BTreeSet<String>), ApiError> {
-    let records = scan::latest(&ctx.jobs, ">")
-        .await
-        .map_err(|e| unavailable("jobs bucket", e))?;
-    let mut counts = JobCounts {
-        total: 0,
-        active: 0,
-        paused: 0,
-        invalid: Vec::new(),
+/// Job counts, and the valid jobs per group, from the job index once it
+/// holds the bucket's latest writes (or could not catch up in time).
+async fn count_jobs(ctx: &Ctx) -> Result<(JobCounts, Vec<(String, u64)>), ApiError> {
+    let state = index_current(ctx).await?;
+    let c = ctx.index.counts(STATUS_INVALID_LISTED);
+    let counts = JobCounts {
+        total: c.active + c.paused + c.invalid,
+        active: c.active,
+        paused: c.paused,
+        invalid_count: c.invalid,
+        invalid: c
+            .first_invalid
+            .into_iter()
+            .map(|(id, error)| InvalidJob { id, error })
+            .collect(),
+        complete: state != IndexState::Loading,
     };
-    let mut groups = BTreeSet::new();
-    for r in records {
-        counts.total += 1;
-        match Job::decode(&r.value, Some(&r.key)) {
-            Ok(job) => {
-                if job.paused() {
-                    counts.paused += 1;
-                } else {
-                    counts.active += 1;
-                }
-                groups.insert(job.spec.group);
-            }
-            Err(e) => counts.invalid.push(InvalidJob {
-                id: r.key,
-                error: e.to_string(),
-            }),
-        }
-    }
-    counts.invalid.sort_by(|a, b| a.id.cmp(&b.id));
+    let groups = c.groups.into_iter().map(|(g, n)| (g, n.total())).collect();
     Ok((counts, groups))
 }
 
-async fn group_status(ctx: &Ctx, group: String, workers: u64) -> Result<GroupStatus, ApiError> {
+async fn group_status(
+    ctx: &Ctx,
+    group: String,
+    jobs: u64,
+    workers: u64,
+) -> Result<GroupStatus, ApiError> {
     let consumer = ctx
         .work
         .consumer_info(ctx.names.work_consumer(&group))
@@ -163,6 +161,7 @@ async fn group_status(ctx: &Ctx, group: String, workers: u64) -> Result<GroupSta
     };
     Ok(GroupStatus {
         group,
+        jobs,
         workers,
         pending,
         in_flight,

@@ -71,6 +71,8 @@ async fn status_shows_leader_replicas_jobs_and_waiting_shards() {
     assert_eq!(status.jobs.total, 4);
     assert_eq!(status.jobs.active, 2);
     assert_eq!(status.jobs.paused, 1);
+    assert_eq!(status.jobs.invalid_count, 1);
+    assert!(status.jobs.complete);
     assert_eq!(status.jobs.invalid.len(), 1);
     assert_eq!(status.jobs.invalid[0].id, "broken");
     assert!(status.jobs.invalid[0].error.starts_with("invalid JSON"));
@@ -84,6 +86,7 @@ async fn status_shows_leader_replicas_jobs_and_waiting_shards() {
         vec!["billing", "default"]
     );
     let billing = groups["billing"];
+    assert_eq!((billing.jobs, groups["default"].jobs), (1, 2));
     assert_eq!(billing.workers, 0);
     assert_eq!(billing.pending, 3, "{billing:?}");
     assert_eq!(billing.in_flight, 0);
