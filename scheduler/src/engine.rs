@@ -18,7 +18,7 @@
 //! whose lease lapsed under a batch, resigns: it gives the lease back and
 //! starts over, as any replica would, from what is stored.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +38,8 @@ use crate::fence::{FenceError, Fences, Target};
 use crate::lease::Leadership;
 use crate::mirror::{Mirror, Update};
 use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
-use crate::state::{Checkpoint, FireState};
-use crate::timer::Timer;
+use crate::state::Checkpoint;
+use crate::table::Table;
 
 /// Longest sleep, so wall-clock jumps are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -90,11 +90,10 @@ struct Term {
 #[derive(Debug)]
 pub struct Engine {
     settings: EngineSettings,
-    jobs: HashMap<String, Known>,
-    timer: Timer,
-    /// Fire states as stored: from the mirror while following, from this
-    /// replica's own writes while leading.
-    states: HashMap<String, FireState>,
+    /// Definitions, fire states (as stored: from the mirror while
+    /// following, from this replica's own writes while leading) and the
+    /// timer.
+    table: Table,
     /// The state bucket's watch, while not leading.
     mirror: Option<Mirror>,
     /// Stream sequence of the last mirrored entry.
@@ -130,9 +129,7 @@ impl Engine {
         let dedup_window = res.work.cached_info().config.duplicate_window;
         Engine {
             settings,
-            jobs: HashMap::new(),
-            timer: Timer::default(),
-            states: HashMap::new(),
+            table: Table::default(),
             mirror: Some(Mirror::start(res.state.clone(), names.clone())),
             mirrored: 0,
             stored_checkpoint: None,
@@ -231,7 +228,7 @@ impl Engine {
         let now = Instant::now();
         let mut at = now + MAX_SLEEP;
         if self.term.as_ref().is_some_and(|t| t.ready)
-            && let Some(t) = self.timer.earliest()
+            && let Some(t) = self.table.earliest()
         {
             let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             at = at.min(now + wait);
@@ -289,11 +286,11 @@ impl Engine {
                     state: Some(s),
                     ..
                 } => {
-                    self.states.insert(job.clone(), s);
+                    self.table.set_state(&job, s);
                     self.plan(&job);
                 }
                 Update::State { job, .. } | Update::Removed { job, .. } => {
-                    self.states.remove(&job);
+                    self.table.remove_state(&job);
                     self.plan(&job);
                 }
                 Update::Checkpoint { checkpoint, .. } => {
@@ -301,7 +298,7 @@ impl Engine {
                 }
                 Update::Other { .. } => {}
                 Update::Current => {
-                    debug!(states = self.states.len(), "fire states current");
+                    debug!(states = self.table.states(), "fire states current");
                 }
             }
         }
@@ -328,7 +325,7 @@ impl Engine {
 
     async fn take_over(&mut self, epoch: u64) {
         self.stand_by();
-        info!(epoch, jobs = self.jobs.len(), "leading: storing fences");
+        info!(epoch, jobs = self.table.jobs(), "leading: storing fences");
         let fences = Fences::take(
             self.js.clone(),
             &self.names,
@@ -386,8 +383,8 @@ impl Engine {
         self.finish_open(checkpoint.as_ref());
         info!(
             epoch,
-            states = self.states.len(),
-            scheduled = self.timer.len(),
+            states = self.table.states(),
+            scheduled = self.table.scheduled(),
             "leading: timer ready"
         );
     }
@@ -400,13 +397,13 @@ impl Engine {
         let window = chrono::Duration::from_std(self.dedup_window.saturating_sub(FINISH_MARGIN))
             .unwrap_or(chrono::Duration::zero());
         let items: Vec<Item> = self
-            .states
-            .iter()
-            .filter_map(|(id, state)| {
+            .table
+            .with_states()
+            .filter_map(|(id, state, k)| {
                 if !Checkpoint::leaves_open(checkpoint, state) {
                     return None;
                 }
-                let k = self.jobs.get(id)?;
+                let k = k?;
                 match decide::finish(k, state) {
                     Some(d) if now - d.at > window => {
                         warn!(job = %id, decided = %d.at, "last decision older than the duplicate window; not redone");
@@ -435,15 +432,11 @@ impl Engine {
         if self.term.as_ref().is_some_and(|t| t.in_flight.contains(id)) {
             return;
         }
-        let Some(k) = self.jobs.get(id) else {
+        let Some(k) = self.table.known(id) else {
             return;
         };
-        match next_instant(k, self.states.get(id)) {
-            Some(t) => self.timer.set(id, t),
-            None => {
-                self.timer.remove(id);
-            }
-        }
+        let next = next_instant(k, self.table.state(id));
+        self.table.set_next(id, next);
     }
 
     fn on_catalog(&mut self, ev: CatalogEvent) {
@@ -454,12 +447,16 @@ impl Engine {
                 written,
             } => {
                 let id = job.id().to_string();
-                if self.jobs.get(&id).is_some_and(|k| k.revision == revision) {
+                if self
+                    .table
+                    .known(&id)
+                    .is_some_and(|k| k.revision == revision)
+                {
                     return;
                 }
                 debug!(job = %id, revision, "definition loaded");
-                self.jobs.insert(
-                    id.clone(),
+                self.table.set_known(
+                    &id,
                     Known {
                         job,
                         revision,
@@ -469,9 +466,8 @@ impl Engine {
                 self.plan(&id);
             }
             CatalogEvent::Remove { id } => {
-                let known = self.jobs.remove(&id).is_some();
-                self.timer.remove(&id);
-                let had_state = self.states.remove(&id).is_some();
+                let known = self.table.remove_known(&id);
+                let had_state = self.table.remove_state(&id);
                 let Some(term) = self.term.as_mut().filter(|t| t.ready) else {
                     return;
                 };
@@ -485,8 +481,7 @@ impl Engine {
             CatalogEvent::Invalid { id, .. } => {
                 // Reported by the catalog; the stored state is kept so a fixed
                 // definition continues where this one stopped.
-                self.jobs.remove(&id);
-                self.timer.remove(&id);
+                self.table.remove_known(&id);
             }
         }
     }
@@ -520,7 +515,7 @@ impl Engine {
         }
         let epoch = term.fences.epoch();
         let now = Utc::now();
-        let due = self.timer.pop_due(now);
+        let due = self.table.pop_due(now);
         if due.is_empty() {
             return;
         }
@@ -534,8 +529,8 @@ impl Engine {
         let items: Vec<Item> = due
             .into_iter()
             .filter_map(|(id, at)| {
-                let k = self.jobs.get(&id)?;
-                let prev = self.states.get(&id);
+                let k = self.table.known(&id)?;
+                let prev = self.table.state(&id);
                 Some(decider.due(&id, k, prev, at))
             })
             .collect();
@@ -553,7 +548,7 @@ impl Engine {
         let id = self.next_batch;
         for item in &items {
             term.in_flight.insert(item.job.clone());
-            self.timer.remove(&item.job);
+            self.table.set_next(&item.job, None);
         }
         term.open.insert(
             id,
@@ -599,10 +594,10 @@ impl Engine {
             }
             match item.state {
                 StateWrite::Put(s) => {
-                    self.states.insert(item.job.clone(), s);
+                    self.table.set_state(&item.job, s);
                 }
                 StateWrite::Purge => {
-                    self.states.remove(&item.job);
+                    self.table.remove_state(&item.job);
                 }
                 StateWrite::Stored => {}
             }

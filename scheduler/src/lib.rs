@@ -5,7 +5,8 @@
 //! - [`lease`]: the leader lease (create / update-at-revision, local deadline).
 //! - [`fence`]: the leader's fences, which make the server refuse a deposed
 //!   leader's writes.
-//! - [`engine`]: the fire loop: job table, [`timer`], leadership terms.
+//! - [`engine`]: the fire loop: the job [`table`] (definitions, fire
+//!   states, timer) and leadership terms.
 //! - [`decide`]: what a due instant becomes (fire, misfire, skip), apart
 //!   from I/O.
 //! - [`persist`]: stores a batch of decisions, fenced: fire states, then
@@ -26,7 +27,7 @@
 //! timer -> at its instant, if this replica leads (lease held, fences
 //! stored): a decision -> persist: fire state, then one message per shard
 //! on `jetcron.work.<group>.<job>`, then the `fired` event and fire record,
-//! each write fenced -> timer holds the next instant.
+//! each write fenced -> table's timer holds the next instant.
 
 pub mod api;
 pub mod catalog;
@@ -42,7 +43,7 @@ pub mod persist;
 pub mod replica;
 pub mod state;
 pub mod sweep;
-pub mod timer;
+pub mod table;
 
 use std::time::Duration;
 

@@ -1,0 +1,240 @@
+//! The engine's job table: per job, its definition, its fire state and its
+//! next instant, under one shared id, plus one ordered set of next instants.
+//! The engine sleeps until the earliest instant; nothing runs per job.
+//!
+//! At a million jobs memory is what limits a replica, so each job has one
+//! entry and its id is allocated once (the timer shares it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::decide::Known;
+use crate::state::FireState;
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// The valid definition; None while the key holds an invalid one, or
+    /// when only a stored state is known.
+    known: Option<Known>,
+    /// The fire state as stored.
+    state: Option<FireState>,
+    /// Its instant in the timer.
+    next: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: HashMap<Arc<str>, Entry>,
+    timer: BTreeSet<(DateTime<Utc>, Arc<str>)>,
+    jobs: usize,
+    states: usize,
+}
+
+impl Table {
+    /// Valid definitions held.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// Fire states held.
+    pub fn states(&self) -> usize {
+        self.states
+    }
+
+    /// Jobs with a next instant.
+    pub fn scheduled(&self) -> usize {
+        self.timer.len()
+    }
+
+    pub fn known(&self, id: &str) -> Option<&Known> {
+        self.entries.get(id)?.known.as_ref()
+    }
+
+    pub fn state(&self, id: &str) -> Option<&FireState> {
+        self.entries.get(id)?.state.as_ref()
+    }
+
+    /// Every stored state with the definition it belongs to, if valid.
+    pub fn with_states(&self) -> impl Iterator<Item = (&str, &FireState, Option<&Known>)> {
+        self.entries
+            .iter()
+            .filter_map(|(id, e)| Some((&**id, e.state.as_ref()?, e.known.as_ref())))
+    }
+
+    fn entry(&mut self, id: &str) -> &mut Entry {
+        if !self.entries.contains_key(id) {
+            self.entries.insert(Arc::from(id), Entry::default());
+        }
+        self.entries.get_mut(id).expect("inserted above")
+    }
+
+    pub fn set_known(&mut self, id: &str, known: Known) {
+        let e = self.entry(id);
+        if e.known.replace(known).is_none() {
+            self.jobs += 1;
+        }
+    }
+
+    /// Forgets the definition (deleted, or now invalid); the state stays.
+    /// Whether there was one.
+    pub fn remove_known(&mut self, id: &str) -> bool {
+        self.set_next(id, None);
+        let Some(e) = self.entries.get_mut(id) else {
+            return false;
+        };
+        let had = e.known.take().is_some();
+        if had {
+            self.jobs -= 1;
+        }
+        self.collect(id);
+        had
+    }
+
+    pub fn set_state(&mut self, id: &str, state: FireState) {
+        let e = self.entry(id);
+        if e.state.replace(state).is_none() {
+            self.states += 1;
+        }
+    }
+
+    /// Forgets the state; whether there was one.
+    pub fn remove_state(&mut self, id: &str) -> bool {
+        let Some(e) = self.entries.get_mut(id) else {
+            return false;
+        };
+        let had = e.state.take().is_some();
+        if had {
+            self.states -= 1;
+        }
+        self.collect(id);
+        had
+    }
+
+    /// Sets (or with None removes) the job's instant in the timer.
+    pub fn set_next(&mut self, id: &str, next: Option<DateTime<Utc>>) {
+        let Some((key, e)) = self.entries.get_key_value(id) else {
+            return;
+        };
+        if e.next == next {
+            return;
+        }
+        let key = key.clone();
+        if let Some(old) = e.next {
+            self.timer.remove(&(old, key.clone()));
+        }
+        if let Some(t) = next {
+            self.timer.insert((t, key.clone()));
+        }
+        if let Some(e) = self.entries.get_mut(id) {
+            e.next = next;
+        }
+        self.collect(id);
+    }
+
+    pub fn earliest(&self) -> Option<DateTime<Utc>> {
+        self.timer.first().map(|(t, _)| *t)
+    }
+
+    /// Removes from the timer and returns every job due at or before
+    /// `now`, earliest first.
+    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<(Arc<str>, DateTime<Utc>)> {
+        let mut due = Vec::new();
+        while self.timer.first().is_some_and(|(t, _)| *t <= now) {
+            if let Some((t, id)) = self.timer.pop_first() {
+                if let Some(e) = self.entries.get_mut(&*id) {
+                    e.next = None;
+                }
+                due.push((id, t));
+            }
+        }
+        due
+    }
+
+    /// Drops an entry that holds nothing any more.
+    fn collect(&mut self, id: &str) {
+        if self
+            .entries
+            .get(id)
+            .is_some_and(|e| e.known.is_none() && e.state.is_none() && e.next.is_none())
+        {
+            self.entries.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use jetcron_shared::Job;
+
+    fn t(s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, s).unwrap()
+    }
+
+    fn known(id: &str) -> Known {
+        let body = format!(r#"{{"id":"{id}","schedule":"@every 1s","run":{{"shell":"true"}}}}"#);
+        Known {
+            job: Arc::new(Job::decode(body.as_bytes(), None).unwrap()),
+            revision: 1,
+            written: t(0),
+        }
+    }
+
+    fn state() -> FireState {
+        FireState {
+            job_revision: 1,
+            next_instant: Some(t(5)),
+            last_instant: None,
+            last_fired_at: None,
+            epoch: 1,
+            fires: 0,
+            paused_skipped: 0,
+            decision: None,
+        }
+    }
+
+    #[test]
+    fn due_jobs_come_out_earliest_first_and_leave_the_timer() {
+        let mut table = Table::default();
+        for (id, s) in [("b", 3), ("a", 1), ("c", 9)] {
+            table.set_known(id, known(id));
+            table.set_next(id, Some(t(s)));
+        }
+        table.set_next("b", Some(t(2)));
+        assert_eq!(table.earliest(), Some(t(1)));
+        let due: Vec<(String, DateTime<Utc>)> = table
+            .pop_due(t(5))
+            .into_iter()
+            .map(|(id, at)| (id.to_string(), at))
+            .collect();
+        assert_eq!(due, vec![("a".into(), t(1)), ("b".into(), t(2))]);
+        assert_eq!((table.scheduled(), table.earliest()), (1, Some(t(9))));
+        // Popped jobs can be planned again.
+        table.set_next("a", Some(t(7)));
+        assert_eq!(table.earliest(), Some(t(7)));
+    }
+
+    #[test]
+    fn an_entry_lives_while_it_holds_a_definition_a_state_or_an_instant() {
+        let mut table = Table::default();
+        table.set_known("j", known("j"));
+        table.set_state("j", state());
+        table.set_next("j", Some(t(5)));
+        assert_eq!((table.jobs(), table.states(), table.scheduled()), (1, 1, 1));
+        // Deleted definition: off the timer, the state stays (an invalid
+        // definition fixed later continues from it).
+        assert!(table.remove_known("j"));
+        assert_eq!((table.jobs(), table.states(), table.scheduled()), (0, 1, 0));
+        assert!(table.state("j").is_some());
+        assert_eq!(table.with_states().count(), 1);
+        assert!(table.remove_state("j"));
+        assert!(!table.remove_state("j"));
+        assert_eq!(table.entries.len(), 0);
+        // Planning an unknown id does nothing.
+        table.set_next("nobody", Some(t(1)));
+        assert_eq!(table.scheduled(), 0);
+    }
+}
