@@ -1,15 +1,18 @@
 //! `jetcron job ...`: one job at a time through the control API.
 
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use jetcron_shared::api::{FireRun, NextReply, RunsReply, ShardRun, TriggerRequest};
+use jetcron_shared::api::{
+    FireRun, JobState, JobSummary, ListRequest, NextReply, RunsReply, ShardRun, TriggerRequest,
+};
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::runs::ShardState;
 
 use crate::manifest::{self, Format};
-use crate::output::{ago, duration_ms, instant, print_table, table};
+use crate::output::{GrowingTable, ago, duration_ms, instant, table};
 use crate::{Failure, Output, connect};
 
 /// Shards listed one by one in `job runs`; beyond this, counted per state.
@@ -87,40 +90,131 @@ pub async fn rm(args: &ConnectArgs, out: &Output, id: &str) -> Result<(), Failur
     Ok(())
 }
 
-pub async fn ls(args: &ConnectArgs, out: &Output) -> Result<(), Failure> {
-    let reply = connect::api(args).await?.list().await?;
-    if out.json {
-        out.json(&reply);
-        return Ok(());
+/// Which jobs `job ls` prints.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub group: Option<String>,
+    pub state: Option<JobState>,
+    /// At most this many in all (default: every one).
+    pub limit: Option<u64>,
+}
+
+const LIST_HEADER: [&str; 7] = [
+    "ID", "SCHEDULE", "TIMEZONE", "GROUP", "SHARDS", "REV", "STATUS",
+];
+
+/// `job ls [--group G] [--state S] [--limit N]`: each page is printed as it
+/// arrives, so any number of jobs lists without being held at once.
+pub async fn ls(args: &ConnectArgs, out: &Output, opts: &ListOptions) -> Result<(), Failure> {
+    let api = connect::api(args).await?;
+    let request = ListRequest {
+        group: opts.group.clone(),
+        state: opts.state,
+        ..ListRequest::default()
+    };
+    let mut pages = api.pages(request);
+    if let Some(n) = opts.limit {
+        pages = pages.total(n);
     }
-    let dash = || "-".to_string();
-    let rows: Vec<Vec<String>> = reply
-        .jobs
-        .iter()
-        .map(|j| {
-            let status = match (&j.invalid, j.paused) {
-                (Some(e), _) => format!("INVALID: {e}"),
-                (None, true) => "paused".to_string(),
-                (None, false) => "active".to_string(),
-            };
-            vec![
-                j.id.clone(),
-                j.schedule.clone().unwrap_or_else(dash),
-                j.timezone.clone().unwrap_or_else(dash),
-                j.group.clone().unwrap_or_else(dash),
-                j.shards.map_or_else(dash, |s| s.to_string()),
-                j.revision.to_string(),
-                status,
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ID", "SCHEDULE", "TIMEZONE", "GROUP", "SHARDS", "REV", "STATUS",
-        ],
-        &rows,
-    );
+    let mut render = if out.json {
+        ListRender::Json(JsonList::default())
+    } else {
+        ListRender::Table(GrowingTable::new(&LIST_HEADER))
+    };
+    let mut stdout = BufWriter::new(std::io::stdout());
+    while let Some(page) = pages.next_page().await? {
+        if write_out(&mut stdout, &render.page(&page.jobs)).is_err() {
+            // The reader went away (`jetcron job ls | head`): nothing to add.
+            return Ok(());
+        }
+    }
+    let _ = write_out(&mut stdout, &render.finish());
     Ok(())
+}
+
+fn write_out(w: &mut impl Write, text: &str) -> std::io::Result<()> {
+    w.write_all(text.as_bytes())?;
+    w.flush()
+}
+
+/// `job ls` output, a page at a time.
+#[derive(Debug)]
+enum ListRender {
+    Table(GrowingTable),
+    Json(JsonList),
+}
+
+impl ListRender {
+    fn page(&mut self, jobs: &[JobSummary]) -> String {
+        match self {
+            ListRender::Table(t) => {
+                let rows: Vec<Vec<String>> = jobs.iter().map(list_row).collect();
+                lines(t.rows(&rows))
+            }
+            ListRender::Json(j) => j.page(jobs),
+        }
+    }
+
+    fn finish(&mut self) -> String {
+        match self {
+            ListRender::Table(t) => lines(t.finish()),
+            ListRender::Json(j) => j.finish(),
+        }
+    }
+}
+
+fn lines(lines: Vec<String>) -> String {
+    lines.into_iter().map(|l| l + "\n").collect()
+}
+
+fn list_row(j: &JobSummary) -> Vec<String> {
+    let dash = || "-".to_string();
+    let status = match (&j.invalid, j.paused) {
+        (Some(e), _) => format!("INVALID: {e}"),
+        (None, true) => "paused".to_string(),
+        (None, false) => "active".to_string(),
+    };
+    vec![
+        j.id.clone(),
+        j.schedule.clone().unwrap_or_else(dash),
+        j.timezone.clone().unwrap_or_else(dash),
+        j.group.clone().unwrap_or_else(dash),
+        j.shards.map_or_else(dash, |s| s.to_string()),
+        j.revision.to_string(),
+        status,
+    ]
+}
+
+/// `{"jobs": [...]}` exactly as `--json` pretty-prints a whole reply, written
+/// a page at a time.
+#[derive(Debug, Default)]
+struct JsonList {
+    started: bool,
+}
+
+impl JsonList {
+    fn page(&mut self, jobs: &[JobSummary]) -> String {
+        let mut text = String::new();
+        for job in jobs {
+            text.push_str(if std::mem::replace(&mut self.started, true) {
+                ",\n"
+            } else {
+                "{\n  \"jobs\": [\n"
+            });
+            let pretty = serde_json::to_string_pretty(job).unwrap_or_default();
+            let indented: Vec<String> = pretty.lines().map(|l| format!("    {l}")).collect();
+            text.push_str(&indented.join("\n"));
+        }
+        text
+    }
+
+    fn finish(&mut self) -> String {
+        if std::mem::replace(&mut self.started, true) {
+            "\n  ]\n}\n".to_string()
+        } else {
+            "{\n  \"jobs\": []\n}\n".to_string()
+        }
+    }
 }
 
 pub async fn pause(args: &ConnectArgs, out: &Output, id: &str) -> Result<(), Failure> {
@@ -464,6 +558,66 @@ mod tests {
              2026-11-25T05:30:00Z  2026-11-25T06:30:00+01:00  in 1m30s\n\
              job r is paused: these instants are skipped until it is resumed"
         );
+    }
+
+    fn summary(id: &str, paused: bool, invalid: Option<&str>) -> JobSummary {
+        JobSummary {
+            id: id.into(),
+            revision: 3,
+            schedule: invalid.is_none().then(|| "@hourly".into()),
+            timezone: invalid.is_none().then(|| "UTC".into()),
+            group: invalid.is_none().then(|| "default".into()),
+            shards: invalid.is_none().then_some(2),
+            paused,
+            invalid: invalid.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn listed_pages_print_as_one_table() {
+        let mut r = ListRender::Table(GrowingTable::new(&LIST_HEADER));
+        let mut text = r.page(&[summary("a", false, None), summary("bb", true, None)]);
+        text += &r.page(&[]);
+        text += &r.page(&[summary("c", false, Some("invalid JSON: eof"))]);
+        text += &r.finish();
+        assert_eq!(
+            text,
+            "ID  SCHEDULE  TIMEZONE  GROUP    SHARDS  REV  STATUS\n\
+             a   @hourly   UTC       default  2       3    active\n\
+             bb  @hourly   UTC       default  2       3    paused\n\
+             c   -         -         -        -       3    INVALID: invalid JSON: eof\n"
+        );
+        let mut empty = ListRender::Table(GrowingTable::new(&LIST_HEADER));
+        assert_eq!(empty.page(&[]), "");
+        assert_eq!(
+            empty.finish(),
+            "ID  SCHEDULE  TIMEZONE  GROUP  SHARDS  REV  STATUS\n"
+        );
+    }
+
+    #[test]
+    fn listed_pages_print_as_one_json_document() {
+        let jobs = [
+            summary("a", false, None),
+            summary("b", true, None),
+            summary("c", false, Some("x")),
+        ];
+        for split in [0, 1, 3] {
+            let mut r = ListRender::Json(JsonList::default());
+            let text = r.page(&jobs[..split]) + &r.page(&jobs[split..]) + &r.finish();
+            let whole = jetcron_shared::api::ListReply {
+                jobs: jobs.to_vec(),
+                next: None,
+            };
+            assert_eq!(text, serde_json::to_string_pretty(&whole).unwrap() + "\n");
+        }
+        let mut r = ListRender::Json(JsonList::default());
+        let text = r.page(&[]) + &r.finish();
+        let none = jetcron_shared::api::ListReply {
+            jobs: vec![],
+            next: None,
+        };
+        assert_eq!(text, serde_json::to_string_pretty(&none).unwrap() + "\n");
     }
 
     #[test]

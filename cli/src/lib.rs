@@ -6,7 +6,8 @@
 //! - [`connect`]: NATS connection and API client from the common flags.
 //! - [`failure`]: what a failed command prints and its exit code.
 //! - [`output`]: tables, durations and ages for people; JSON for scripts.
-//! - [`jobs`]: `job put/get/rm/ls/pause/resume/trigger/next/runs`.
+//! - [`jobs`]: `job put/get/rm/ls/pause/resume/trigger/next/runs`; `ls`
+//!   walks `job.list` page by page and prints each page as it arrives.
 //! - [`apply`]: `apply`: job files -> [`manifest`] (load, validate) ->
 //!   compare with what is stored ([`diff`]) -> conditional writes.
 //! - [`status`]: `status` and `workers`.

@@ -8,9 +8,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use jetcron_cli::apply::ApplyOptions;
+use jetcron_cli::jobs::ListOptions;
 use jetcron_cli::{Failure, Output, apply, jobs, status, watch};
+use jetcron_shared::api::JobState;
 use jetcron_shared::connect::ConnectArgs;
 
 #[derive(Debug, Parser)]
@@ -84,9 +86,19 @@ enum JobCommand {
         /// The job's id.
         id: String,
     },
-    /// List jobs.
+    /// List jobs by id, printing each page as it arrives.
     #[command(alias = "list")]
-    Ls,
+    Ls {
+        /// Only jobs of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only jobs in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// At most this many jobs in all (default: every one).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
     /// Stop firing a job; its instants are skipped until it is resumed.
     Pause {
         /// The job's id.
@@ -126,6 +138,25 @@ enum JobCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StateArg {
+    /// Valid and not paused.
+    Active,
+    Paused,
+    /// The stored definition does not validate.
+    Invalid,
+}
+
+impl From<StateArg> for JobState {
+    fn from(s: StateArg) -> JobState {
+        match s {
+            StateArg::Active => JobState::Active,
+            StateArg::Paused => JobState::Paused,
+            StateArg::Invalid => JobState::Invalid,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -148,7 +179,18 @@ async fn main() -> ExitCode {
             JobCommand::Put { file } => jobs::put(args, &out, &file).await,
             JobCommand::Get { id } => jobs::get(args, &out, &id).await,
             JobCommand::Rm { id } => jobs::rm(args, &out, &id).await,
-            JobCommand::Ls => jobs::ls(args, &out).await,
+            JobCommand::Ls {
+                group,
+                state,
+                limit,
+            } => {
+                let opts = ListOptions {
+                    group,
+                    state: state.map(JobState::from),
+                    limit,
+                };
+                jobs::ls(args, &out, &opts).await
+            }
             JobCommand::Pause { id } => jobs::pause(args, &out, &id).await,
             JobCommand::Resume { id } => jobs::resume(args, &out, &id).await,
             JobCommand::Trigger {

@@ -23,28 +23,64 @@ impl Output {
 /// Rows under a header, each column as wide as its widest cell, two spaces
 /// apart, no trailing blanks.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let padded: Vec<String> = cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_string()
-    };
-    let mut out = vec![line(&mut header.iter().copied())];
-    for row in rows {
-        out.push(line(&mut row.iter().map(String::as_str)));
+    let mut t = GrowingTable::new(header);
+    let mut out = t.rows(rows);
+    if out.is_empty() {
+        out = t.finish();
     }
     out.join("\n")
 }
 
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    println!("{}", table(header, rows));
+/// A table printed as its rows arrive, a batch at a time: columns are as
+/// wide as the widest cell seen so far, so a table that arrives in one batch
+/// looks exactly like [`table`], and a long one never has to be held whole.
+#[derive(Debug)]
+pub struct GrowingTable {
+    header: Vec<String>,
+    widths: Vec<usize>,
+    header_done: bool,
+}
+
+impl GrowingTable {
+    pub fn new(header: &[&str]) -> GrowingTable {
+        GrowingTable {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            widths: header.iter().map(|h| h.chars().count()).collect(),
+            header_done: false,
+        }
+    }
+
+    /// The lines of a batch (the header first, with the first batch).
+    pub fn rows(&mut self, rows: &[Vec<String>]) -> Vec<String> {
+        for row in rows {
+            for (w, cell) in self.widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len() + 1);
+        if !self.header_done && !rows.is_empty() {
+            out.extend(self.finish());
+        }
+        out.extend(rows.iter().map(|r| self.line(r)));
+        out
+    }
+
+    /// The header, if no batch has printed it yet (a table without rows).
+    pub fn finish(&mut self) -> Vec<String> {
+        if std::mem::replace(&mut self.header_done, true) {
+            return Vec::new();
+        }
+        vec![self.line(&self.header)]
+    }
+
+    fn line(&self, cells: &[String]) -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&self.widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    }
 }
 
 /// RFC 3339 in UTC, with milliseconds only when there are fractions.
@@ -98,6 +134,30 @@ mod tests {
             ],
         );
         assert_eq!(t, "ID         STATE\na-long-id  ok\nb");
+    }
+
+    #[test]
+    fn a_growing_table_widens_as_rows_arrive() {
+        let mut t = GrowingTable::new(&["ID", "STATE"]);
+        assert_eq!(t.rows(&[]), Vec::<String>::new());
+        assert_eq!(
+            t.rows(&[vec!["a".into(), "ok".into()]]),
+            vec!["ID  STATE", "a   ok"]
+        );
+        assert_eq!(
+            t.rows(&[vec!["a-long-id".into(), "ok".into()]]),
+            vec!["a-long-id  ok"]
+        );
+        assert_eq!(
+            t.rows(&[vec!["b".into(), "ok".into()]]),
+            vec!["b          ok"]
+        );
+        assert!(t.finish().is_empty());
+        assert_eq!(
+            GrowingTable::new(&["ID", "STATE"]).finish(),
+            vec!["ID  STATE"]
+        );
+        assert_eq!(table(&["ID", "STATE"], &[]), "ID  STATE");
     }
 
     #[test]
