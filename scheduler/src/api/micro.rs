@@ -405,34 +405,35 @@ impl Responder {
         })
     }
 
-    /// Sends the reply (with the micro error headers for an error) and counts
-    /// the request, as an error when the reply is one.
+    /// Counts the request (as an error when the reply is one), then sends
+    /// the reply with the micro error headers for an error. Counted first,
+    /// so that whoever has the reply finds it in `$SRV.STATS`.
     pub async fn respond<E>(&self, req: Request<E>, reply: Reply) {
-        if let Some(to) = req.message.reply.clone() {
-            let sent = match &reply.error {
-                None => self.client.publish(to, reply.body).await,
-                Some(err) => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(ERROR_HEADER, err.description.as_str());
-                    headers.insert(ERROR_CODE_HEADER, err.code.to_string().as_str());
-                    self.client
-                        .publish_with_headers(to, headers, reply.body)
-                        .await
-                }
-            };
-            if let Err(e) = sent {
-                warn!(error = %e, subject = %req.message.subject, "cannot send a reply");
+        if let Some(endpoint) = self.shared.endpoints.get(req.index) {
+            let mut st = endpoint.stats.lock().unwrap_or_else(|p| p.into_inner());
+            st.requests += 1;
+            st.processing += req.received.elapsed();
+            if let Some(err) = &reply.error {
+                st.errors += 1;
+                st.last_error = format!("{}:{}", err.code, err.description);
             }
         }
-        let Some(endpoint) = self.shared.endpoints.get(req.index) else {
+        let Some(to) = req.message.reply.clone() else {
             return;
         };
-        let mut st = endpoint.stats.lock().unwrap_or_else(|p| p.into_inner());
-        st.requests += 1;
-        st.processing += req.received.elapsed();
-        if let Some(err) = reply.error {
-            st.errors += 1;
-            st.last_error = format!("{}:{}", err.code, err.description);
+        let sent = match &reply.error {
+            None => self.client.publish(to, reply.body).await,
+            Some(err) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(ERROR_HEADER, err.description.as_str());
+                headers.insert(ERROR_CODE_HEADER, err.code.to_string().as_str());
+                self.client
+                    .publish_with_headers(to, headers, reply.body)
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            warn!(error = %e, subject = %req.message.subject, "cannot send a reply");
         }
     }
 }
