@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, the whole test suite against a
 # real nats-server (installed into .tools/ on first use), then a short chaos
-# run (docs/reliability.md).
+# run (docs/reliability.md) and the benchmark's smoke run (docs/performance.md).
 set -euo pipefail
 
 usage() {
@@ -46,3 +46,7 @@ cargo test --workspace --all-targets --locked
 cargo build --workspace --bins --locked
 # shellcheck disable=SC2086 # the chaos arguments are separate words
 cargo run -p jetcron-chaos --locked -- $chaos_args
+# The benchmark's smoke run: every scenario once with tiny counts, against the
+# release binaries it finds next to itself (docs/performance.md).
+cargo build --release --locked -p jetcron-scheduler -p jetcron-worker
+cargo run --release -p jetcron-bench --locked -- --smoke
