@@ -18,7 +18,7 @@
 //! whose lease lapsed under a batch, resigns: it gives the lease back and
 //! starts over, as any replica would, from what is stored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use crate::fence::{FenceError, Fences, Target};
 use crate::lease::Leadership;
 use crate::mirror::{Mirror, Update};
 use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
-use crate::state::Checkpoint;
+use crate::state::{Checkpoint, FireState};
 use crate::table::Table;
 
 /// Longest sleep, so wall-clock jumps are noticed.
@@ -47,6 +47,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 const MAX_BATCHES: usize = 64;
 /// Checkpoints are written at most this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How often the leader compacts fire states out of tick records.
+const COMPACT_EVERY: Duration = Duration::from_secs(2);
+/// A job's state is compacted once its tick record is this old (a job that
+/// fires more often never is).
+const COMPACT_AFTER: Duration = Duration::from_secs(5);
 /// How long a stopping leader lets its batches and last checkpoint finish.
 const STOP_GRACE: Duration = Duration::from_millis(200);
 /// A decision is finished by a successor only if its shards are still
@@ -85,7 +90,18 @@ struct Term {
     checkpoint_sent: Option<Instant>,
     /// Deleted while a batch was in flight: their state is purged after it.
     removed: HashSet<String>,
+    /// This term's tick records (newest sequence of a batch) and when they
+    /// were stored, until they are old enough to compact.
+    recent_ticks: VecDeque<(Instant, u64)>,
+    /// Tick records at or below this sequence are old enough to compact.
+    old_ticks: u64,
+    /// Tick records below this sequence were purged (or asked to be).
+    purged_below: u64,
+    compacted_at: Option<Instant>,
 }
+
+/// What a compaction stored: jobs and the tick sequence each was compacted from.
+type Compacted = (u64, Result<Vec<(Arc<str>, u64)>, FenceError>);
 
 #[derive(Debug)]
 pub struct Engine {
@@ -110,6 +126,7 @@ pub struct Engine {
     persist: Persist,
     batches: JoinSet<Outcome>,
     checkpoints: JoinSet<(u64, Result<DateTime<Utc>, FenceError>)>,
+    compactions: JoinSet<Compacted>,
     next_batch: u64,
     js: jetstream::Context,
     res: Resources,
@@ -138,9 +155,10 @@ impl Engine {
             leadership,
             resign,
             hold_until: None,
-            persist: Persist::new(res.js.clone(), names.clone()),
+            persist: Persist::new(res.js.clone(), names.clone(), res.state.stream.clone()),
             batches: JoinSet::new(),
             checkpoints: JoinSet::new(),
+            compactions: JoinSet::new(),
             next_batch: 0,
             js: res.js.clone(),
             res,
@@ -179,6 +197,11 @@ impl Engine {
                         self.on_checkpoint(epoch, result).await;
                     }
                 }
+                Some(done) = self.compactions.join_next(), if !self.compactions.is_empty() => {
+                    if let Ok(done) = done {
+                        self.on_compacted(done).await;
+                    }
+                }
                 Some(updates) = mirrored(&mut self.mirror) => self.on_mirror(updates),
                 ev = catalog.recv() => match ev {
                     Some(ev) => self.on_catalog(ev),
@@ -187,6 +210,7 @@ impl Engine {
                 _ = sleep_until(wake) => self.fire_due().await,
             }
             self.checkpoint();
+            self.compact();
         }
         self.stop().await;
         release.cancel();
@@ -267,6 +291,7 @@ impl Engine {
         };
         self.batches.abort_all();
         self.checkpoints.abort_all();
+        self.compactions.abort_all();
         for id in term.in_flight {
             self.plan(&id);
         }
@@ -287,11 +312,19 @@ impl Engine {
                     ..
                 } => {
                     self.table.set_state(&job, s);
+                    self.table.clear_ticked(&job);
                     self.plan(&job);
                 }
                 Update::State { job, .. } | Update::Removed { job, .. } => {
                     self.table.remove_state(&job);
                     self.plan(&job);
+                }
+                Update::Tick { seq, states } => {
+                    for (job, s) in states {
+                        self.table.set_state(&job, s);
+                        self.table.set_ticked(&job, seq);
+                        self.plan(&job);
+                    }
                 }
                 Update::Checkpoint { checkpoint, .. } => {
                     self.stored_checkpoint = Some(checkpoint);
@@ -356,6 +389,11 @@ impl Engine {
             checkpoint: None,
             checkpoint_sent: None,
             removed: HashSet::new(),
+            recent_ticks: VecDeque::new(),
+            // Every tick record before this term's fence is old.
+            old_ticks: fence,
+            purged_below: 0,
+            compacted_at: None,
         });
         if self.mirrored >= fence {
             self.ready();
@@ -587,7 +625,11 @@ impl Engine {
         term.done_through = term.done_through.max(Some(open.decided_at));
         let mut purge = Vec::new();
         let mut replan = Vec::new();
-        for (item, dup) in outcome.items.into_iter().zip(outcome.duplicates) {
+        if let Some(newest) = outcome.ticks.iter().max().filter(|s| **s > 0) {
+            term.recent_ticks.push_back((Instant::now(), *newest));
+        }
+        let items = outcome.items.into_iter().zip(outcome.duplicates);
+        for ((item, dup), tick) in items.zip(outcome.ticks) {
             term.in_flight.remove(&item.job);
             if dup > 0 {
                 info!(job = %item.job, duplicates = dup, "shards already dispatched by an earlier leader");
@@ -595,6 +637,11 @@ impl Engine {
             match item.state {
                 StateWrite::Put(s) => {
                     self.table.set_state(&item.job, s);
+                    if tick > 0 {
+                        self.table.set_ticked(&item.job, tick);
+                    } else {
+                        self.table.clear_ticked(&item.job);
+                    }
                 }
                 StateWrite::Purge => {
                     self.table.remove_state(&item.job);
@@ -652,6 +699,106 @@ impl Engine {
             let r = persist.checkpoint(&fences, &cp).await.map(|()| cp.through);
             (cp.epoch, r)
         });
+    }
+
+    /// Writes under their own keys the states of jobs whose tick record is
+    /// older than [`COMPACT_AFTER`], then purges the tick records no job
+    /// needs any more. The jobs being compacted do not fire meanwhile (their
+    /// own key's write must not land after a newer tick).
+    fn compact(&mut self) {
+        let Some(term) = self.term.as_mut().filter(|t| t.ready) else {
+            return;
+        };
+        if !self.compactions.is_empty()
+            || term
+                .compacted_at
+                .is_some_and(|c| c.elapsed() < COMPACT_EVERY)
+        {
+            return;
+        }
+        term.compacted_at = Some(Instant::now());
+        while let Some((at, seq)) = term.recent_ticks.front().copied() {
+            if at.elapsed() < COMPACT_AFTER {
+                break;
+            }
+            term.old_ticks = term.old_ticks.max(seq);
+            term.recent_ticks.pop_front();
+        }
+        let old = term.old_ticks;
+        let mut jobs: Vec<(Arc<str>, u64, FireState)> = Vec::new();
+        // Below the oldest tick a job still needs after this, nothing is needed.
+        let mut keep = old + 1;
+        for (id, seq) in self.table.all_ticked() {
+            let state = self.table.state(id);
+            match state {
+                Some(state) if seq <= old && !term.in_flight.contains(&**id) => {
+                    jobs.push((id.clone(), seq, state.clone()));
+                }
+                _ => keep = keep.min(seq),
+            }
+        }
+        if jobs.is_empty() && keep <= term.purged_below {
+            return;
+        }
+        term.purged_below = keep;
+        for (id, _, _) in &jobs {
+            term.in_flight.insert(id.to_string());
+            self.table.set_next(id, None);
+        }
+        debug!(
+            jobs = jobs.len(),
+            purge_below = keep,
+            "compacting fire states"
+        );
+        let persist = self.persist.clone();
+        let fences = term.fences.clone();
+        self.compactions.spawn(async move {
+            let epoch = fences.epoch();
+            let done: Vec<(Arc<str>, u64)> =
+                jobs.iter().map(|(id, seq, _)| (id.clone(), *seq)).collect();
+            let states = jobs.into_iter().map(|(id, _, s)| (id, s)).collect();
+            if let Err(e) = persist.compact(&fences, states).await {
+                return (epoch, Err(e));
+            }
+            match persist.purge_ticks(keep).await {
+                Ok(n) if n > 0 => debug!(purged = n, "tick records purged"),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot purge tick records; the next compaction retries")
+                }
+            }
+            (epoch, Ok(done))
+        });
+    }
+
+    async fn on_compacted(&mut self, (epoch, result): Compacted) {
+        let current = self.term.as_ref().map(|t| t.fences.epoch());
+        if current != Some(epoch) {
+            return;
+        }
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => return self.resign_term(&e).await,
+        };
+        let Some(term) = self.term.as_mut() else {
+            return;
+        };
+        let mut purge = Vec::new();
+        for (id, _) in &done {
+            term.in_flight.remove(&**id);
+            if term.removed.remove(&**id) {
+                purge.push(id.to_string());
+            }
+        }
+        for (id, seq) in done {
+            if self.table.ticked(&id) == Some(seq) {
+                self.table.clear_ticked(&id);
+            }
+            self.plan(&id);
+        }
+        for id in purge {
+            self.purge(id);
+        }
     }
 
     async fn on_checkpoint(&mut self, epoch: u64, result: Result<DateTime<Utc>, FenceError>) {

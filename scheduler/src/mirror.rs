@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::state::{Checkpoint, FireState};
+use crate::state::{Checkpoint, FireState, Tick};
 
 /// Entries handed over at once.
 const BATCH: usize = 512;
@@ -45,6 +45,11 @@ pub enum Update {
         job: String,
         seq: u64,
     },
+    /// The states of a batch of fires, in one tick record.
+    Tick {
+        seq: u64,
+        states: Vec<(String, FireState)>,
+    },
     Checkpoint {
         seq: u64,
         checkpoint: Checkpoint,
@@ -62,6 +67,7 @@ impl Update {
         match self {
             Update::State { seq, .. }
             | Update::Removed { seq, .. }
+            | Update::Tick { seq, .. }
             | Update::Checkpoint { seq, .. }
             | Update::Other { seq } => Some(*seq),
             Update::Current => None,
@@ -169,6 +175,17 @@ fn decode(names: &Names, key: String, seq: u64, op: Operation, value: &[u8]) -> 
             _ => Update::Other { seq },
         };
     }
+    if Names::is_tick_key(&key) && op == Operation::Put {
+        // A tick that does not decode holds nothing usable; its jobs keep
+        // the state they had (and are fired again at worst, deduplicated).
+        return match serde_json::from_slice::<Tick>(value) {
+            Ok(t) => Update::Tick {
+                seq,
+                states: t.states.into_iter().map(|s| (s.job, s.state)).collect(),
+            },
+            Err(_) => Update::Other { seq },
+        };
+    }
     if key.starts_with('=') {
         return Update::Other { seq };
     }
@@ -204,6 +221,16 @@ mod tests {
         let cp = br#"{"epoch":4,"through":"2026-05-01T10:00:00Z"}"#;
         let cp = decode(&names, names.checkpoint_key().into(), 8, Operation::Put, cp);
         assert!(matches!(cp, Update::Checkpoint { seq: 8, checkpoint } if checkpoint.epoch == 4));
+        let tick = br#"{"epoch":4,"states":[{"job":"a","state":{"job_revision":3,"next_instant":null,"epoch":4}}]}"#;
+        match decode(&names, names.tick_key(4, 1, 0), 10, Operation::Put, tick) {
+            Update::Tick { seq, states } => {
+                assert_eq!((seq, states.len(), states[0].0.as_str()), (10, 1, "a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A purged tick removes no job's state.
+        let purged = decode(&names, names.tick_key(4, 1, 0), 11, Operation::Purge, b"");
+        assert!(matches!(purged, Update::Other { seq: 11 }));
         let fence = decode(&names, names.fence_key().into(), 9, Operation::Put, b"{}");
         assert_eq!(fence.seq(), Some(9));
         assert!(matches!(fence, Update::Other { .. }));

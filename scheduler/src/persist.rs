@@ -5,7 +5,8 @@
 //! three steps, each one pipelined and awaited before the next:
 //!
 //! 1. fire states (write-ahead: the decision is durable before any of its
-//!    effects, see [`crate::state`]);
+//!    effects, see [`crate::state`]): those of fires together in tick
+//!    records, skips and removals under the job's key;
 //! 2. shard messages (`Nats-Msg-Id` `<job>:<instant ms>:<shard>`);
 //! 3. `fired` / `misfired` / `skipped` events and fire records.
 //!
@@ -34,7 +35,7 @@ use tracing::{debug, error, warn};
 
 use crate::dispatch::Fire;
 use crate::fence::{FenceError, Fences, Target};
-use crate::state::{Checkpoint, FireState};
+use crate::state::{Checkpoint, FireState, TickState};
 
 /// Longest wait for the client to take one publish.
 pub const SEND_LIMIT: Duration = Duration::from_millis(500);
@@ -45,6 +46,8 @@ pub const ACK_LIMIT: Duration = Duration::from_secs(1);
 const CHUNK: usize = 1000;
 /// Un-acked publishes of all batches together.
 const OUTSTANDING: usize = 4000;
+/// Largest tick record: far below any server's max payload.
+const TICK_BYTES: usize = 256 * 1024;
 /// Pauses between rounds of retries.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_millis(500);
@@ -106,8 +109,19 @@ pub struct Outcome {
     pub items: Vec<Item>,
     /// Shards per item that an earlier leader had already stored.
     pub duplicates: Vec<u32>,
+    /// Per item, the stream sequence of the tick record holding its state
+    /// (0: not in a tick).
+    pub ticks: Vec<u64>,
     /// Err: the leader must stop; what was not stored is left to the next one.
     pub result: Result<(), FenceError>,
+}
+
+/// How one write was stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stored {
+    /// The stream already held it (a duplicate message id).
+    pub duplicate: bool,
+    pub seq: u64,
 }
 
 /// The leader's writer.
@@ -115,14 +129,16 @@ pub struct Outcome {
 pub struct Persist {
     js: jetstream::Context,
     names: Names,
+    state: jetstream::stream::Stream,
     acks: Arc<Semaphore>,
 }
 
 impl Persist {
-    pub fn new(js: jetstream::Context, names: Names) -> Persist {
+    pub fn new(js: jetstream::Context, names: Names, state: jetstream::stream::Stream) -> Persist {
         Persist {
             js,
             names,
+            state,
             acks: Arc::new(Semaphore::new(OUTSTANDING)),
         }
     }
@@ -131,13 +147,29 @@ impl Persist {
     pub async fn run(&self, fences: Arc<Fences>, batch: Batch) -> Outcome {
         let epoch = fences.epoch();
         let mut duplicates = vec![0u32; batch.items.len()];
+        let mut ticks = vec![0u64; batch.items.len()];
         let result = async {
-            let states: Vec<Write> = batch
-                .items
-                .iter()
-                .filter_map(|i| self.state_write(&i.job, &i.state))
-                .collect();
-            self.store_all(&fences, states).await?;
+            let mut states = Vec::new();
+            let mut ticked = Vec::new();
+            for (n, item) in batch.items.iter().enumerate() {
+                match (&item.state, &item.action) {
+                    (StateWrite::Put(s), Action::Fire(_)) => ticked.push((n, s)),
+                    (state, _) => states.extend(self.state_write(&item.job, state)),
+                }
+            }
+            let single = states.len();
+            let parts = self.tick_writes(epoch, batch.id, &batch.items, &ticked);
+            let mut members = Vec::with_capacity(parts.len());
+            for (write, items) in parts {
+                states.push(write);
+                members.push(items);
+            }
+            let stored = self.store_all(&fences, states).await?;
+            for (items, s) in members.into_iter().zip(&stored[single..]) {
+                for n in items {
+                    ticks[n] = s.seq;
+                }
+            }
 
             let mut shards = Vec::new();
             let mut owner = Vec::new();
@@ -151,7 +183,7 @@ impl Persist {
             }
             let dup = self.store_all(&fences, shards).await?;
             for (n, d) in owner.into_iter().zip(dup) {
-                duplicates[n] += u32::from(d);
+                duplicates[n] += u32::from(d.duplicate);
             }
 
             let stored_at = Utc::now();
@@ -167,7 +199,84 @@ impl Persist {
             id: batch.id,
             items: batch.items,
             duplicates,
+            ticks,
             result,
+        }
+    }
+
+    /// The tick records holding the states of `ticked` (item index and
+    /// state), each with the items it holds.
+    fn tick_writes(
+        &self,
+        epoch: u64,
+        batch: u64,
+        items: &[Item],
+        ticked: &[(usize, &FireState)],
+    ) -> Vec<(Write, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut part: Vec<u8> = Vec::new();
+        let mut members = Vec::new();
+        let flush = |part: &mut Vec<u8>, members: &mut Vec<usize>, out: &mut Vec<_>| {
+            if members.is_empty() {
+                return;
+            }
+            part.extend_from_slice(b"]}");
+            let key = self.names.tick_key(epoch, batch, out.len());
+            let body = Bytes::from(std::mem::take(part));
+            let w = self.kv_put(Target::State, &self.names.state_bucket(), &key, body);
+            out.push((w, std::mem::take(members)));
+        };
+        for (n, state) in ticked {
+            let one = runs::encode(&TickState {
+                job: items[*n].job.clone(),
+                state: (*state).clone(),
+            });
+            if !members.is_empty() && part.len() + one.len() + 2 > TICK_BYTES {
+                flush(&mut part, &mut members, &mut out);
+            }
+            if members.is_empty() {
+                part = format!(r#"{{"epoch":{epoch},"states":["#).into_bytes();
+            } else {
+                part.push(b',');
+            }
+            part.extend_from_slice(&one);
+            members.push(*n);
+        }
+        flush(&mut part, &mut members, &mut out);
+        out
+    }
+
+    /// Writes `states` under their jobs' keys (fenced), so that the tick
+    /// records holding them can go.
+    pub async fn compact(
+        &self,
+        fences: &Fences,
+        states: Vec<(Arc<str>, FireState)>,
+    ) -> Result<(), FenceError> {
+        let bucket = self.names.state_bucket();
+        let writes = states
+            .into_iter()
+            .map(|(job, s)| {
+                self.kv_put(Target::State, &bucket, &job, Bytes::from(runs::encode(&s)))
+            })
+            .collect();
+        self.store_all(fences, writes).await.map(|_| ())
+    }
+
+    /// Removes the tick records stored before stream sequence `before`.
+    /// Not fenced: a deposed leader only ever purges below its own oldest
+    /// needed tick, and everything below it is held elsewhere (compacted,
+    /// or in a later tick).
+    pub async fn purge_ticks(&self, before: u64) -> Result<u64, String> {
+        let purge = self
+            .state
+            .purge()
+            .filter(self.names.tick_filter())
+            .sequence(before);
+        match timeout(ACK_LIMIT, purge.into_future()).await {
+            Ok(Ok(r)) => Ok(r.purged),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
         }
     }
 
@@ -307,14 +416,13 @@ impl Persist {
     }
 
     /// Stores every write, sending again what failed, until all are stored
-    /// or this leader must stop. Returns, per write, whether the stream
-    /// already held it (a duplicate message id).
+    /// or this leader must stop. Returns how each was stored.
     pub async fn store_all(
         &self,
         fences: &Fences,
         writes: Vec<Write>,
-    ) -> Result<Vec<bool>, FenceError> {
-        let mut duplicate = vec![false; writes.len()];
+    ) -> Result<Vec<Stored>, FenceError> {
+        let mut duplicate = vec![Stored::default(); writes.len()];
         let mut todo: Vec<usize> = (0..writes.len()).collect();
         let mut pause = RETRY_FIRST;
         while !todo.is_empty() {
@@ -371,7 +479,7 @@ impl Persist {
         fences: &Fences,
         writes: &[Write],
         todo: &mut Vec<usize>,
-        duplicate: &mut [bool],
+        duplicate: &mut [Stored],
     ) {
         let mut left = Vec::new();
         for &i in todo.iter() {
@@ -398,7 +506,7 @@ impl Persist {
         fences: &Fences,
         writes: &[Write],
         todo: &[usize],
-        duplicate: &mut [bool],
+        duplicate: &mut [Stored],
     ) -> Vec<(usize, Failure)> {
         let mut failed = Vec::new();
         for chunk in todo.chunks(CHUNK) {
@@ -434,7 +542,12 @@ impl Persist {
             .await;
             for (i, seen, r) in acks {
                 match r {
-                    Ok(Ok(ack)) => duplicate[i] = ack.duplicate,
+                    Ok(Ok(ack)) => {
+                        duplicate[i] = Stored {
+                            duplicate: ack.duplicate,
+                            seq: ack.sequence,
+                        }
+                    }
                     Ok(Err(e)) => failed.push((i, classify(&e, seen))),
                     Err(_) => failed.push((i, Failure::Other("no ack in time".into()))),
                 }

@@ -8,6 +8,18 @@
 //! checkpoint does not yet cover (shards and events again, deduplicated by
 //! their message ids). An instant recorded as fired is never fired as
 //! another instant, and never reported missed.
+//!
+//! The states of the fires of one batch are stored together, as one [`Tick`]
+//! record (`=tick.<epoch>.<batch>.<part>`, split to stay far below the max
+//! payload) instead of one write per job: at tens of thousands of fires a
+//! second the per-message cost is what counts. A job's state then lives in
+//! the latest tick that holds it, until the leader *compacts* it: a job
+//! that has not fired again for a few seconds gets its state written under
+//! its own key, and tick records that no job needs any more are purged. A
+//! job that fires every second is never compacted; its newest tick is
+//! always recent. Reading the bucket in stream order (the mirror, a cold
+//! start) gives every job its latest state, whichever record holds it.
+//! Skips (paused jobs) and removals are written under the job's key.
 
 use async_nats::jetstream::kv::{self, Operation};
 use chrono::{DateTime, Utc};
@@ -70,6 +82,20 @@ pub enum Decided {
         count: u64,
         reason: String,
     },
+}
+
+/// One record of the fire states of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    /// Epoch of the leader that wrote it.
+    pub epoch: u64,
+    pub states: Vec<TickState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickState {
+    pub job: String,
+    pub state: FireState,
 }
 
 /// Everything a leader decided at or before `through` has all its shard

@@ -28,6 +28,9 @@ struct Entry {
 pub struct Table {
     entries: HashMap<Arc<str>, Entry>,
     timer: BTreeSet<(DateTime<Utc>, Arc<str>)>,
+    /// Jobs whose latest state is held only by a tick record, with the
+    /// record's stream sequence (see [`crate::state`]).
+    ticked: HashMap<Arc<str>, u64>,
     jobs: usize,
     states: usize,
 }
@@ -64,10 +67,11 @@ impl Table {
     }
 
     fn entry(&mut self, id: &str) -> &mut Entry {
-        if !self.entries.contains_key(id) {
-            self.entries.insert(Arc::from(id), Entry::default());
-        }
-        self.entries.get_mut(id).expect("inserted above")
+        let key = match self.entries.get_key_value(id) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(id),
+        };
+        self.entries.entry(key).or_default()
     }
 
     pub fn set_known(&mut self, id: &str, known: Known) {
@@ -99,8 +103,36 @@ impl Table {
         }
     }
 
+    /// The job's latest state is held by the tick record at `seq`.
+    pub fn set_ticked(&mut self, id: &str, seq: u64) {
+        if let Some((key, _)) = self.entries.get_key_value(id) {
+            self.ticked.insert(key.clone(), seq);
+        }
+    }
+
+    /// The job's latest state is stored under its own key.
+    pub fn clear_ticked(&mut self, id: &str) {
+        self.ticked.remove(id);
+    }
+
+    /// The tick record holding the job's latest state, if one does.
+    pub fn ticked(&self, id: &str) -> Option<u64> {
+        self.ticked.get(id).copied()
+    }
+
+    /// Every job whose state is held by a tick record, with its sequence.
+    pub fn all_ticked(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
+        self.ticked.iter().map(|(id, seq)| (id, *seq))
+    }
+
+    /// The oldest tick record some job still needs.
+    pub fn oldest_ticked(&self) -> Option<u64> {
+        self.ticked.values().min().copied()
+    }
+
     /// Forgets the state; whether there was one.
     pub fn remove_state(&mut self, id: &str) -> bool {
+        self.ticked.remove(id);
         let Some(e) = self.entries.get_mut(id) else {
             return false;
         };
@@ -230,7 +262,18 @@ mod tests {
         assert_eq!((table.jobs(), table.states(), table.scheduled()), (0, 1, 0));
         assert!(table.state("j").is_some());
         assert_eq!(table.with_states().count(), 1);
+        table.set_ticked("j", 40);
+        assert_eq!(
+            (table.ticked("j"), table.oldest_ticked()),
+            (Some(40), Some(40))
+        );
+        let all: Vec<(String, u64)> = table
+            .all_ticked()
+            .map(|(id, s)| (id.to_string(), s))
+            .collect();
+        assert_eq!(all, vec![("j".to_string(), 40)]);
         assert!(table.remove_state("j"));
+        assert_eq!(table.oldest_ticked(), None);
         assert!(!table.remove_state("j"));
         assert_eq!(table.entries.len(), 0);
         // Planning an unknown id does nothing.

@@ -16,6 +16,9 @@ pub const DEFAULT_PREFIX: &str = "jetcron";
 #[error("prefix '{0}' must be 1-32 characters of a-z, 0-9, '_' or '-', starting with a letter")]
 pub struct InvalidPrefix(pub String);
 
+/// Start of every tick record key in the state bucket.
+const TICK_PREFIX: &str = "=tick.";
+
 /// All resource and subject names of one jetcron deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -122,6 +125,23 @@ impl Names {
     /// fire decided at or before it has all its shards and events stored.
     pub fn checkpoint_key(&self) -> &'static str {
         "=checkpoint"
+    }
+
+    /// Key of the `part`th record of tick `n` of the leader of `epoch` in
+    /// the state bucket: the fire states of one batch of fires, stored as
+    /// one message instead of one per job (see the scheduler's `state`).
+    pub fn tick_key(&self, epoch: u64, n: u64, part: usize) -> String {
+        format!("{TICK_PREFIX}{epoch}.{n}.{part}")
+    }
+
+    /// Whether a state bucket key is a tick record's.
+    pub fn is_tick_key(key: &str) -> bool {
+        key.starts_with(TICK_PREFIX)
+    }
+
+    /// Subject filter of every tick record in the state bucket.
+    pub fn tick_filter(&self) -> String {
+        format!("$KV.{}.{TICK_PREFIX}>", self.state_bucket())
     }
 
     /// `jetcron.work.fence`: the leader's fence inside the work stream. It has

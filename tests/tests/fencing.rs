@@ -124,7 +124,7 @@ async fn a_deposed_leaders_buffered_writes_are_refused_by_the_server() {
         .await
         .unwrap();
     let old = Arc::new(old);
-    let persist = Persist::new(old_js.clone(), names());
+    let persist = Persist::new(old_js.clone(), names(), old_res.state.stream.clone());
 
     // While it leads, each kind of write is stored.
     persist.store_all(&old, writes_for("before")).await.unwrap();
@@ -170,7 +170,11 @@ async fn a_deposed_leaders_buffered_writes_are_refused_by_the_server() {
     );
 
     // The new leader writes as usual.
-    let new_persist = Persist::new(jetstream::new(direct.clone()), names());
+    let new_persist = Persist::new(
+        jetstream::new(direct.clone()),
+        names(),
+        res.state.stream.clone(),
+    );
     new_persist
         .store_all(&new, writes_for("new"))
         .await
@@ -220,7 +224,8 @@ async fn wait_for_leader(client: &async_nats::Client, id: &str, limit: Duration)
     }
 }
 
-/// Every fire state write as it is stored: (job, epoch), in stream order.
+/// Every fire state write as it is stored, under a job's key or in a tick
+/// record: (key, epoch), in stream order.
 struct StateWatch {
     seen: Arc<std::sync::Mutex<Vec<(String, u64)>>>,
 }
@@ -238,7 +243,7 @@ impl StateWatch {
                     .ok()
                     .and_then(|v| v["epoch"].as_u64());
                 if let Some(epoch) = epoch
-                    && !entry.key.starts_with('=')
+                    && (!entry.key.starts_with('=') || Names::is_tick_key(&entry.key))
                 {
                     sink.lock().unwrap().push((entry.key.clone(), epoch));
                 }

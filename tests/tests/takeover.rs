@@ -244,3 +244,96 @@ async fn a_stopping_leader_releases_the_lease_before_it_finishes_stopping() {
     }
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_states_move_from_tick_records_to_their_keys_and_old_records_go() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let a = Scheduler::start(&server.url(), "a");
+    harness::api(&client, &names()).await;
+    let tap = WorkTap::start(&client, &names()).await;
+    let once_at = (Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    harness::kv_put(
+        &client,
+        &names(),
+        "once",
+        format!(r#"{{"id":"once","schedule":"@at {once_at}","run":{{"shell":"true"}}}}"#)
+            .as_bytes(),
+    )
+    .await;
+    harness::kv_put(
+        &client,
+        &names(),
+        "fast",
+        br#"{"id":"fast","schedule":"* * * * * *","run":{"shell":"true"}}"#,
+    )
+    .await;
+    let js = jetstream::new(client.clone());
+    let state = js.get_key_value(names().state_bucket()).await.unwrap();
+    // The one-off fire's state leaves its tick record for its own key once
+    // the record is a few seconds old; the job firing every second stays in
+    // tick records.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let compacted = loop {
+        if let Some(v) = state.get("once").await.unwrap() {
+            break serde_json::from_slice::<serde_json::Value>(&v).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the one-off fire's state never got its own key"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(compacted["fires"], 1, "{compacted}");
+    assert!(compacted["next_instant"].is_null(), "{compacted}");
+    assert!(state.get("fast").await.unwrap().is_none());
+    // Old tick records are purged: after 15 s of fires at most the last few
+    // seconds' records are left.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let stream = js
+        .get_stream(format!("KV_{}", names().state_bucket()))
+        .await
+        .unwrap();
+    let mut ticks = 0usize;
+    let mut subjects = stream
+        .info_with_subjects(names().tick_filter())
+        .await
+        .unwrap();
+    while let Some(s) = subjects.next().await {
+        ticks += s.unwrap().1;
+    }
+    let fast_fires = tap
+        .snapshot()
+        .iter()
+        .filter(|m| m.msg.job == "fast")
+        .count();
+    assert!(fast_fires >= 15, "fast fired {fast_fires} times");
+    assert!(
+        ticks < 12,
+        "{ticks} tick records left after {fast_fires} fires"
+    );
+
+    // A replica started cold reads the states from wherever they are and
+    // carries on: nothing fired twice, the one-off not again.
+    a.kill();
+    let before = tap.snapshot();
+    let last_a = before
+        .iter()
+        .filter(|m| m.msg.job == "fast")
+        .map(|m| m.msg.instant)
+        .max()
+        .unwrap();
+    let b = Scheduler::start(&server.url(), "b");
+    let stored = tap
+        .wait_for("fast fires under b", Duration::from_secs(20), |s| {
+            s.len() >= before.len() + 2
+        })
+        .await;
+    assert_unique_ids(&stored);
+    for m in &stored[before.len()..] {
+        assert_eq!(m.msg.job, "fast", "{} fired again", m.msg_id);
+        assert!(m.msg.instant > last_a, "{} fired again", m.msg_id);
+    }
+    b.stop().await;
+}
