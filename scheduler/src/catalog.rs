@@ -21,7 +21,7 @@ use async_nats::jetstream::kv::{self, Entry, Operation};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jetcron_shared::wire::{Event, EventBody};
-use jetcron_shared::{Job, JobError};
+use jetcron_shared::{Definition, JobError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -32,7 +32,7 @@ use crate::events::Events;
 pub enum CatalogEvent {
     /// A valid definition, new or changed.
     Upsert {
-        job: Arc<Job>,
+        job: Arc<Definition>,
         revision: u64,
         /// When this revision was written (server time).
         written: DateTime<Utc>,
@@ -63,7 +63,7 @@ pub fn classify(entry: &Entry) -> CatalogEvent {
             id: entry.key.clone(),
         };
     }
-    match Job::decode(&entry.value, Some(&entry.key)) {
+    match Definition::decode(&entry.value, Some(&entry.key)) {
         Ok(job) => CatalogEvent::Upsert {
             job: Arc::new(job),
             revision: entry.revision,

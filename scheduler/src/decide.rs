@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use jetcron_shared::wire::Cause;
-use jetcron_shared::{Job, Names, Schedule};
+use jetcron_shared::{Definition, Job, Names, Schedule};
 
 use crate::dispatch::Fire;
 use crate::persist::{Action, Item, StateWrite};
@@ -19,7 +19,7 @@ const MAX_COALESCE: u64 = 100_000;
 /// A job definition as the engine knows it.
 #[derive(Debug, Clone)]
 pub struct Known {
-    pub job: Arc<Job>,
+    pub job: Arc<Definition>,
     pub revision: u64,
     /// When this revision was written (server time).
     pub written: DateTime<Utc>,
@@ -37,16 +37,31 @@ pub struct Decider<'a> {
 
 impl Decider<'_> {
     /// What `at`, the job's first due instant, becomes: the fire (or skip)
-    /// and the state that records it.
-    pub fn due(&self, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<Utc>) -> Item {
-        due(self, id, k, prev, at)
+    /// and the state that records it. A fire needs the full job, `full`;
+    /// without it (a paused job needs none) the result is None.
+    pub fn due(
+        &self,
+        id: &str,
+        k: &Known,
+        prev: Option<&FireState>,
+        at: DateTime<Utc>,
+        full: Option<Arc<Job>>,
+    ) -> Option<Item> {
+        due(self, id, k, prev, at, full)
     }
 }
 
-fn due(d: &Decider, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<Utc>) -> Item {
+fn due(
+    d: &Decider,
+    id: &str,
+    k: &Known,
+    prev: Option<&FireState>,
+    at: DateTime<Utc>,
+    full: Option<Arc<Job>>,
+) -> Option<Item> {
     let (names, now, epoch) = (d.names, d.now, d.epoch);
-    let (instant, missed) = coalesce(&k.job.schedule, at, now);
-    let next = k.job.schedule.next_after(instant);
+    let (instant, missed) = coalesce(k.job.schedule(), at, now);
+    let next = k.job.schedule().next_after(instant);
     if k.job.paused() {
         let reason = "paused".to_string();
         let state = FireState {
@@ -66,7 +81,7 @@ fn due(d: &Decider, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<
                 },
             }),
         };
-        return Item {
+        return Some(Item {
             job: id.to_string(),
             state: StateWrite::Put(state),
             action: Action::Skip {
@@ -74,8 +89,9 @@ fn due(d: &Decider, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<
                 count: missed,
                 reason,
             },
-        };
+        });
     }
+    let full = full?;
     let cause = if missed > 1 || now - instant > d.misfire_threshold {
         Cause::Misfire
     } else {
@@ -105,7 +121,7 @@ fn due(d: &Decider, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<
         }),
     };
     let fire = Fire {
-        job: k.job.clone(),
+        job: full,
         revision: k.revision,
         instant,
         cause,
@@ -115,11 +131,11 @@ fn due(d: &Decider, id: &str, k: &Known, prev: Option<&FireState>, at: DateTime<
         payload: None,
         record,
     };
-    Item {
+    Some(Item {
         job: id.to_string(),
         state: StateWrite::Put(state),
         action: Action::Fire(fire),
-    }
+    })
 }
 
 /// A predecessor's last decision, to be stored again in full.
@@ -145,7 +161,7 @@ pub fn finish(k: &Known, state: &FireState) -> Option<Redo> {
             first_missed,
             record,
         } => Action::Fire(Fire {
-            job: k.job.clone(),
+            job: Arc::new(k.job.job().ok()?),
             revision: k.revision,
             instant: *instant,
             cause: *cause,
@@ -183,9 +199,9 @@ pub fn next_instant(k: &Known, state: Option<&FireState>) -> Option<DateTime<Utc
         // Changed definition: from the change on, never before the last fire.
         Some(s) => {
             let base = s.last_instant.map_or(k.written, |l| l.max(k.written));
-            k.job.schedule.next_after(base)
+            k.job.schedule().next_after(base)
         }
-        None => k.job.schedule.next_after(k.written),
+        None => k.job.schedule().next_after(k.written),
     }
 }
 
@@ -218,10 +234,14 @@ mod tests {
     fn known(schedule: &str, revision: u64, written: DateTime<Utc>) -> Known {
         let body = format!(r#"{{"id":"j","schedule":"{schedule}","run":{{"shell":"true"}}}}"#);
         Known {
-            job: Arc::new(Job::decode(body.as_bytes(), None).unwrap()),
+            job: Arc::new(Definition::decode(body.as_bytes(), None).unwrap()),
             revision,
             written,
         }
+    }
+
+    fn full(k: &Known) -> Option<Arc<Job>> {
+        Some(Arc::new(k.job.job().unwrap()))
     }
 
     fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
@@ -279,7 +299,7 @@ mod tests {
             r#"{{"id":"j","schedule":"{schedule}","shards":2,"paused":{paused},"run":{{"shell":"true"}}}}"#
         );
         Known {
-            job: Arc::new(Job::decode(body.as_bytes(), None).unwrap()),
+            job: Arc::new(Definition::decode(body.as_bytes(), None).unwrap()),
             revision: 4,
             written: t(9, 0, 0),
         }
@@ -296,7 +316,11 @@ mod tests {
             now: t(10, 0, 4),
             misfire_threshold: chrono::Duration::seconds(1),
         };
-        let item = late.due("j", &k, Some(&prev), t(10, 0, 1));
+        // A fire needs the full definition.
+        assert!(late.due("j", &k, Some(&prev), t(10, 0, 1), None).is_none());
+        let item = late
+            .due("j", &k, Some(&prev), t(10, 0, 1), full(&k))
+            .unwrap();
         let StateWrite::Put(s) = &item.state else {
             panic!("no state write: {item:?}");
         };
@@ -329,7 +353,9 @@ mod tests {
             now: t(10, 0, 1),
             ..late
         };
-        let item = on_time.due("j", &k, Some(&prev), t(10, 0, 1));
+        let item = on_time
+            .due("j", &k, Some(&prev), t(10, 0, 1), full(&k))
+            .unwrap();
         let Action::Fire(f) = item.action else {
             panic!("not a fire");
         };
@@ -347,7 +373,10 @@ mod tests {
             now: t(10, 0, 2),
             misfire_threshold: chrono::Duration::seconds(1),
         };
-        let item = decider.due("j", &k, Some(&prev), t(10, 0, 1));
+        // A paused job needs no full definition to skip.
+        let item = decider
+            .due("j", &k, Some(&prev), t(10, 0, 1), None)
+            .unwrap();
         let StateWrite::Put(s) = &item.state else {
             panic!("no state write");
         };

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::catalog::CatalogEvent;
 use crate::decide::{self, Known, next_instant};
@@ -564,14 +564,26 @@ impl Engine {
             misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
                 .unwrap_or(chrono::Duration::MAX),
         };
-        let items: Vec<Item> = due
-            .into_iter()
-            .filter_map(|(id, at)| {
-                let k = self.table.known(&id)?;
-                let prev = self.table.state(&id);
-                Some(decider.due(&id, k, prev, at))
-            })
-            .collect();
+        let mut items = Vec::with_capacity(due.len());
+        for (id, at) in due {
+            let paused = self.table.known(&id).is_none_or(|k| k.job.paused());
+            let full = if paused {
+                None
+            } else {
+                match self.table.full(&id) {
+                    Some(Ok(full)) => Some(full),
+                    Some(Err(e)) => {
+                        error!(job = %id, error = %e, "a stored definition no longer validates; not fired");
+                        continue;
+                    }
+                    None => continue,
+                }
+            };
+            let Some(k) = self.table.known(&id) else {
+                continue;
+            };
+            items.extend(decider.due(&id, k, self.table.state(&id), at, full));
+        }
         self.spawn_batch(items, now, false);
     }
 

@@ -9,8 +9,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use jetcron_shared::{Job, JobError};
 
 use crate::decide::Known;
+
+/// A job whose next instant is at most this far off keeps its decoded
+/// definition between fires; others decode it again at each fire.
+const HOT: chrono::Duration = chrono::Duration::seconds(60);
 use crate::state::FireState;
 
 #[derive(Debug, Default)]
@@ -22,6 +27,8 @@ struct Entry {
     state: Option<FireState>,
     /// Its instant in the timer.
     next: Option<DateTime<Utc>>,
+    /// The full job, decoded, while it fires often.
+    full: Option<Arc<Job>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,9 +83,25 @@ impl Table {
 
     pub fn set_known(&mut self, id: &str, known: Known) {
         let e = self.entry(id);
+        e.full = None;
         if e.known.replace(known).is_none() {
             self.jobs += 1;
         }
+    }
+
+    /// The full job of a known definition, decoded once while it fires
+    /// often (see [`HOT`]).
+    pub fn full(&mut self, id: &str) -> Option<Result<Arc<Job>, JobError>> {
+        let e = self.entries.get_mut(id)?;
+        if let Some(full) = &e.full {
+            return Some(Ok(full.clone()));
+        }
+        let full = match e.known.as_ref()?.job.job() {
+            Ok(job) => Arc::new(job),
+            Err(err) => return Some(Err(err)),
+        };
+        e.full = Some(full.clone());
+        Some(Ok(full))
     }
 
     /// Forgets the definition (deleted, or now invalid); the state stays.
@@ -89,6 +112,7 @@ impl Table {
             return false;
         };
         let had = e.known.take().is_some();
+        e.full = None;
         if had {
             self.jobs -= 1;
         }
@@ -161,6 +185,9 @@ impl Table {
         }
         if let Some(e) = self.entries.get_mut(id) {
             e.next = next;
+            if e.full.is_some() && next.is_none_or(|t| t - Utc::now() > HOT) {
+                e.full = None;
+            }
         }
         self.collect(id);
     }
@@ -200,7 +227,7 @@ impl Table {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use jetcron_shared::Job;
+    use jetcron_shared::Definition;
 
     fn t(s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, s).unwrap()
@@ -209,7 +236,7 @@ mod tests {
     fn known(id: &str) -> Known {
         let body = format!(r#"{{"id":"{id}","schedule":"@every 1s","run":{{"shell":"true"}}}}"#);
         Known {
-            job: Arc::new(Job::decode(body.as_bytes(), None).unwrap()),
+            job: Arc::new(Definition::decode(body.as_bytes(), None).unwrap()),
             revision: 1,
             written: t(0),
         }

@@ -22,6 +22,6 @@ pub mod schedule;
 pub mod setup;
 pub mod wire;
 
-pub use job::{Job, JobError, JobSpec};
+pub use job::{Definition, Job, JobError, JobSpec};
 pub use names::Names;
 pub use schedule::Schedule;

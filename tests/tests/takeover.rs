@@ -136,11 +136,8 @@ async fn a_warm_standby_takes_over_without_reading_any_fire_state() {
     // The count sees reads when there are some.
     let js = jetstream::new(client.clone());
     let state = js.get_key_value(names().state_bucket()).await.unwrap();
-    state
-        .entry(ids[0].as_str())
-        .await
-        .unwrap()
-        .expect("a stored state");
+    // (Its state may well live in a tick record: the read is what counts.)
+    state.entry(ids[0].as_str()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while reads.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "a state read went unseen");

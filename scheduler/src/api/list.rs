@@ -115,9 +115,9 @@ pub(super) fn summary(job: &Listed) -> JobSummary {
         Def::Valid(valid) => JobSummary {
             id: job.id.clone(),
             revision: job.revision,
-            schedule: Some(valid.spec.schedule.clone()),
-            timezone: Some(valid.spec.timezone.clone()),
-            group: Some(valid.spec.group.clone()),
+            schedule: Some(valid.schedule().expression().to_string()),
+            timezone: Some(valid.schedule().timezone().name().to_string()),
+            group: Some(valid.group().to_string()),
             shards: Some(valid.shard_count()),
             paused: valid.paused(),
             invalid: None,
@@ -141,7 +141,7 @@ mod tests {
 
     use super::*;
     use jetcron_shared::api::{ListReply, decode_reply};
-    use jetcron_shared::{Job, JobError};
+    use jetcron_shared::{Definition, JobError};
 
     fn listed(id: &str) -> Listed {
         let json = format!(
@@ -150,7 +150,9 @@ mod tests {
         Listed {
             id: id.into(),
             revision: 7,
-            def: Def::Valid(Arc::new(Job::decode(json.as_bytes(), Some(id)).unwrap())),
+            def: Def::Valid(Arc::new(
+                Definition::decode(json.as_bytes(), Some(id)).unwrap(),
+            )),
         }
     }
 

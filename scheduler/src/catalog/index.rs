@@ -3,7 +3,7 @@
 //! reading the bucket.
 //!
 //! Keys are ordered (`BTreeMap`) so that a page starts after a cursor; valid
-//! definitions share the `Arc<Job>` the catalog decoded for the engine.
+//! definitions share the `Arc<Definition>` the catalog decoded for the engine.
 //! Counts per state and per group are kept as entries come and go. The
 //! index also says how far it has read ([`Progress`]): the highest stream
 //! sequence applied, and whether the first full read of the bucket is done,
@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use jetcron_shared::api::JobState;
-use jetcron_shared::{Job, JobError};
+use jetcron_shared::{Definition, JobError};
 use tokio::sync::watch;
 
 use super::CatalogEvent;
@@ -33,7 +33,7 @@ pub const SCAN_BUDGET: usize = 100_000;
 #[derive(Debug, Clone)]
 pub enum Def {
     /// A valid definition: the catalog's decoded job.
-    Valid(Arc<Job>),
+    Valid(Arc<Definition>),
     /// What is stored does not decode or validate: why.
     Invalid(Arc<JobError>),
 }
@@ -401,7 +401,7 @@ mod tests {
             r#"{{"id":"{id}","schedule":"@yearly","group":"{group}","paused":{paused},"run":{{"shell":"true"}}}}"#
         );
         CatalogEvent::Upsert {
-            job: Arc::new(Job::decode(json.as_bytes(), Some(id)).unwrap()),
+            job: Arc::new(Definition::decode(json.as_bytes(), Some(id)).unwrap()),
             revision: 0,
             written: Utc::now(),
         }
