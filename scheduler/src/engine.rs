@@ -45,6 +45,8 @@ use crate::table::Table;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Batches being stored at once.
 const MAX_BATCHES: usize = 64;
+/// Decisions stored in one batch, at most.
+const BATCH_ITEMS: usize = 2000;
 /// Checkpoints are written at most this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How often the leader compacts fire states out of tick records.
@@ -583,6 +585,14 @@ impl Engine {
                 continue;
             };
             items.extend(decider.due(&id, k, self.table.state(&id), at, full));
+        }
+        // Several smaller batches, stored side by side: one's states are
+        // written while another's shards are, and a job due at the same time
+        // as a large crowd is not held up behind all of it.
+        while items.len() > BATCH_ITEMS {
+            let rest = items.split_off(BATCH_ITEMS);
+            self.spawn_batch(items, now, false);
+            items = rest;
         }
         self.spawn_batch(items, now, false);
     }

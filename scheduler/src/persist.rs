@@ -17,6 +17,7 @@
 //! wait is longer than [`ACK_LIMIT`], and a batch never holds up another
 //! one: the engine runs several at once, one per job at a time.
 
+use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,6 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use jetcron_shared::Names;
 use jetcron_shared::runs::{self, FireRecord};
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
@@ -41,8 +41,8 @@ use crate::state::{Checkpoint, FireState, TickState};
 pub const SEND_LIMIT: Duration = Duration::from_millis(500);
 /// Longest wait for the acks of one round of publishes.
 pub const ACK_LIMIT: Duration = Duration::from_secs(1);
-/// Publishes sent before their acks are awaited (the client stalls beyond
-/// a few thousand outstanding acks).
+/// Acks one batch keeps outstanding (the client stalls beyond a few
+/// thousand outstanding acks).
 const CHUNK: usize = 1000;
 /// Un-acked publishes of all batches together.
 const OUTSTANDING: usize = 4000;
@@ -500,7 +500,8 @@ impl Persist {
         *todo = left;
     }
 
-    /// Sends `todo` once, in chunks; returns what failed and why.
+    /// Sends `todo` once, keeping at most [`CHUNK`] acks outstanding (the
+    /// oldest is awaited before the next send); returns what failed and why.
     async fn round(
         &self,
         fences: &Fences,
@@ -509,49 +510,37 @@ impl Persist {
         duplicate: &mut [Stored],
     ) -> Vec<(usize, Failure)> {
         let mut failed = Vec::new();
-        for chunk in todo.chunks(CHUNK) {
-            let mut pending: Vec<(usize, u64, PublishAckFuture, OwnedSemaphorePermit)> =
-                Vec::with_capacity(chunk.len());
-            for &i in chunk {
-                let w = &writes[i];
-                let Ok(permit) = self.acks.clone().acquire_owned().await else {
-                    failed.push((i, Failure::Other("closed".into())));
-                    continue;
-                };
-                let mut headers = w.headers.clone();
-                let seen = fences.apply(w.target, &mut headers);
-                let send = self
-                    .js
-                    .publish_with_headers(w.subject.clone(), headers, w.body.clone());
-                match timeout(SEND_LIMIT, send).await {
-                    Ok(Ok(ack)) => pending.push((i, seen, ack, permit)),
-                    Ok(Err(e)) => failed.push((i, classify(&e, seen))),
-                    Err(_) => failed.push((i, Failure::Other("client did not take it".into()))),
-                }
+        let mut pending: VecDeque<Pending> = VecDeque::with_capacity(CHUNK.min(todo.len()));
+        for &i in todo {
+            if pending.len() >= CHUNK
+                && let Some(p) = pending.pop_front()
+            {
+                settle(p, duplicate, &mut failed).await;
             }
-            let deadline = Instant::now() + ACK_LIMIT;
-            let acks = join_all(
-                pending
-                    .into_iter()
-                    .map(|(i, seen, ack, permit)| async move {
-                        let r = timeout_at(deadline, ack.into_future()).await;
-                        drop(permit);
-                        (i, seen, r)
-                    }),
-            )
-            .await;
-            for (i, seen, r) in acks {
-                match r {
-                    Ok(Ok(ack)) => {
-                        duplicate[i] = Stored {
-                            duplicate: ack.duplicate,
-                            seq: ack.sequence,
-                        }
-                    }
-                    Ok(Err(e)) => failed.push((i, classify(&e, seen))),
-                    Err(_) => failed.push((i, Failure::Other("no ack in time".into()))),
-                }
+            let w = &writes[i];
+            let Ok(permit) = self.acks.clone().acquire_owned().await else {
+                failed.push((i, Failure::Other("closed".into())));
+                continue;
+            };
+            let mut headers = w.headers.clone();
+            let seen = fences.apply(w.target, &mut headers);
+            let send = self
+                .js
+                .publish_with_headers(w.subject.clone(), headers, w.body.clone());
+            match timeout(SEND_LIMIT, send).await {
+                Ok(Ok(ack)) => pending.push_back(Pending {
+                    index: i,
+                    seen,
+                    deadline: Instant::now() + ACK_LIMIT,
+                    ack,
+                    _permit: permit,
+                }),
+                Ok(Err(e)) => failed.push((i, classify(&e, seen))),
+                Err(_) => failed.push((i, Failure::Other("client did not take it".into()))),
             }
+        }
+        while let Some(p) = pending.pop_front() {
+            settle(p, duplicate, &mut failed).await;
         }
         if !failed.is_empty() {
             debug!(
@@ -561,6 +550,30 @@ impl Persist {
             );
         }
         failed
+    }
+}
+
+/// A write sent and not yet acknowledged.
+struct Pending {
+    index: usize,
+    /// The fence sequence it expects.
+    seen: u64,
+    deadline: Instant,
+    ack: PublishAckFuture,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Awaits one write's ack (until its deadline) and records how it ended.
+async fn settle(p: Pending, stored: &mut [Stored], failed: &mut Vec<(usize, Failure)>) {
+    match timeout_at(p.deadline, p.ack.into_future()).await {
+        Ok(Ok(ack)) => {
+            stored[p.index] = Stored {
+                duplicate: ack.duplicate,
+                seq: ack.sequence,
+            }
+        }
+        Ok(Err(e)) => failed.push((p.index, classify(&e, p.seen))),
+        Err(_) => failed.push((p.index, Failure::Other("no ack in time".into()))),
     }
 }
 
