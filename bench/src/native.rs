@@ -10,6 +10,12 @@
 //! next). A fire's own instant is therefore the `Nats-Schedule-Next` of the
 //! schedule's previous fire; for the first fire seen it is `Next - period`
 //! (see [`crate::collect`]).
+//!
+//! Other facts that shape the measurement (nats-server 2.15): fires are
+//! stored straight into the stream, never published on core NATS, so only a
+//! consumer sees them; the server adds `Nats-Rollup: sub` to each schedule
+//! message; and its timer waits at least 250 ms, so the first fire after a
+//! schedule is stored can be that late (the warm-up leaves it out).
 
 use std::time::Duration;
 

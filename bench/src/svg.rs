@@ -198,7 +198,13 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
                 svg,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11" fill="{}">{}</text>"#,
                 px(x),
-                py(y) - 8.0,
+                // The second line's labels go below its points, so that
+                // close values of the two lines stay readable.
+                if i % 2 == 0 {
+                    py(y) - 8.0
+                } else {
+                    py(y) + 17.0
+                },
                 s.color,
                 trim_number(y)
             );
