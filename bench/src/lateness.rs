@@ -42,6 +42,8 @@ pub struct LatenessRow {
     pub due: usize,
     /// CPU seconds of the measured processes during the window.
     pub cpu_s: f64,
+    /// The nats-server's part of `cpu_s`.
+    pub server_cpu_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_s_per_1000_fires: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +65,7 @@ impl LatenessRow {
             received: 0,
             due: 0,
             cpu_s: 0.0,
+            server_cpu_s: 0.0,
             cpu_s_per_1000_fires: None,
             scheduler_rss_kib: None,
             server_rss_kib: None,
@@ -208,6 +211,7 @@ struct Measured {
     t0: i64,
     t1: i64,
     cpu_s: f64,
+    server_cpu_s: f64,
 }
 
 /// Waits until the system is ready and warm, then measures one window.
@@ -233,12 +237,15 @@ async fn measure(
     let t1 = t0 + window(bench).as_millis() as i64;
     sleep_until_ms(t0).await;
     let cpu0 = usage::cpu_seconds(pids);
+    let server0 = usage::cpu_seconds(&pids[..1]);
     sleep_until_ms(t1).await;
     let cpu1 = usage::cpu_seconds(pids);
+    let server1 = usage::cpu_seconds(&pids[..1]);
     Measured {
         t0,
         t1,
         cpu_s: cpu1 - cpu0,
+        server_cpu_s: server1 - server0,
     }
 }
 
@@ -263,6 +270,7 @@ async fn finish(
         received: w.received,
         due: w.due,
         cpu_s: m.cpu_s,
+        server_cpu_s: m.server_cpu_s,
         scheduler_rss_kib: None,
         server_rss_kib: None,
         error: None,

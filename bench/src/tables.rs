@@ -117,6 +117,19 @@ pub fn lateness(l: &LatenessReport) -> String {
         );
         let cpu = |r: Option<&crate::lateness::LatenessRow>| r.and_then(|r| r.cpu_s_per_1000_fires);
         compared(&mut md, &case, "CPU s per 1,000 fires", cpu(j), cpu(nat), 3);
+        // Where it goes: the nats-server's part, the rest is the scheduler's.
+        let server = |r: Option<&crate::lateness::LatenessRow>| {
+            r.filter(|r| r.received > 0)
+                .map(|r| r.server_cpu_s / r.received as f64 * 1000.0)
+        };
+        compared(
+            &mut md,
+            &case,
+            "of which nats-server",
+            server(j),
+            server(nat),
+            3,
+        );
         let _ = writeln!(
             md,
             "| {case} | RSS MiB (scheduler; nats-server) | {}; {} | {NONE}; {} | |",
@@ -380,6 +393,7 @@ mod tests {
             received: 10,
             due: 10,
             cpu_s: 0.5,
+            server_cpu_s: 0.0,
             cpu_s_per_1000_fires: Some(0.25),
             scheduler_rss_kib: Some(20_480),
             server_rss_kib: Some(10_240),

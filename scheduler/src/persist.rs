@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use jetcron_shared::Names;
 use jetcron_shared::runs::{self, FireRecord};
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, error, warn};
 
@@ -518,7 +518,19 @@ impl Persist {
                 settle(p, duplicate, &mut failed).await;
             }
             let w = &writes[i];
-            let Ok(permit) = self.acks.clone().acquire_owned().await else {
+            // Free this batch's own permits before waiting for others': a
+            // batch never waits while holding acks it has not collected.
+            let permit = loop {
+                match self.acks.clone().try_acquire_owned() {
+                    Ok(p) => break Some(p),
+                    Err(TryAcquireError::NoPermits) => match pending.pop_front() {
+                        Some(p) => settle(p, duplicate, &mut failed).await,
+                        None => break self.acks.clone().acquire_owned().await.ok(),
+                    },
+                    Err(TryAcquireError::Closed) => break None,
+                }
+            };
+            let Some(permit) = permit else {
                 failed.push((i, Failure::Other("closed".into())));
                 continue;
             };
