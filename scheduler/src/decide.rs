@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use jetcron_shared::wire::Cause;
 use jetcron_shared::{Definition, Job, Names, Schedule};
 
-use crate::dispatch::Fire;
+use crate::dispatch::{Fire, FireJob};
 use crate::persist::{Action, Item, StateWrite};
 use crate::state::{Decided, Decision, FireState};
 
@@ -37,8 +37,8 @@ pub struct Decider<'a> {
 
 impl Decider<'_> {
     /// What `at`, the job's first due instant, becomes: the fire (or skip)
-    /// and the state that records it. A fire needs the full job, `full`;
-    /// without it (a paused job needs none) the result is None.
+    /// and the state that records it. `full` is the decoded job if at
+    /// hand; otherwise the fire decodes it when its messages are made.
     pub fn due(
         &self,
         id: &str,
@@ -46,7 +46,7 @@ impl Decider<'_> {
         prev: Option<&FireState>,
         at: DateTime<Utc>,
         full: Option<Arc<Job>>,
-    ) -> Option<Item> {
+    ) -> Item {
         due(self, id, k, prev, at, full)
     }
 }
@@ -58,7 +58,7 @@ fn due(
     prev: Option<&FireState>,
     at: DateTime<Utc>,
     full: Option<Arc<Job>>,
-) -> Option<Item> {
+) -> Item {
     let (names, now, epoch) = (d.names, d.now, d.epoch);
     let (instant, missed) = coalesce(k.job.schedule(), at, now);
     let next = k.job.schedule().next_after(instant);
@@ -81,7 +81,7 @@ fn due(
                 },
             }),
         };
-        return Some(Item {
+        return Item {
             job: id.to_string(),
             state: StateWrite::Put(state),
             action: Action::Skip {
@@ -89,9 +89,9 @@ fn due(
                 count: missed,
                 reason,
             },
-        });
+        };
     }
-    let full = full?;
+
     let cause = if missed > 1 || now - instant > d.misfire_threshold {
         Cause::Misfire
     } else {
@@ -121,7 +121,10 @@ fn due(
         }),
     };
     let fire = Fire {
-        job: full,
+        job: match full {
+            Some(job) => FireJob::full(job),
+            None => FireJob::stored(k.job.clone()),
+        },
         revision: k.revision,
         instant,
         cause,
@@ -131,11 +134,11 @@ fn due(
         payload: None,
         record,
     };
-    Some(Item {
+    Item {
         job: id.to_string(),
         state: StateWrite::Put(state),
         action: Action::Fire(fire),
-    })
+    }
 }
 
 /// A predecessor's last decision, to be stored again in full.
@@ -161,7 +164,7 @@ pub fn finish(k: &Known, state: &FireState) -> Option<Redo> {
             first_missed,
             record,
         } => Action::Fire(Fire {
-            job: Arc::new(k.job.job().ok()?),
+            job: FireJob::stored(k.job.clone()),
             revision: k.revision,
             instant: *instant,
             cause: *cause,
@@ -316,11 +319,7 @@ mod tests {
             now: t(10, 0, 4),
             misfire_threshold: chrono::Duration::seconds(1),
         };
-        // A fire needs the full definition.
-        assert!(late.due("j", &k, Some(&prev), t(10, 0, 1), None).is_none());
-        let item = late
-            .due("j", &k, Some(&prev), t(10, 0, 1), full(&k))
-            .unwrap();
+        let item = late.due("j", &k, Some(&prev), t(10, 0, 1), full(&k));
         let StateWrite::Put(s) = &item.state else {
             panic!("no state write: {item:?}");
         };
@@ -353,9 +352,7 @@ mod tests {
             now: t(10, 0, 1),
             ..late
         };
-        let item = on_time
-            .due("j", &k, Some(&prev), t(10, 0, 1), full(&k))
-            .unwrap();
+        let item = on_time.due("j", &k, Some(&prev), t(10, 0, 1), full(&k));
         let Action::Fire(f) = item.action else {
             panic!("not a fire");
         };
@@ -374,9 +371,7 @@ mod tests {
             misfire_threshold: chrono::Duration::seconds(1),
         };
         // A paused job needs no full definition to skip.
-        let item = decider
-            .due("j", &k, Some(&prev), t(10, 0, 1), None)
-            .unwrap();
+        let item = decider.due("j", &k, Some(&prev), t(10, 0, 1), None);
         let StateWrite::Put(s) = &item.state else {
             panic!("no state write");
         };

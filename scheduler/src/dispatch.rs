@@ -6,25 +6,81 @@
 //! dropped by the server: at most one message per (job, instant, shard).
 
 use std::future::IntoFuture;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use jetcron_shared::Job;
-use jetcron_shared::Names;
 use jetcron_shared::wire::{Cause, ShardMessage};
+use jetcron_shared::{Definition, Job, JobError, Names};
 use thiserror::Error;
 use tracing::debug;
 
 /// Longest wait for a manual fire's acks.
 const ACK_LIMIT: Duration = Duration::from_secs(5);
 
+/// The job a fire runs: decoded already, or decoded once when its shard
+/// messages are made (off the fire loop, in the batch that stores them).
+#[derive(Debug, Clone)]
+pub struct FireJob {
+    stored: Option<Arc<Definition>>,
+    full: Arc<OnceLock<Arc<Job>>>,
+}
+
+impl FireJob {
+    pub fn full(job: Arc<Job>) -> FireJob {
+        FireJob {
+            stored: None,
+            full: Arc::new(OnceLock::from(job)),
+        }
+    }
+
+    pub fn stored(def: Arc<Definition>) -> FireJob {
+        FireJob {
+            stored: Some(def),
+            full: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The full job, decoding it on first use.
+    pub fn get(&self) -> Result<Arc<Job>, JobError> {
+        if let Some(job) = self.full.get() {
+            return Ok(job.clone());
+        }
+        let Some(def) = &self.stored else {
+            return Err(JobError::Syntax("fire without a job".into()));
+        };
+        let job = Arc::new(def.job()?);
+        Ok(self.full.get_or_init(|| job).clone())
+    }
+
+    /// The full job if it has been decoded.
+    pub fn decoded(&self) -> Option<Arc<Job>> {
+        self.full.get().cloned()
+    }
+
+    pub fn id(&self) -> &str {
+        match (&self.stored, self.full.get()) {
+            (Some(def), _) => def.id(),
+            (None, Some(job)) => job.id(),
+            (None, None) => "",
+        }
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        match (&self.stored, self.full.get()) {
+            (Some(def), _) => def.shard_count(),
+            (None, Some(job)) => job.shard_count(),
+            (None, None) => 0,
+        }
+    }
+}
+
 /// One fire of one job.
 #[derive(Debug, Clone)]
 pub struct Fire {
-    pub job: Arc<Job>,
+    pub job: FireJob,
     /// Revision of the definition fired.
     pub revision: u64,
     pub instant: DateTime<Utc>,
@@ -52,15 +108,20 @@ impl Fire {
     }
 
     /// The fire's shard messages, dispatched by the leader of `epoch`.
-    pub fn messages(&self, epoch: u64) -> impl Iterator<Item = ShardMessage> + '_ {
-        self.shard_list().into_iter().map(move |shard| {
-            let mut msg = ShardMessage::new(&self.job, self.instant, shard, epoch, self.cause);
-            msg.record = self.record.clone();
-            if let Some(p) = &self.payload {
-                msg.payload = Some(p.clone());
-            }
-            msg
-        })
+    pub fn messages(&self, epoch: u64) -> Result<Vec<ShardMessage>, JobError> {
+        let job = self.job.get()?;
+        Ok(self
+            .shard_list()
+            .into_iter()
+            .map(move |shard| {
+                let mut msg = ShardMessage::new(&job, self.instant, shard, epoch, self.cause);
+                msg.record = self.record.clone();
+                if let Some(p) = &self.payload {
+                    msg.payload = Some(p.clone());
+                }
+                msg
+            })
+            .collect())
     }
 }
 
@@ -94,7 +155,11 @@ impl Dispatcher {
     /// for the stream's acks.
     pub async fn dispatch(&self, fire: &Fire, epoch: u64) -> Result<Dispatched, DispatchError> {
         let mut pending = Vec::new();
-        for msg in fire.messages(epoch) {
+        let messages = fire.messages(epoch).map_err(|e| DispatchError::Publish {
+            shard: 0,
+            reason: e.to_string(),
+        })?;
+        for msg in messages {
             let subject = self.names.work_subject(&msg.group, &msg.job);
             let ack = self
                 .js

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::catalog::CatalogEvent;
 use crate::decide::{self, Known, next_instant};
@@ -568,23 +568,13 @@ impl Engine {
         };
         let mut items = Vec::with_capacity(due.len());
         for (id, at) in due {
-            let paused = self.table.known(&id).is_none_or(|k| k.job.paused());
-            let full = if paused {
-                None
-            } else {
-                match self.table.full(&id) {
-                    Some(Ok(full)) => Some(full),
-                    Some(Err(e)) => {
-                        error!(job = %id, error = %e, "a stored definition no longer validates; not fired");
-                        continue;
-                    }
-                    None => continue,
-                }
-            };
+            // A job decoded at an earlier fire is reused; any other is
+            // decoded by its batch, off this loop.
+            let full = self.table.decoded(&id);
             let Some(k) = self.table.known(&id) else {
                 continue;
             };
-            items.extend(decider.due(&id, k, self.table.state(&id), at, full));
+            items.push(decider.due(&id, k, self.table.state(&id), at, full));
         }
         // Several smaller batches, stored side by side: one's states are
         // written while another's shards are, and a job due at the same time
@@ -653,6 +643,11 @@ impl Engine {
         let items = outcome.items.into_iter().zip(outcome.duplicates);
         for ((item, dup), tick) in items.zip(outcome.ticks) {
             term.in_flight.remove(&item.job);
+            if let Action::Fire(f) = &item.action
+                && let Some(job) = f.job.decoded()
+            {
+                self.table.keep_decoded(&item.job, f.revision, job);
+            }
             if dup > 0 {
                 info!(job = %item.job, duplicates = dup, "shards already dispatched by an earlier leader");
             }

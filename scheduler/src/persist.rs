@@ -45,7 +45,10 @@ pub const ACK_LIMIT: Duration = Duration::from_secs(1);
 /// thousand outstanding acks).
 const CHUNK: usize = 1000;
 /// Un-acked publishes of all batches together.
-const OUTSTANDING: usize = 4000;
+const OUTSTANDING: usize = 3000;
+/// Un-acked events and fire records of all batches together: fewer, so
+/// that in a crowd the shards of every batch go first.
+const REPORTS_OUTSTANDING: usize = 1000;
 /// Largest tick record: far below any server's max payload.
 const TICK_BYTES: usize = 256 * 1024;
 /// Pauses between rounds of retries.
@@ -131,6 +134,7 @@ pub struct Persist {
     names: Names,
     state: jetstream::stream::Stream,
     acks: Arc<Semaphore>,
+    reports: Arc<Semaphore>,
 }
 
 impl Persist {
@@ -140,6 +144,7 @@ impl Persist {
             names,
             state,
             acks: Arc::new(Semaphore::new(OUTSTANDING)),
+            reports: Arc::new(Semaphore::new(REPORTS_OUTSTANDING)),
         }
     }
 
@@ -191,7 +196,7 @@ impl Persist {
             for item in &batch.items {
                 after.extend(self.reports(item, epoch, stored_at));
             }
-            self.store_all(&fences, after).await?;
+            self.store_with(&self.reports, &fences, after).await?;
             Ok(())
         }
         .await;
@@ -322,7 +327,17 @@ impl Persist {
     }
 
     fn shard_writes(&self, fire: &Fire, epoch: u64) -> Vec<Write> {
-        fire.messages(epoch)
+        let messages = match fire.messages(epoch) {
+            Ok(m) => m,
+            Err(e) => {
+                // Validated when it was loaded: only a change in validation
+                // itself can get here.
+                error!(job = fire.job.id(), error = %e, "cannot make the shard messages of a fire; not dispatched");
+                Vec::new()
+            }
+        };
+        messages
+            .into_iter()
             .map(|m| Write {
                 target: Target::Work,
                 subject: self.names.work_subject(&m.group, &m.job),
@@ -422,11 +437,23 @@ impl Persist {
         fences: &Fences,
         writes: Vec<Write>,
     ) -> Result<Vec<Stored>, FenceError> {
+        self.store_with(&self.acks, fences, writes).await
+    }
+
+    /// [`Persist::store_all`], taking ack permits from `acks`.
+    async fn store_with(
+        &self,
+        acks: &Arc<Semaphore>,
+        fences: &Fences,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Stored>, FenceError> {
         let mut duplicate = vec![Stored::default(); writes.len()];
         let mut todo: Vec<usize> = (0..writes.len()).collect();
         let mut pause = RETRY_FIRST;
         while !todo.is_empty() {
-            let mut failed = self.round(fences, &writes, &todo, &mut duplicate).await;
+            let mut failed = self
+                .round(acks, fences, &writes, &todo, &mut duplicate)
+                .await;
             failed.retain(|(i, f)| match f {
                 Failure::Permanent(reason) => {
                     error!(subject = %writes[*i].subject, reason, "write can never be stored; dropped");
@@ -465,7 +492,7 @@ impl Persist {
             todo = failed.into_iter().map(|f| f.0).collect();
             if busy {
                 // A clustered stream takes one fenced write at a time.
-                self.one_by_one(fences, &writes, &mut todo, &mut duplicate)
+                self.one_by_one(acks, fences, &writes, &mut todo, &mut duplicate)
                     .await;
             }
         }
@@ -476,6 +503,7 @@ impl Persist {
     /// one's ack; leaves in `todo` what was not stored.
     async fn one_by_one(
         &self,
+        acks: &Arc<Semaphore>,
         fences: &Fences,
         writes: &[Write],
         todo: &mut Vec<usize>,
@@ -486,7 +514,7 @@ impl Persist {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let failed = self.round(fences, writes, &[i], duplicate).await;
+                let failed = self.round(acks, fences, writes, &[i], duplicate).await;
                 match failed.first() {
                     None => break,
                     Some((_, Failure::Busy)) if tries < 20 => continue,
@@ -504,6 +532,7 @@ impl Persist {
     /// oldest is awaited before the next send); returns what failed and why.
     async fn round(
         &self,
+        acks: &Arc<Semaphore>,
         fences: &Fences,
         writes: &[Write],
         todo: &[usize],
@@ -521,11 +550,11 @@ impl Persist {
             // Free this batch's own permits before waiting for others': a
             // batch never waits while holding acks it has not collected.
             let permit = loop {
-                match self.acks.clone().try_acquire_owned() {
+                match acks.clone().try_acquire_owned() {
                     Ok(p) => break Some(p),
                     Err(TryAcquireError::NoPermits) => match pending.pop_front() {
                         Some(p) => settle(p, duplicate, &mut failed).await,
-                        None => break self.acks.clone().acquire_owned().await.ok(),
+                        None => break acks.clone().acquire_owned().await.ok(),
                     },
                     Err(TryAcquireError::Closed) => break None,
                 }

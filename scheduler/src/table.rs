@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use jetcron_shared::{Job, JobError};
+use jetcron_shared::Job;
 
 use crate::decide::Known;
 
@@ -23,8 +23,9 @@ struct Entry {
     /// The valid definition; None while the key holds an invalid one, or
     /// when only a stored state is known.
     known: Option<Known>,
-    /// The fire state as stored.
-    state: Option<FireState>,
+    /// The fire state as stored (boxed: most of a million jobs fire
+    /// rarely, and an empty entry stays small).
+    state: Option<Box<FireState>>,
     /// Its instant in the timer.
     next: Option<DateTime<Utc>>,
     /// The full job, decoded, while it fires often.
@@ -63,14 +64,14 @@ impl Table {
     }
 
     pub fn state(&self, id: &str) -> Option<&FireState> {
-        self.entries.get(id)?.state.as_ref()
+        self.entries.get(id)?.state.as_deref()
     }
 
     /// Every stored state with the definition it belongs to, if valid.
     pub fn with_states(&self) -> impl Iterator<Item = (&str, &FireState, Option<&Known>)> {
         self.entries
             .iter()
-            .filter_map(|(id, e)| Some((&**id, e.state.as_ref()?, e.known.as_ref())))
+            .filter_map(|(id, e)| Some((&**id, e.state.as_deref()?, e.known.as_ref())))
     }
 
     fn entry(&mut self, id: &str) -> &mut Entry {
@@ -89,19 +90,19 @@ impl Table {
         }
     }
 
-    /// The full job of a known definition, decoded once while it fires
-    /// often (see [`HOT`]).
-    pub fn full(&mut self, id: &str) -> Option<Result<Arc<Job>, JobError>> {
-        let e = self.entries.get_mut(id)?;
-        if let Some(full) = &e.full {
-            return Some(Ok(full.clone()));
+    /// The full job, if decoded at an earlier fire and kept.
+    pub fn decoded(&self, id: &str) -> Option<Arc<Job>> {
+        self.entries.get(id)?.full.clone()
+    }
+
+    /// Keeps the decoded job of definition `revision` for the next fires
+    /// (dropped when its next instant is more than [`HOT`] away).
+    pub fn keep_decoded(&mut self, id: &str, revision: u64, job: Arc<Job>) {
+        if let Some(e) = self.entries.get_mut(id)
+            && e.known.as_ref().is_some_and(|k| k.revision == revision)
+        {
+            e.full = Some(job);
         }
-        let full = match e.known.as_ref()?.job.job() {
-            Ok(job) => Arc::new(job),
-            Err(err) => return Some(Err(err)),
-        };
-        e.full = Some(full.clone());
-        Some(Ok(full))
     }
 
     /// Forgets the definition (deleted, or now invalid); the state stays.
@@ -122,7 +123,7 @@ impl Table {
 
     pub fn set_state(&mut self, id: &str, state: FireState) {
         let e = self.entry(id);
-        if e.state.replace(state).is_none() {
+        if e.state.replace(Box::new(state)).is_none() {
             self.states += 1;
         }
     }

@@ -23,7 +23,7 @@ use tracing::info;
 
 use super::status::leader;
 use super::{Ctx, bad_request, check_id, load_job, parse, scan, unavailable, valid_job};
-use crate::dispatch::Fire;
+use crate::dispatch::{Fire, FireJob};
 
 /// Tries to claim a history slot against concurrent triggers.
 const CLAIM_ATTEMPTS: usize = 5;
@@ -50,7 +50,7 @@ pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     };
     let key = record_fire(ctx, &job, &record).await?;
     let fire = Fire {
-        job: Arc::new(job),
+        job: FireJob::full(Arc::new(job)),
         revision,
         instant,
         cause: Cause::Manual,
