@@ -559,14 +559,18 @@ impl Engine {
         if due.is_empty() {
             return;
         }
+        let names = self.names.clone();
         let decider = decide::Decider {
-            names: &self.names,
+            names: &names,
             epoch,
             now,
             misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
                 .unwrap_or(chrono::Duration::MAX),
         };
-        let mut items = Vec::with_capacity(due.len());
+        // A crowd is stored as several batches side by side, each started
+        // as soon as it is decided: one's states are written while another's
+        // shards are, and the first shards go out at once.
+        let mut items = Vec::with_capacity(due.len().min(BATCH_ITEMS));
         for (id, at) in due {
             // A job decoded at an earlier fire is reused; any other is
             // decoded by its batch, off this loop.
@@ -575,14 +579,9 @@ impl Engine {
                 continue;
             };
             items.push(decider.due(&id, k, self.table.state(&id), at, full));
-        }
-        // Several smaller batches, stored side by side: one's states are
-        // written while another's shards are, and a job due at the same time
-        // as a large crowd is not held up behind all of it.
-        while items.len() > BATCH_ITEMS {
-            let rest = items.split_off(BATCH_ITEMS);
-            self.spawn_batch(items, now, false);
-            items = rest;
+            if items.len() == BATCH_ITEMS {
+                self.spawn_batch(std::mem::take(&mut items), now, false);
+            }
         }
         self.spawn_batch(items, now, false);
     }
