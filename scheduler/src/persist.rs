@@ -43,12 +43,12 @@ pub const SEND_LIMIT: Duration = Duration::from_millis(500);
 pub const ACK_LIMIT: Duration = Duration::from_secs(1);
 /// Acks one batch keeps outstanding (the client stalls beyond a few
 /// thousand outstanding acks).
-const CHUNK: usize = 1000;
+const CHUNK: usize = 800;
 /// Un-acked publishes of all batches together.
-const OUTSTANDING: usize = 3000;
+const OUTSTANDING: usize = 2000;
 /// Un-acked events and fire records of all batches together: fewer, so
 /// that in a crowd the shards of every batch go first.
-const REPORTS_OUTSTANDING: usize = 1000;
+const REPORTS_OUTSTANDING: usize = 600;
 /// Largest tick record: far below any server's max payload.
 const TICK_BYTES: usize = 256 * 1024;
 /// Pauses between rounds of retries.
