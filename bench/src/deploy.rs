@@ -145,6 +145,26 @@ impl Deployment {
     }
 
     /// Who holds the lease, if anybody.
+    /// Whether scheduler replica `id` says it is warm (every definition and
+    /// fire state loaded), from its heartbeat in the lease bucket.
+    pub async fn warm(&self, id: &str) -> bool {
+        let read = async {
+            let kv = self
+                .js
+                .get_key_value(self.names.lease_bucket())
+                .await
+                .ok()?;
+            let value = kv.get(self.names.replica_key(id)).await.ok()??;
+            let beat: serde_json::Value = serde_json::from_slice(&value).ok()?;
+            beat["warm"].as_bool()
+        };
+        timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+
     pub async fn leader(&self) -> Option<Lease> {
         let read = async {
             let kv = self

@@ -4,11 +4,13 @@
 //! - cold start: a scheduler started on the stored jobs; time from its
 //!   process start until the probe fires on time (lateness < 100 ms);
 //!   its memory (VmRSS) once loaded.
-//! - takeover: a second scheduler joins; the leader is killed with SIGKILL;
+//! - takeover: a second scheduler joins and, once its heartbeat says it is
+//!   warm (every definition and fire state loaded), the leader is killed
+//!   with SIGKILL;
 //!   time until the probe fires again (first fire of the new epoch) and
 //!   until it is on time again, and the probe's instants lost in between:
 //!   neither fired nor named by a `misfired` event.
-//! - graceful stop: a fresh standby joins; the leader gets SIGTERM; time
+//! - graceful stop: a fresh standby joins and gets warm; the leader gets SIGTERM; time
 //!   until the lease holder changes and until the standby fires.
 
 use std::collections::HashSet;
@@ -46,6 +48,9 @@ pub struct ScaleRow {
     pub takeover_on_time_s: Option<f64>,
     pub takeover_lost: Option<usize>,
     pub takeover_reported_missed: Option<usize>,
+    /// A standby started next to the leader: start → warm (its heartbeat
+    /// says every definition and fire state is loaded).
+    pub standby_warm_s: Option<f64>,
     pub graceful_lease_s: Option<f64>,
     pub graceful_fire_s: Option<f64>,
     pub graceful_first_late_ms: Option<i64>,
@@ -186,15 +191,17 @@ async fn step(
     if let Some(slot) = api_report {
         *slot = Some(api::measure(bench, &loaded.dep.client, &loaded.dep.names, n).await);
     }
-    // A standby loads every job before it can take over quickly.
-    let standby_wait = bench.settle().max(Duration::from_secs_f64(cold * 1.5));
+    // A standby loads every job before it can take over quickly; it says
+    // so in its heartbeat.
+    let warm_limit = load_limit(bench, n).max(Duration::from_secs_f64(cold * 4.0));
 
     say(&format!(
         "scale: takeover after SIGKILL (lease TTL {:?})",
         bench.config.lease_ttl
     ));
     procs.push(loaded.dep.scheduler("scheduler-2")?);
-    sleep(standby_wait).await;
+    row.standby_warm_s = Some(standby_warm(&loaded.dep, "scheduler-2", warm_limit).await?);
+    sleep(bench.settle()).await;
     let killed = stop_leader(&loaded, &mut procs, true).await?;
     let (from, t_kill, old) = (killed.from, killed.at, killed.epoch);
     let limit = load_limit(bench, n) + bench.config.lease_ttl;
@@ -226,7 +233,8 @@ async fn step(
 
     say("scale: graceful stop (SIGTERM)");
     procs.push(loaded.dep.scheduler("scheduler-3")?);
-    sleep(standby_wait).await;
+    standby_warm(&loaded.dep, "scheduler-3", warm_limit).await?;
+    sleep(bench.settle()).await;
     let stopped = stop_leader(&loaded, &mut procs, false).await?;
     let (from, t_term, old) = (stopped.from, stopped.at, stopped.epoch);
     row.graceful_lease_s = lease_change(&loaded.dep, &stopped.holder, t_term, limit).await;
@@ -382,6 +390,20 @@ pub fn lost_instants(
         s += 1000;
     }
     (lost, reported)
+}
+
+/// Waits until scheduler `id` says it is warm; the seconds it took.
+async fn standby_warm(dep: &Deployment, id: &str, limit: Duration) -> Result<f64> {
+    let started = Instant::now();
+    while !dep.warm(id).await {
+        if started.elapsed() > limit {
+            return Err(BenchError::timeout(format!("standby {id} warm"), limit));
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    say(&format!("  standby {id} warm after {took:.2} s"));
+    Ok(took)
 }
 
 #[cfg(test)]

@@ -239,6 +239,10 @@ pub fn scale(s: &ScaleReport) -> String {
             ("scheduler RSS after load (MiB)", mib(r.scheduler_rss_kib)),
             ("nats-server RSS (MiB)", mib(r.server_rss_kib)),
             (
+                "standby started next to the leader: start → warm (s)",
+                num(r.standby_warm_s, 2),
+            ),
+            (
                 "takeover: SIGKILL → probe fires (s)",
                 num(r.takeover_fire_s, 2),
             ),

@@ -67,7 +67,12 @@ pub fn status_text(s: &StatusReply, now: DateTime<Utc>) -> String {
                     r.id.clone(),
                     r.host.clone(),
                     r.version.clone(),
-                    if r.leader { "leader" } else { "standby" }.to_string(),
+                    match (r.leader, r.warm) {
+                        (true, _) => "leader",
+                        (false, true) => "standby",
+                        (false, false) => "standby (loading)",
+                    }
+                    .to_string(),
                     ago(r.started_at, now).replace(" ago", ""),
                     ago(r.last_heartbeat, now),
                 ]
@@ -177,6 +182,7 @@ mod tests {
             started_at: t(0),
             last_heartbeat: t(299),
             leader,
+            warm: true,
         };
         let s = StatusReply {
             leader: Some(LeaderInfo {

@@ -47,100 +47,88 @@ impl Decider<'_> {
         at: DateTime<Utc>,
         full: Option<Arc<Job>>,
     ) -> Item {
-        due(self, id, k, prev, at, full)
-    }
-}
+        let (names, now, epoch) = (self.names, self.now, self.epoch);
+        let (instant, missed) = coalesce(k.job.schedule(), at, now);
+        let next = k.job.schedule().next_after(instant);
+        if k.job.paused() {
+            let reason = "paused".to_string();
+            let state = FireState {
+                job_revision: k.revision,
+                next_instant: next,
+                last_instant: prev.and_then(|p| p.last_instant),
+                last_fired_at: prev.and_then(|p| p.last_fired_at),
+                epoch,
+                fires: prev.map_or(0, |p| p.fires),
+                paused_skipped: prev.map_or(0, |p| p.paused_skipped) + missed,
+                decision: Some(Decision {
+                    at: now,
+                    what: Decided::Skipped {
+                        instant,
+                        count: missed,
+                        reason: reason.clone(),
+                    },
+                }),
+            };
+            return Item {
+                job: id.to_string(),
+                state: StateWrite::Put(state),
+                action: Action::Skip {
+                    instant,
+                    count: missed,
+                    reason,
+                },
+            };
+        }
 
-fn due(
-    d: &Decider,
-    id: &str,
-    k: &Known,
-    prev: Option<&FireState>,
-    at: DateTime<Utc>,
-    full: Option<Arc<Job>>,
-) -> Item {
-    let (names, now, epoch) = (d.names, d.now, d.epoch);
-    let (instant, missed) = coalesce(k.job.schedule(), at, now);
-    let next = k.job.schedule().next_after(instant);
-    if k.job.paused() {
-        let reason = "paused".to_string();
+        let cause = if missed > 1 || now - instant > self.misfire_threshold {
+            Cause::Misfire
+        } else {
+            Cause::Schedule
+        };
+        let fires = prev.map_or(0, |s| s.fires);
+        // History is a ring of slots per job: fire n goes to slot n % history.
+        let slot = fires % u64::from(k.job.history());
+        let record = Some(names.run_fire_key(id, &format!("s{slot}")));
         let state = FireState {
             job_revision: k.revision,
             next_instant: next,
-            last_instant: prev.and_then(|p| p.last_instant),
-            last_fired_at: prev.and_then(|p| p.last_fired_at),
+            last_instant: Some(instant),
+            last_fired_at: Some(now),
             epoch,
-            fires: prev.map_or(0, |p| p.fires),
-            paused_skipped: prev.map_or(0, |p| p.paused_skipped) + missed,
+            fires: fires + 1,
+            paused_skipped: 0,
             decision: Some(Decision {
                 at: now,
-                what: Decided::Skipped {
+                what: Decided::Fired {
                     instant,
-                    count: missed,
-                    reason: reason.clone(),
+                    cause,
+                    missed,
+                    first_missed: at,
+                    record: record.clone(),
                 },
             }),
         };
-        return Item {
+        let fire = Fire {
+            job: match full {
+                Some(job) => FireJob::full(job),
+                None => FireJob::stored(k.job.clone()),
+            },
+            revision: k.revision,
+            instant,
+            cause,
+            missed,
+            first_missed: at,
+            shards: None,
+            payload: None,
+            record,
+        };
+        Item {
             job: id.to_string(),
             state: StateWrite::Put(state),
-            action: Action::Skip {
-                instant,
-                count: missed,
-                reason,
-            },
-        };
-    }
-
-    let cause = if missed > 1 || now - instant > d.misfire_threshold {
-        Cause::Misfire
-    } else {
-        Cause::Schedule
-    };
-    let fires = prev.map_or(0, |s| s.fires);
-    // History is a ring of slots per job: fire n goes to slot n % history.
-    let slot = fires % u64::from(k.job.history());
-    let record = Some(names.run_fire_key(id, &format!("s{slot}")));
-    let state = FireState {
-        job_revision: k.revision,
-        next_instant: next,
-        last_instant: Some(instant),
-        last_fired_at: Some(now),
-        epoch,
-        fires: fires + 1,
-        paused_skipped: 0,
-        decision: Some(Decision {
-            at: now,
-            what: Decided::Fired {
-                instant,
-                cause,
-                missed,
-                first_missed: at,
-                record: record.clone(),
-            },
-        }),
-    };
-    let fire = Fire {
-        job: match full {
-            Some(job) => FireJob::full(job),
-            None => FireJob::stored(k.job.clone()),
-        },
-        revision: k.revision,
-        instant,
-        cause,
-        missed,
-        first_missed: at,
-        shards: None,
-        payload: None,
-        record,
-    };
-    Item {
-        job: id.to_string(),
-        state: StateWrite::Put(state),
-        action: Action::Fire(fire),
+            action: Action::Fire(fire),
+        }
     }
 }
-
 /// A predecessor's last decision, to be stored again in full.
 #[derive(Debug)]
 pub struct Redo {

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -65,6 +66,9 @@ const FINISH_MARGIN: Duration = Duration::from_secs(60);
 pub struct EngineSettings {
     pub holder: String,
     pub misfire_threshold: Duration,
+    /// Set while the fire states in memory are current (mirrored up to date,
+    /// or leading); shown in this replica's heartbeat.
+    pub states_current: Arc<AtomicBool>,
 }
 
 /// A batch being stored.
@@ -297,6 +301,7 @@ impl Engine {
         for id in term.in_flight {
             self.plan(&id);
         }
+        self.settings.states_current.store(false, Ordering::Release);
         self.mirror = Some(Mirror::start(self.res.state.clone(), self.names.clone()));
     }
 
@@ -334,6 +339,7 @@ impl Engine {
                 Update::Other { .. } => {}
                 Update::Current => {
                     debug!(states = self.table.states(), "fire states current");
+                    self.settings.states_current.store(true, Ordering::Release);
                 }
             }
         }
@@ -419,6 +425,7 @@ impl Engine {
         term.ready = true;
         let epoch = term.fences.epoch();
         self.mirror = None;
+        self.settings.states_current.store(true, Ordering::Release);
         let checkpoint = self.stored_checkpoint;
         self.finish_open(checkpoint.as_ref());
         info!(

@@ -45,6 +45,8 @@ pub mod state;
 pub mod sweep;
 pub mod table;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -112,7 +114,7 @@ pub async fn run(
     let catalog = tokio::spawn(catalog::watch(
         res.jobs.clone(),
         events.clone(),
-        index,
+        index.clone(),
         catalog_tx,
         shutdown.clone(),
     ));
@@ -129,11 +131,16 @@ pub async fn run(
         },
         lease_stop.clone(),
     );
+    let states_current = Arc::new(AtomicBool::new(false));
     let heartbeat = tokio::spawn(replica::beat(
         res.lease.clone(),
         names.replica_key(&config.id),
         config.id.clone(),
-        lease.leadership.clone(),
+        replica::Readiness {
+            leadership: lease.leadership.clone(),
+            index: index.clone(),
+            states_current: states_current.clone(),
+        },
         shutdown.clone(),
     ));
     let sweeper = tokio::spawn(sweep::run(
@@ -145,6 +152,7 @@ pub async fn run(
         engine::EngineSettings {
             holder: config.id.clone(),
             misfire_threshold: config.misfire_threshold,
+            states_current,
         },
         lease.leadership.clone(),
         lease.resign.clone(),

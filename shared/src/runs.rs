@@ -112,6 +112,15 @@ pub struct ReplicaHeartbeat {
     pub started_at: DateTime<Utc>,
     pub last_heartbeat: DateTime<Utc>,
     pub leader: bool,
+    /// It holds every job definition and fire state (loaded, and kept
+    /// current): as a standby it can take over at once. Replicas that do
+    /// not say are read as warm.
+    #[serde(default = "warm_unless_said")]
+    pub warm: bool,
+}
+
+fn warm_unless_said() -> bool {
+    true
 }
 
 /// JSON encoding shared by the records above.

@@ -349,6 +349,46 @@ pub async fn kv_put(client: &async_nats::Client, names: &Names, key: &str, value
     kv.put(key, value.to_vec().into()).await.expect("kv put")
 }
 
+/// Writes many definitions straight into the jobs bucket, bypassing the
+/// API: asynchronous publishes with at most 1,000 acks outstanding (the
+/// client stalls beyond a few thousand).
+pub async fn kv_put_many(
+    client: &async_nats::Client,
+    names: &Names,
+    definitions: impl IntoIterator<Item = (String, Vec<u8>)>,
+) {
+    use async_nats::jetstream::context::PublishAckFuture;
+    use futures::stream::FuturesUnordered;
+    use std::future::IntoFuture;
+    let js = jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while js.get_key_value(names.jobs_bucket()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs bucket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bucket = names.jobs_bucket();
+    let mut acks: FuturesUnordered<<PublishAckFuture as IntoFuture>::IntoFuture> =
+        FuturesUnordered::new();
+    for (id, body) in definitions {
+        if acks.len() >= 1000
+            && let Some(ack) = acks.next().await
+        {
+            ack.expect("kv put ack");
+        }
+        let ack = js
+            .publish(Names::kv_subject(&bucket, &id), body.into())
+            .await
+            .expect("kv put");
+        acks.push(ack.into_future());
+    }
+    while let Some(ack) = acks.next().await {
+        ack.expect("kv put ack");
+    }
+}
+
 /// Waits until the control API answers (some scheduler replica is up).
 pub async fn api(client: &async_nats::Client, names: &Names) -> jetcron_shared::api::ApiClient {
     let api = jetcron_shared::api::ApiClient::new(client.clone(), names.clone())

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use chrono::{DateTime, SubsecRound, Utc};
 use jetcron_shared::Names;
 use jetcron_tests::NatsServer;
@@ -17,24 +16,13 @@ fn names() -> Names {
 
 /// Writes `count` one-off jobs due at `at` straight into the jobs bucket.
 async fn put_crowd(client: &async_nats::Client, count: usize, at: DateTime<Utc>) {
-    let js = jetstream::new(client.clone());
-    let bucket = names().jobs_bucket();
     let at = at.to_rfc3339();
-    let ids: Vec<String> = (0..count).map(|n| format!("crowd-{n:05}")).collect();
-    for chunk in ids.chunks(1000) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for id in chunk {
-            let body = format!(r#"{{"id":"{id}","schedule":"@at {at}","run":{{"shell":"true"}}}}"#);
-            acks.push(
-                js.publish(Names::kv_subject(&bucket, id), body.into())
-                    .await
-                    .unwrap(),
-            );
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    }
+    let definitions = (0..count).map(|n| {
+        let id = format!("crowd-{n:05}");
+        let body = format!(r#"{{"id":"{id}","schedule":"@at {at}","run":{{"shell":"true"}}}}"#);
+        (id, body.into_bytes())
+    });
+    harness::kv_put_many(client, &names(), definitions).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,8 @@
 //! bad requests, and counts that follow puts and deletes at once.
 
 use std::collections::BTreeSet;
-use std::future::IntoFuture;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use jetcron_shared::Names;
 use jetcron_shared::api::{
     ApiClient, ClientError, ErrorCode, JobState, JobSummary, ListRequest, STATUS_INVALID_LISTED,
@@ -25,8 +21,6 @@ fn names() -> Names {
 
 /// Jobs written straight into the bucket.
 const JOBS: usize = 20_000;
-/// Publishes awaiting their ack at most.
-const IN_FLIGHT: usize = 2_000;
 /// Jobs `LONG` (ids in order) have a 1.4 KB schedule, so that 1000 of them
 /// do not fit in one 1 MiB message.
 const LONG: std::ops::Range<usize> = 5_000..6_200;
@@ -62,28 +56,10 @@ fn definition(i: usize) -> Vec<u8> {
     .unwrap()
 }
 
-/// Writes jobs `0..JOBS` with asynchronous publishes straight to
-/// `$KV.<bucket>.<id>`, at most [`IN_FLIGHT`] unacknowledged at a time.
+/// Writes jobs `0..JOBS` straight into the jobs bucket.
 async fn write_jobs(client: &async_nats::Client) {
-    let js = async_nats::jetstream::new(client.clone());
-    let mut acks: FuturesUnordered<<PublishAckFuture as IntoFuture>::IntoFuture> =
-        FuturesUnordered::new();
-    for i in 0..JOBS {
-        if acks.len() >= IN_FLIGHT
-            && let Some(ack) = acks.next().await
-        {
-            ack.expect("ack");
-        }
-        let subject = format!("$KV.{}.{}", names().jobs_bucket(), id(i));
-        let ack = js
-            .publish(subject, definition(i).into())
-            .await
-            .expect("publish");
-        acks.push(ack.into_future());
-    }
-    while let Some(ack) = acks.next().await {
-        ack.expect("ack");
-    }
+    let definitions = (0..JOBS).map(|i| (id(i), definition(i)));
+    harness::kv_put_many(client, &names(), definitions).await;
 }
 
 /// Every page from `request` on: the jobs, and each page's size and `next`.

@@ -21,31 +21,14 @@ fn names() -> Names {
     Names::default()
 }
 
-/// Writes `count` definitions straight into the jobs bucket, acks awaited
-/// in rounds.
+/// Writes `count` definitions with `schedule` straight into the jobs bucket.
 async fn put_jobs(client: &async_nats::Client, count: usize, schedule: &str) -> Vec<String> {
-    harness::kv_put(
-        client,
-        &names(),
-        "warm-up",
-        br#"{"id":"warm-up","schedule":"@yearly","run":{"shell":"true"}}"#,
-    )
-    .await;
-    let js = jetstream::new(client.clone());
-    let bucket = names().jobs_bucket();
     let ids: Vec<String> = (0..count).map(|n| format!("job-{n:05}")).collect();
-    for chunk in ids.chunks(500) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for id in chunk {
-            let body =
-                format!(r#"{{"id":"{id}","schedule":"{schedule}","run":{{"shell":"true"}}}}"#);
-            let subject = Names::kv_subject(&bucket, id);
-            acks.push(js.publish(subject, body.into()).await.unwrap());
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    }
+    let definitions = ids.iter().map(|id| {
+        let body = format!(r#"{{"id":"{id}","schedule":"{schedule}","run":{{"shell":"true"}}}}"#);
+        (id.clone(), body.into_bytes())
+    });
+    harness::kv_put_many(client, &names(), definitions).await;
     ids
 }
 
@@ -109,8 +92,25 @@ async fn a_warm_standby_takes_over_without_reading_any_fire_state() {
     let first = epochs(&stored);
     assert_eq!(first.len(), 1, "one leader so far: {first:?}");
     let b = Scheduler::start(&server.url(), "b");
-    // b mirrors the states while it stands by.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // b mirrors the states while it stands by, and says when it has them.
+    let api = harness::api(&client, &names()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = api.status().await.unwrap();
+        let b_warm = status
+            .replicas
+            .iter()
+            .any(|r| r.id == "b" && r.warm && !r.leader);
+        if b_warm {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never said it was warm: {:?}",
+            status.replicas
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let reads = count_state_reads(&client).await;
     a.kill();
     let stored = tap
