@@ -8,7 +8,9 @@
 //!    effects, see [`crate::state`]): those of fires together in tick
 //!    records, skips and removals under the job's key;
 //! 2. shard messages (`Nats-Msg-Id` `<job>:<instant ms>:<shard>`);
-//! 3. `fired` / `misfired` / `skipped` events and fire records.
+//! 3. `fired` / `misfired` / `skipped` events and fire records, once no
+//!    batch is storing shards any more (waiting at most [`REPORTS_WAIT`]),
+//!    so that a crowd's work is stored first and its reports after.
 //!
 //! Every write carries the leader's fence for its stream ([`crate::fence`]),
 //! so nothing of a deposed leader is stored, whatever its client delivers
@@ -20,6 +22,7 @@
 use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -29,7 +32,7 @@ use chrono::{DateTime, Utc};
 use jetcron_shared::Names;
 use jetcron_shared::runs::{self, FireRecord};
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, error, warn};
 
@@ -49,6 +52,9 @@ const OUTSTANDING: usize = 2000;
 /// Un-acked events and fire records of all batches together: fewer, so
 /// that in a crowd the shards of every batch go first.
 const REPORTS_OUTSTANDING: usize = 600;
+/// Longest a batch's events and fire records wait for other batches'
+/// shards.
+const REPORTS_WAIT: Duration = Duration::from_secs(1);
 /// Largest tick record: far below any server's max payload.
 const TICK_BYTES: usize = 256 * 1024;
 /// Pauses between rounds of retries.
@@ -135,6 +141,34 @@ pub struct Persist {
     state: jetstream::stream::Stream,
     acks: Arc<Semaphore>,
     reports: Arc<Semaphore>,
+    shard_phases: Arc<ShardPhases>,
+}
+
+/// How many batches are storing shard messages, and a wake-up when one is
+/// done: events and fire records wait for the shards of every batch (for a
+/// while), so that in a crowd the work is stored first.
+#[derive(Debug, Default)]
+struct ShardPhases {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// One batch storing its shards; leaves on drop (also when the batch is cut
+/// short).
+struct ShardPhase(Arc<ShardPhases>);
+
+impl ShardPhase {
+    fn enter(phases: &Arc<ShardPhases>) -> ShardPhase {
+        phases.count.fetch_add(1, Ordering::AcqRel);
+        ShardPhase(phases.clone())
+    }
+}
+
+impl Drop for ShardPhase {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.done.notify_waiters();
+    }
 }
 
 impl Persist {
@@ -145,6 +179,7 @@ impl Persist {
             state,
             acks: Arc::new(Semaphore::new(OUTSTANDING)),
             reports: Arc::new(Semaphore::new(REPORTS_OUTSTANDING)),
+            shard_phases: Arc::default(),
         }
     }
 
@@ -186,7 +221,9 @@ impl Persist {
                     }
                 }
             }
+            let phase = ShardPhase::enter(&self.shard_phases);
             let dup = self.store_all(&fences, shards).await?;
+            drop(phase);
             for (n, d) in owner.into_iter().zip(dup) {
                 duplicates[n] += u32::from(d.duplicate);
             }
@@ -196,6 +233,7 @@ impl Persist {
             for item in &batch.items {
                 after.extend(self.reports(item, epoch, stored_at));
             }
+            self.shards_first().await;
             self.store_with(&self.reports, &fences, after).await?;
             Ok(())
         }
@@ -206,6 +244,19 @@ impl Persist {
             duplicates,
             ticks,
             result,
+        }
+    }
+
+    /// Waits until no batch is storing shards, at most [`REPORTS_WAIT`].
+    async fn shards_first(&self) {
+        let deadline = Instant::now() + REPORTS_WAIT;
+        loop {
+            let done = self.shard_phases.done.notified();
+            if self.shard_phases.count.load(Ordering::Acquire) == 0
+                || timeout_at(deadline, done).await.is_err()
+            {
+                return;
+            }
         }
     }
 
