@@ -481,6 +481,11 @@ impl JobSpec {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(JobError::Syntax("definition is empty".into()));
         }
+        // The common case, fast; a definition that does not decode is read
+        // again, tracking the path, to name the field in the error.
+        if let Ok(spec) = serde_json::from_slice(bytes) {
+            return Ok(spec);
+        }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
