@@ -72,8 +72,22 @@ pub fn run_info(command: String) -> RunInfo {
         command,
         commit: run("git", &["rev-parse", "--short=12", "HEAD"])
             .unwrap_or_else(|| "unknown".into()),
-        dirty: run("git", &["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|s| !s.is_empty()),
+        // The bench's own outputs from an earlier run do not count: they
+        // are not what is measured.
+        dirty: run(
+            "git",
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)docs/performance.md",
+                ":(exclude)docs/performance.json",
+                ":(exclude)docs/lateness.svg",
+            ],
+        )
+        .is_some_and(|s| !s.is_empty()),
         date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
 }
