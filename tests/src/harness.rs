@@ -430,3 +430,34 @@ pub async fn stream_messages(
 pub fn header(m: &async_nats::jetstream::message::StreamMessage, name: &str) -> Option<String> {
     m.headers.get(name).map(|v| v.as_str().to_string())
 }
+
+/// The set-up most scheduler tests share: a nats-server, a client, one
+/// scheduler replica `a` whose control API answers, and a tap on the work
+/// stream.
+#[derive(Debug)]
+pub struct OneScheduler {
+    pub server: crate::NatsServer,
+    pub client: async_nats::Client,
+    pub a: Scheduler,
+    pub api: jetcron_shared::api::ApiClient,
+    pub tap: WorkTap,
+}
+
+impl OneScheduler {
+    pub async fn start() -> OneScheduler {
+        init_tracing();
+        let names = Names::default();
+        let server = crate::NatsServer::start().await;
+        let client = server.client().await;
+        let a = Scheduler::start(&server.url(), "a");
+        let api = api(&client, &names).await;
+        let tap = WorkTap::start(&client, &names).await;
+        OneScheduler {
+            server,
+            client,
+            a,
+            api,
+            tap,
+        }
+    }
+}

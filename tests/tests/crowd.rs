@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use jetcron_shared::Names;
-use jetcron_tests::NatsServer;
-use jetcron_tests::harness::{self, Scheduler, WorkTap};
+use jetcron_tests::harness::{self, OneScheduler};
 
 fn names() -> Names {
     Names::default()
@@ -27,12 +26,7 @@ async fn put_crowd(client: &async_nats::Client, count: usize, at: DateTime<Utc>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_jobs_due_at_once_are_each_dispatched_once() {
-    harness::init_tracing();
-    let server = NatsServer::start().await;
-    let client = server.client().await;
-    let a = Scheduler::start(&server.url(), "a");
-    harness::api(&client, &names()).await;
-    let tap = WorkTap::start(&client, &names()).await;
+    let OneScheduler { client, a, tap, .. } = OneScheduler::start().await;
     let count = 20_000;
     // Far enough ahead for every definition to be loaded first.
     let at = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(8);

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use jetcron_shared::Names;
 use jetcron_shared::wire::EventBody;
 use jetcron_tests::NatsServer;
-use jetcron_tests::harness::{self, Scheduler, Stored, WorkTap};
+use jetcron_tests::harness::{self, OneScheduler, Scheduler, Stored, WorkTap};
 use tokio::time::Instant;
 
 fn names() -> Names {
@@ -75,12 +75,13 @@ fn assert_unique_ids(stored: &[Stored]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_standby_takes_over_without_reading_any_fire_state() {
-    harness::init_tracing();
-    let server = NatsServer::start().await;
-    let client = server.client().await;
-    let a = Scheduler::start(&server.url(), "a");
-    harness::api(&client, &names()).await;
-    let tap = WorkTap::start(&client, &names()).await;
+    let OneScheduler {
+        server,
+        client,
+        a,
+        api,
+        tap,
+    } = OneScheduler::start().await;
     let ids = put_jobs(&client, 300, "* * * * * *").await;
     // Every job has fired under a, so every job has a stored fire state.
     let stored = tap
@@ -93,7 +94,6 @@ async fn a_warm_standby_takes_over_without_reading_any_fire_state() {
     assert_eq!(first.len(), 1, "one leader so far: {first:?}");
     let b = Scheduler::start(&server.url(), "b");
     // b mirrors the states while it stands by, and says when it has them.
-    let api = harness::api(&client, &names()).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = api.status().await.unwrap();
@@ -244,12 +244,13 @@ async fn a_stopping_leader_releases_the_lease_before_it_finishes_stopping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fire_states_move_from_tick_records_to_their_keys_and_old_records_go() {
-    harness::init_tracing();
-    let server = NatsServer::start().await;
-    let client = server.client().await;
-    let a = Scheduler::start(&server.url(), "a");
-    harness::api(&client, &names()).await;
-    let tap = WorkTap::start(&client, &names()).await;
+    let OneScheduler {
+        server,
+        client,
+        a,
+        tap,
+        ..
+    } = OneScheduler::start().await;
     let once_at = (Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     harness::kv_put(
         &client,
