@@ -433,7 +433,8 @@ pub fn header(m: &async_nats::jetstream::message::StreamMessage, name: &str) -> 
 
 /// The set-up most scheduler tests share: a nats-server, a client, one
 /// scheduler replica `a` whose control API answers, and a tap on the work
-/// stream.
+/// stream. Keep `server` bound (`server: _server` when unused): dropping it
+/// stops the nats-server.
 #[derive(Debug)]
 pub struct OneScheduler {
     pub server: crate::NatsServer,

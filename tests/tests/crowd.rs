@@ -26,7 +26,14 @@ async fn put_crowd(client: &async_nats::Client, count: usize, at: DateTime<Utc>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_jobs_due_at_once_are_each_dispatched_once() {
-    let OneScheduler { client, a, tap, .. } = OneScheduler::start().await;
+    // Bound whole: the server lives as long as the fixture.
+    let OneScheduler {
+        server: _server,
+        client,
+        a,
+        tap,
+        ..
+    } = OneScheduler::start().await;
     let count = 20_000;
     // Far enough ahead for every definition to be loaded first.
     let at = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(8);
