@@ -76,6 +76,9 @@ struct Open {
     decided_at: DateTime<Utc>,
     /// It finishes an earlier leader's decisions.
     finishing: bool,
+    /// The term's `stored_through` when it started: its tick records, if
+    /// stored, lie above.
+    floor: u64,
 }
 
 /// This replica's term as leader.
@@ -100,6 +103,9 @@ struct Term {
     recent_ticks: VecDeque<(Instant, u64)>,
     /// Tick records at or below this sequence are old enough to compact.
     old_ticks: u64,
+    /// The highest state-stream sequence of a tick record this term knows
+    /// stored.
+    stored_through: u64,
     /// Tick records below this sequence were purged (or asked to be).
     purged_below: u64,
     compacted_at: Option<Instant>,
@@ -396,6 +402,7 @@ impl Engine {
             recent_ticks: VecDeque::new(),
             // Every tick record before this term's fence is old.
             old_ticks: fence,
+            stored_through: fence,
             purged_below: 0,
             compacted_at: None,
         });
@@ -607,6 +614,7 @@ impl Engine {
             Open {
                 decided_at,
                 finishing,
+                floor: term.stored_through,
             },
         );
         let persist = self.persist.clone();
@@ -641,6 +649,7 @@ impl Engine {
         let mut replan = Vec::new();
         if let Some(newest) = outcome.ticks.iter().max().filter(|s| **s > 0) {
             term.recent_ticks.push_back((Instant::now(), *newest));
+            term.stored_through = term.stored_through.max(*newest);
         }
         let items = outcome.items.into_iter().zip(outcome.duplicates);
         for ((item, dup), tick) in items.zip(outcome.ticks) {

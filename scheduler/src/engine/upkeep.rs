@@ -90,17 +90,17 @@ impl Engine {
         }
         let old = term.old_ticks;
         let mut jobs: Vec<(Arc<str>, u64, FireState)> = Vec::new();
-        // Below the oldest tick a job still needs after this, nothing is needed.
-        let mut keep = old + 1;
+        let mut needed = Vec::new();
         for (id, seq) in self.table.all_ticked() {
             let state = self.table.state(id);
             match state {
                 Some(state) if seq <= old && !term.in_flight.contains(&**id) => {
                     jobs.push((id.clone(), seq, state.clone()));
                 }
-                _ => keep = keep.min(seq),
+                _ => needed.push(seq),
             }
         }
+        let keep = purge_below(old, needed, term.open.values().map(|o| o.floor));
         if jobs.is_empty() && keep <= term.purged_below {
             return;
         }
@@ -176,5 +176,40 @@ impl Engine {
             Err(e) if current == Some(epoch) => self.resign_term(&e).await,
             Err(_) => {}
         }
+    }
+}
+
+/// Tick records below the returned sequence are needed by nobody: every
+/// record at or below `old` is compacted except those in `needed` (the
+/// latest records of jobs not compacted now), and a batch still being
+/// stored may have stored its records anywhere above its `floor`.
+fn purge_below(
+    old: u64,
+    needed: impl IntoIterator<Item = u64>,
+    open_floors: impl IntoIterator<Item = u64>,
+) -> u64 {
+    let needed = needed.into_iter().min().unwrap_or(u64::MAX);
+    let open = open_floors
+        .into_iter()
+        .map(|f| f + 1)
+        .min()
+        .unwrap_or(u64::MAX);
+    (old + 1).min(needed).min(open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_below;
+
+    #[test]
+    fn nothing_a_job_or_a_batch_in_flight_may_need_is_purged() {
+        // Everything up to the old mark, when nothing else is needed.
+        assert_eq!(purge_below(150, [], []), 151);
+        // A job whose latest record is not compacted now keeps it.
+        assert_eq!(purge_below(150, [120, 160], []), 120);
+        // A batch started when records up to 100 were stored may have stored
+        // its own at 101 or later, and its outcome is not known yet.
+        assert_eq!(purge_below(150, [160], [100]), 101);
+        assert_eq!(purge_below(150, [90], [100, 140]), 90);
     }
 }
