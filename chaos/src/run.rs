@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use jetcron_shared::api::ApiClient;
+use jetcron_shared::setup::{self, SetupOptions};
 use jetcron_shared::{Job, Names};
 use thiserror::Error;
 use tokio::time::{Instant, sleep};
@@ -249,6 +250,19 @@ async fn with_servers(
     let client = servers.connect().await?;
     let js = jetstream::new(client.clone());
     let replicas = if config.cluster { 3 } else { 1 };
+    // Created here, before any scheduler or worker would: the checks read
+    // every event of the run, so none may be dropped for the per-subject
+    // bound that keeps a production events stream small.
+    let opts = SetupOptions {
+        replicas,
+        lease_ttl: config.lease_ttl,
+        events_per_subject: -1,
+        ..SetupOptions::default()
+    };
+    tokio::time::timeout(Duration::from_secs(30), setup::ensure(&js, &names, &opts))
+        .await
+        .map_err(|_| RunError::NotReady("creating the streams and buckets timed out".into()))?
+        .map_err(|e| RunError::NotReady(e.to_string()))?;
     let mut fleet = Fleet::start(&FleetSettings {
         bins,
         urls: servers.urls(),

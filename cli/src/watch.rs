@@ -253,7 +253,8 @@ mod tests {
                 shards: 2,
                 epoch: 1,
                 cause: Cause::Manual,
-                late_ms: 3
+                late_ms: 3,
+                record: None,
             }),
             "21:30:05.000 fired     a 2026-11-24T21:30:05Z shards=2 late=3ms (manual)"
         );

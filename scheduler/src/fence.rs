@@ -20,10 +20,9 @@
 //! |---|---|---|
 //! | work | `jetcron.work.fence` | shard messages |
 //! | state bucket | key `=fence` | fire state, checkpoint, state removal |
-//! | runs bucket | key `=fence` | fire records |
 //! | events | `jetcron.events.leader` (the leader event) | fired, misfired, skipped |
 //!
-//! A fence can vanish (the runs bucket and the streams have a max age); a
+//! A fence can vanish (the streams have a max age); a
 //! refused write then re-reads it and, while this leader still holds the
 //! lease and no newer fence exists, stores it again.
 
@@ -60,11 +59,10 @@ pub const EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: &str = "Nats-Expected-Last-Subject-
 pub enum Target {
     Work,
     State,
-    Runs,
     Events,
 }
 
-const TARGETS: [Target; 4] = [Target::Work, Target::State, Target::Runs, Target::Events];
+const TARGETS: [Target; 3] = [Target::Work, Target::State, Target::Events];
 
 impl Target {
     fn index(self) -> usize {
@@ -127,7 +125,6 @@ impl Fences {
             .map(|&t| match t {
                 Target::Work => slot(t, &res.work, names.work_fence_subject()),
                 Target::State => slot(t, &res.state.stream, kv_fence(&names.state_bucket())),
-                Target::Runs => slot(t, &res.runs.stream, kv_fence(&names.runs_bucket())),
                 Target::Events => slot(t, &res.events, names.events_fence_subject()),
             })
             .collect();
@@ -145,7 +142,7 @@ impl Fences {
         }
         info!(
             epoch,
-            "fences stored in the work, state, runs and events streams"
+            "fences stored in the work and events streams and the state bucket"
         );
         Ok(fences)
     }

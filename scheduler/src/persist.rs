@@ -8,7 +8,7 @@
 //!    effects, see [`crate::state`]): those of fires together in tick
 //!    records, skips and removals under the job's key;
 //! 2. shard messages (`Nats-Msg-Id` `<job>:<instant ms>:<shard>`);
-//! 3. `fired` / `misfired` / `skipped` events and fire records, once no
+//! 3. `fired` / `misfired` / `skipped` events, once no
 //!    batch is storing shards any more (waiting at most [`REPORTS_WAIT`]),
 //!    so that a crowd's work is stored first and its reports after.
 //!
@@ -30,7 +30,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use jetcron_shared::Names;
-use jetcron_shared::runs::{self, FireRecord};
+use jetcron_shared::runs;
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -49,10 +49,10 @@ pub const ACK_LIMIT: Duration = Duration::from_secs(1);
 const CHUNK: usize = 800;
 /// Un-acked publishes of all batches together.
 const OUTSTANDING: usize = 2000;
-/// Un-acked events and fire records of all batches together: fewer, so
+/// Un-acked events of all batches together: fewer, so
 /// that in a crowd the shards of every batch go first.
 const REPORTS_OUTSTANDING: usize = 600;
-/// Longest a batch's events and fire records wait for other batches'
+/// Longest a batch's events wait for other batches'
 /// shards.
 const REPORTS_WAIT: Duration = Duration::from_secs(1);
 /// Largest tick record: far below any server's max payload.
@@ -145,7 +145,7 @@ pub struct Persist {
 }
 
 /// How many batches are storing shard messages, and a wake-up when one is
-/// done: events and fire records wait for the shards of every batch (for a
+/// done: events wait for the shards of every batch (for a
 /// while), so that in a crowd the work is stored first.
 #[derive(Debug, Default)]
 struct ShardPhases {
@@ -399,7 +399,11 @@ impl Persist {
     }
 
     fn event(&self, body: EventBody, msg_id: String) -> Write {
-        let event = Event::now(body);
+        self.event_at(Utc::now(), body, msg_id)
+    }
+
+    fn event_at(&self, at: DateTime<Utc>, body: EventBody, msg_id: String) -> Write {
+        let event = Event { at, body };
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         Write {
@@ -410,13 +414,14 @@ impl Persist {
         }
     }
 
-    /// Events and the fire record that tell what an item did.
+    /// Events that tell what an item did. A fire's `fired` event is also
+    /// its run-history entry (see [`crate::api`]'s `job.runs`).
     fn reports(&self, item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<Write> {
         let job = item.job.clone();
         match &item.action {
             Action::Fire(f) => {
                 let fire_id = wire::fire_id(&job, f.instant);
-                let mut out = Vec::with_capacity(3);
+                let mut out = Vec::with_capacity(2);
                 if f.cause == Cause::Misfire {
                     out.push(self.event(
                         EventBody::Misfired {
@@ -430,35 +435,19 @@ impl Persist {
                         format!("misfired:{fire_id}"),
                     ));
                 }
-                out.push(self.event(
+                out.push(self.event_at(
+                    at,
                     EventBody::Fired {
-                        job: job.clone(),
+                        job,
                         instant: f.instant,
                         shards: f.job.shard_count(),
                         epoch,
                         cause: f.cause,
                         late_ms: (at - f.instant).num_milliseconds(),
+                        record: f.record.clone(),
                     },
                     format!("fired:{fire_id}"),
                 ));
-                if let Some(key) = &f.record {
-                    let rec = FireRecord {
-                        job,
-                        fire_id,
-                        instant: f.instant,
-                        cause: f.cause,
-                        fired_at: at,
-                        shards: f.job.shard_count(),
-                        dispatched: f.shard_list(),
-                        epoch,
-                    };
-                    out.push(self.kv_put(
-                        Target::Runs,
-                        &self.names.runs_bucket(),
-                        key,
-                        Bytes::from(runs::encode(&rec)),
-                    ));
-                }
                 out
             }
             Action::Skip {

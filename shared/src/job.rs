@@ -28,7 +28,8 @@ const MAX_ATTEMPTS: u32 = 100;
 const MAX_PARAM_BYTES: usize = 4096;
 /// Fires kept in a job's run history when the definition does not say.
 pub const DEFAULT_HISTORY: u32 = 20;
-const MAX_HISTORY: u32 = 1000;
+/// Most fires a job's run history may keep.
+pub const MAX_HISTORY: u32 = 1000;
 
 /// Why a definition was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, kv, stream};
 use thiserror::Error;
 use tracing::{debug, warn};
 
+use crate::job::MAX_HISTORY;
 use crate::names::Names;
 
 /// Settings of newly created resources.
@@ -28,6 +29,10 @@ pub struct SetupOptions {
     pub results_max_age: Duration,
     /// How long events are kept.
     pub events_max_age: Duration,
+    /// Events kept per subject (`jetcron.events.<kind>.<job>`), oldest
+    /// dropped first; -1 keeps all of them for `events_max_age`. At least
+    /// [`MAX_HISTORY`]: a job's `fired` events are its run history.
+    pub events_per_subject: i64,
     /// Deduplication window of the work stream: a fire re-dispatched within it
     /// (after a failover) is dropped by the server.
     pub duplicate_window: Duration,
@@ -42,6 +47,7 @@ impl Default for SetupOptions {
             work_max_age: Duration::from_secs(7 * 24 * 3600),
             results_max_age: Duration::from_secs(7 * 24 * 3600),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
+            events_per_subject: i64::from(MAX_HISTORY),
             duplicate_window: Duration::from_secs(10 * 60),
         }
     }
@@ -167,6 +173,7 @@ pub async fn ensure(
             description: Some("jetcron events: fired, misfired, dead, invalid, leader".into()),
             subjects: vec![names.events_all()],
             max_age: opts.events_max_age,
+            max_messages_per_subject: opts.events_per_subject,
             // As long as the work stream's: a successor that redoes a dead
             // leader's last fire sends its events again, deduplicated.
             duplicate_window: opts.duplicate_window,

@@ -245,6 +245,11 @@ pub enum EventBody {
         cause: Cause,
         /// Dispatch time minus scheduled instant.
         late_ms: i64,
+        /// Runs-bucket key (`<job>.<slot>`) under which the workers write
+        /// this fire's shard records. The `fired` events of a job are its
+        /// run history: `job.runs` joins them with those records.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<String>,
     },
     /// Instants were missed; `fired` is the one fired in their place.
     Misfired {

@@ -64,12 +64,6 @@ fn writes_for(job: &str) -> Vec<Write> {
             body: Bytes::from_static(b"{}"),
         },
         Write {
-            target: Target::Runs,
-            subject: Names::kv_subject(&n.runs_bucket(), &format!("{job}.s0")),
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{}"),
-        },
-        Write {
             target: Target::Events,
             subject: n.event_subject("fired", Some(job)),
             headers: HeaderMap::new(),
@@ -79,7 +73,7 @@ fn writes_for(job: &str) -> Vec<Write> {
 }
 
 /// Whether anything of `job` is stored in the work stream, the state or
-/// runs bucket, or the events stream.
+/// runs bucket (which the leader no longer writes to), or the events stream.
 async fn stored_anything_of(
     client: &async_nats::Client,
     res: &Resources,
@@ -128,7 +122,7 @@ async fn a_deposed_leaders_buffered_writes_are_refused_by_the_server() {
 
     // While it leads, each kind of write is stored.
     persist.store_all(&old, writes_for("before")).await.unwrap();
-    assert_eq!(stored_anything_of(&direct, &res, "before").await.len(), 4);
+    assert_eq!(stored_anything_of(&direct, &res, "before").await.len(), 3);
 
     // Its link stalls with writes in flight.
     proxy.pause();
@@ -179,7 +173,7 @@ async fn a_deposed_leaders_buffered_writes_are_refused_by_the_server() {
         .store_all(&new, writes_for("new"))
         .await
         .unwrap();
-    assert_eq!(stored_anything_of(&direct, &res, "new").await.len(), 4);
+    assert_eq!(stored_anything_of(&direct, &res, "new").await.len(), 3);
 
     // A fence never covers a newer one: the old leader cannot fence again.
     let (_again, again_lead) = leading(5);

@@ -460,6 +460,7 @@ pub(crate) mod fixture {
                 epoch: 1,
                 cause: Cause::Schedule,
                 late_ms: (at - instant).num_milliseconds(),
+                record: None,
             },
         }
     }

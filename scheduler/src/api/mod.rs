@@ -139,6 +139,8 @@ struct Ctx {
     runs: kv::Store,
     work: stream::Stream,
     events: Events,
+    /// The events stream, read by `job.runs`.
+    events_stream: stream::Stream,
     dispatcher: Dispatcher,
     /// Every job definition, as this replica's catalog read it.
     index: JobIndex,
@@ -168,6 +170,7 @@ pub async fn spawn(
         runs: res.runs.clone(),
         work: res.work.clone(),
         events,
+        events_stream: res.events.clone(),
         dispatcher: Dispatcher::new(res.js.clone(), names.clone()),
         index,
         last_manual_ms: AtomicI64::new(0),

@@ -1,12 +1,16 @@
-//! `job.runs`: a job's recent fires and where each shard stands, from the
-//! runs bucket.
+//! `job.runs`: a job's recent fires and where each shard stands.
 //!
-//! Keys `<job>.<slot>` hold fire records (written by the leader, or by the
-//! API for a trigger) and `<job>.<slot>.<shard>` shard records (written by
-//! the worker running the shard). Slots are a ring, so a shard record may be
-//! left from an older fire of the same slot: one whose `instant` is not its
-//! fire's counts as no record. A dispatched shard without a record is
-//! `pending`; so is one whose last attempt failed with another to follow.
+//! A scheduled fire's history entry is its `fired` event
+//! (`jetcron.events.fired.<job>`), which names the runs-bucket key
+//! `<job>.<slot>` its shard records go under: the leader stores no other
+//! record per fire. A triggered fire's entry is a fire record under
+//! `<job>.m<n>` in the runs bucket, written by the API (older versions
+//! wrote scheduled fires there too, as `<job>.s<n>`; those are read alike).
+//! Shard records `<job>.<slot>.<shard>` are written by the worker running
+//! the shard. Slots are a ring, so a shard record may be left from an older
+//! fire of the same slot: one whose `instant` is not its fire's counts as no
+//! record. A dispatched shard without a record is `pending`; so is one whose
+//! last attempt failed with another to follow.
 //!
 //! A fire's state is `succeeded` when every dispatched shard succeeded, else
 //! the worst shard state, worst first: `failed`, `timed_out`, `running`,
@@ -17,9 +21,12 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use jetcron_shared::api::{ApiError, FireRun, RunsReply, RunsRequest, ShardRun, encode_ok};
+use jetcron_shared::job::MAX_HISTORY;
 use jetcron_shared::runs::{self, FireRecord, ShardRecord, ShardState};
+use jetcron_shared::wire::{self, Cause, Event, EventBody};
 
 use super::{Ctx, bad_request, check_id, not_found, parse, scan, unavailable};
+use crate::catalog::Def;
 
 const SHAPE: &str = r#"{"id": "<job id>", "limit": <fires, default all>}"#;
 
@@ -29,14 +36,36 @@ pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     if req.limit == Some(0) {
         return Err(bad_request("limit: must be at least 1, found 0"));
     }
-    let records = scan::latest(&ctx.runs, &ctx.names.run_job_filter(&req.id))
-        .await
-        .map_err(|e| unavailable("runs bucket", e))?;
-    let mut fires: Vec<(String, FireRecord)> = Vec::new();
+    // The job's history size bounds both rings; a job this replica does
+    // not know (deleted, or not loaded yet) may have kept up to the most.
+    let history = match ctx.index.get(&req.id) {
+        Some((_, Def::Valid(d))) => d.history(),
+        _ => MAX_HISTORY,
+    } as usize;
+    let want = req.limit.map_or(history, |l| history.min(l as usize));
+    let subject = ctx.names.event_subject("fired", Some(&req.id));
+    let filter = ctx.names.run_job_filter(&req.id);
+    let (records, fired) = tokio::join!(
+        scan::latest(&ctx.runs, &filter),
+        scan::tail(&ctx.events_stream, &subject, want),
+    );
+    let records = records.map_err(|e| unavailable("runs bucket", e))?;
+    let fired = fired.map_err(|e| unavailable("events stream", e))?;
+    let mut scheduled: Vec<(String, FireRecord)> =
+        fired.iter().filter_map(|m| fired_record(m)).collect();
+    let mut manual: Vec<(String, FireRecord)> = Vec::new();
     let mut shards: HashMap<String, ShardRecord> = HashMap::new();
     for r in records {
         match r.key.matches('.').count() {
-            1 => fires.extend(runs::decode::<FireRecord>(&r.value).map(|f| (r.key, f))),
+            1 => {
+                if let Some(f) = runs::decode::<FireRecord>(&r.value) {
+                    if f.cause == Cause::Manual {
+                        manual.push((r.key, f));
+                    } else {
+                        scheduled.push((r.key, f));
+                    }
+                }
+            }
             2 => {
                 if let Some(s) = runs::decode::<ShardRecord>(&r.value) {
                     shards.insert(r.key, s);
@@ -45,10 +74,11 @@ pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
             _ => {}
         }
     }
-    // No history: tell an unknown job from one that has not fired yet.
-    if fires.is_empty() && !job_exists(ctx, &req.id).await? {
+    if scheduled.is_empty() && manual.is_empty() && !job_exists(ctx, &req.id).await? {
         return Err(not_found(&req.id));
     }
+    let mut fires = newest(scheduled, want);
+    fires.extend(newest(manual, want));
     let mut runs: Vec<FireRun> = fires
         .into_iter()
         .map(|(key, fire)| join(&key, fire, &shards))
@@ -58,6 +88,44 @@ pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         runs.truncate(limit as usize);
     }
     Ok(encode_ok(&RunsReply { id: req.id, runs }))
+}
+
+/// A stored `fired` event as the fire's history entry, with the key of its
+/// shard records; `None` for anything else.
+fn fired_record(payload: &[u8]) -> Option<(String, FireRecord)> {
+    let event = Event::decode(payload).ok()?;
+    let EventBody::Fired {
+        job,
+        instant,
+        shards,
+        epoch,
+        cause,
+        record: Some(key),
+        ..
+    } = event.body
+    else {
+        return None;
+    };
+    let fire = FireRecord {
+        fire_id: wire::fire_id(&job, instant),
+        job,
+        instant,
+        cause,
+        fired_at: event.at,
+        shards,
+        dispatched: (0..shards).collect(),
+        epoch,
+    };
+    Some((key, fire))
+}
+
+/// The `want` newest fires, one per instant (a fire stored twice, say its
+/// event sent again by a successor after the dedup window, counts once).
+fn newest(mut fires: Vec<(String, FireRecord)>, want: usize) -> Vec<(String, FireRecord)> {
+    fires.sort_by_key(|f| std::cmp::Reverse(f.1.instant));
+    fires.dedup_by(|a, b| a.1.instant == b.1.instant);
+    fires.truncate(want);
+    fires
 }
 
 async fn job_exists(ctx: &Ctx, id: &str) -> Result<bool, ApiError> {

@@ -1,6 +1,8 @@
 //! `job.trigger`, `job.next` and `job.runs`.
 
 use super::*;
+use async_nats::jetstream;
+use futures::TryStreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_dispatches_once_with_the_chosen_shards_and_payload_also_when_paused() {
@@ -326,5 +328,174 @@ async fn runs_show_each_shard_succeeded_failed_or_timed_out() {
     assert_eq!(limited.runs.len(), 1);
     assert_eq!(limited.runs[0].fire_id, second.fire_id);
     w.stop(Duration::from_secs(10)).await;
+    a.stop().await;
+}
+
+/// A scheduled fire's history entry is its `fired` event: the leader writes
+/// no fire record in the runs bucket, and `job.runs` still shows the newest
+/// fires (as many as the job's `history`) with their shards' records, for a
+/// job with few stored events (read whole) and one with many (read from the
+/// end back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_runs_are_read_from_fired_events_newest_first_bounded_by_history() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let a = Scheduler::start(&server.url(), "a");
+    let api = harness::api(&client, &names()).await;
+    let w = harness::Worker::start(&server.url(), "w1");
+    let n = names();
+    let events = jetstream::new(client.clone())
+        .get_stream(n.events_stream())
+        .await
+        .unwrap();
+    assert_eq!(
+        events.cached_info().config.max_messages_per_subject,
+        1000,
+        "events are bounded per subject"
+    );
+    for (id, every, history) in [("busy", "200ms", 3), ("calm", "1s", 20)] {
+        let def = json!({"id": id, "schedule": format!("@every {every}"), "shards": 2,
+            "history": history, "run": {"shell": "true"}});
+        api.put_raw(def.to_string().into()).await.unwrap();
+    }
+    // More than four times busy's history, so that its events are read from
+    // the end; calm's few are read whole.
+    let fired_of = async |job: &str| -> Vec<DateTime<Utc>> {
+        harness::stream_messages(&client, &n.events_stream())
+            .await
+            .into_iter()
+            .filter(|m| m.subject.as_str() == n.event_subject("fired", Some(job)))
+            .filter_map(|m| match jetcron_shared::wire::Event::decode(&m.payload) {
+                Ok(e) => match e.body {
+                    EventBody::Fired { instant, .. } => Some(instant),
+                    _ => None,
+                },
+                Err(_) => None,
+            })
+            .collect()
+    };
+    wait_until("busy fired 15 times", Duration::from_secs(20), async || {
+        (fired_of("busy").await.len() >= 15).then_some(())
+    })
+    .await;
+    api.pause("busy").await.unwrap();
+    api.pause("calm").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (id, history) in [("busy", 3usize), ("calm", 20)] {
+        let fired = fired_of(id).await;
+        assert!(!fired.is_empty(), "{id} fired");
+        let mut newest: Vec<DateTime<Utc>> = fired.iter().rev().take(history).copied().collect();
+        newest.dedup();
+        let runs = wait_until(
+            "every shard of the listed fires succeeded",
+            Duration::from_secs(20),
+            async || {
+                let r = api.runs(id, None).await.ok()?;
+                r.runs
+                    .iter()
+                    .all(|f| f.state == ShardState::Succeeded)
+                    .then_some(r)
+            },
+        )
+        .await;
+        let listed: Vec<DateTime<Utc>> = runs.runs.iter().map(|f| f.instant).collect();
+        assert_eq!(listed, newest, "{id}: the newest fires, newest first");
+        for f in &runs.runs {
+            assert_eq!(f.cause, Cause::Schedule);
+            assert_eq!(f.fire_id, jetcron_shared::wire::fire_id(id, f.instant));
+            assert_eq!(f.shards.len(), 2, "{id}: {f:?}");
+            assert!(f.shards.iter().all(|s| s.worker.as_deref() == Some("w1")));
+        }
+        let limited = api.runs(id, Some(2)).await.unwrap();
+        assert_eq!(
+            limited.runs.iter().map(|f| f.instant).collect::<Vec<_>>(),
+            newest[..2.min(newest.len())]
+        );
+    }
+    // The runs bucket holds shard records (`<job>.<slot>.<shard>`) only.
+    let runs_kv = jetstream::new(client.clone())
+        .get_key_value(n.runs_bucket())
+        .await
+        .unwrap();
+    let keys: Vec<String> = runs_kv.keys().await.unwrap().try_collect().await.unwrap();
+    assert!(!keys.is_empty());
+    let fire_records: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.matches('.').count() == 1 && !k.starts_with('='))
+        .collect();
+    assert!(fire_records.is_empty(), "fire records: {fire_records:?}");
+    w.stop(Duration::from_secs(10)).await;
+    a.stop().await;
+}
+
+/// `job.runs` finds a job's last `fired` events however many other events
+/// lie between them (its read moves back from the last one until it has
+/// enough), and also when there are far more of them than it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_find_the_last_fired_events_among_many_others() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let a = Scheduler::start(&server.url(), "a");
+    let api = harness::api(&client, &names()).await;
+    let n = names();
+    let js = jetstream::new(client.clone());
+    let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut instants = Vec::new();
+    for i in 0..40i64 {
+        let instant = t0 + chrono::Duration::seconds(i);
+        instants.push(instant);
+        let fired = jetcron_shared::wire::Event {
+            at: instant,
+            body: EventBody::Fired {
+                job: "gone".into(),
+                instant,
+                shards: 1,
+                epoch: 1,
+                cause: Cause::Schedule,
+                late_ms: 0,
+                record: Some(format!("gone.s{}", i % 5)),
+            },
+        };
+        let mut acks = vec![
+            js.publish(
+                n.event_subject("fired", Some("gone")),
+                fired.encode().into(),
+            )
+            .await
+            .unwrap(),
+        ];
+        // Other jobs' events in between: 10 after the first fires, 300
+        // after the later ones.
+        for _ in 0..if i < 20 { 10 } else { 300 } {
+            let other = n.event_subject("skipped", Some("other"));
+            acks.push(js.publish(other, "{}".into()).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    // `gone` is no job (deleted, say): its history is what is stored.
+    for limit in [1u32, 3, 25] {
+        let runs = api.runs("gone", Some(limit)).await.unwrap();
+        let listed: Vec<DateTime<Utc>> = runs.runs.iter().map(|f| f.instant).collect();
+        let newest: Vec<DateTime<Utc>> = instants
+            .iter()
+            .rev()
+            .take(limit as usize)
+            .copied()
+            .collect();
+        assert_eq!(listed, newest, "limit {limit}");
+        assert!(
+            runs.runs
+                .iter()
+                .all(|f| f.shards.len() == 1 && f.state == ShardState::Pending)
+        );
+    }
+    assert_eq!(api.runs("gone", None).await.unwrap().runs.len(), 40);
     a.stop().await;
 }
