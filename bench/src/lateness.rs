@@ -1,37 +1,51 @@
 //! Scenario 1: lateness of jobs firing every second, at several loads,
-//! jetcron next to NATS-native schedules, alternating (native first) on a
-//! fresh server each time.
+//! jetcron next to two anchors, each system on a fresh server: NATS-native
+//! schedules first, then a raw publisher, then jetcron.
+//!
+//! The raw publisher is the floor of any scheduler that runs as a NATS
+//! client: one plain client that at every whole second publishes one
+//! message per job (the shard message jetcron would store, with
+//! `Nats-Msg-Id`) to a work-queue stream with async JetStream publishes.
 //!
 //! Each step: store the jobs (or schedules), wait until every job fired
 //! twice (or a limit), warm up, then measure a window of whole seconds:
 //! every fire whose instant lies in the window and that arrives before the
 //! window's end plus a grace period counts as delivered, with its lateness.
 //! CPU is the utime + stime the measured processes spent in the window:
-//! nats-server and the scheduler for jetcron, nats-server alone for native.
+//! nats-server and the scheduler for jetcron, nats-server alone for native
+//! and raw (the raw publisher runs inside the bench process).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use chrono::{DateTime, Utc};
+use jetcron_shared::Job;
+use jetcron_shared::wire::{Cause, ShardMessage};
 use serde::Serialize;
-use tokio::time::sleep;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{ceil_second, now_ms, sleep_until_ms};
 use crate::collect::{Arrival, Collector, Source};
 use crate::deploy::{Deployment, connect, definition, job_id, shard_body};
 use crate::error::{BenchError, Result};
-use crate::publish::{WINDOW, publish_all};
+use crate::publish::{Outgoing, Published, WINDOW, publish_all};
 use crate::server::Server;
 use crate::stats::Summary;
 use crate::{Bench, native, say, usage};
 
 const GROUP: &str = "lat";
 const EVERY_SECOND: &str = "* * * * * *";
+/// The raw anchor's work-queue stream and the subjects it holds.
+const RAW_STREAM: &str = "RAW_LAT";
+const RAW_SUBJECTS: &str = "raw.>";
 
 /// One system at one load.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatenessRow {
-    /// `jetcron` or `native`.
+    /// `jetcron`, `raw` or `native`.
     pub system: String,
     pub jobs: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,6 +115,12 @@ pub async fn run(bench: &Bench) -> LatenessReport {
             .unwrap_or_else(|e| LatenessRow::failed("native", n, e));
         say(&format!("  {}", line(&row)));
         rows.push(row);
+        say(&format!("lateness: raw publish, {n} jobs"));
+        let row = raw_step(bench, n)
+            .await
+            .unwrap_or_else(|e| LatenessRow::failed("raw", n, e));
+        say(&format!("  {}", line(&row)));
+        rows.push(row);
         say(&format!("lateness: jetcron, {n} jobs"));
         let row = jetcron_step(bench, n)
             .await
@@ -160,6 +180,131 @@ async fn native_step(bench: &Bench, n: usize) -> Result<LatenessRow> {
     let mut row = finish(bench, collector, "native", n, m).await?;
     row.server_rss_kib = server_rss_kib;
     Ok(row)
+}
+
+async fn raw_step(bench: &Bench, n: usize) -> Result<LatenessRow> {
+    let server = Server::start(&bench.logs).await?;
+    let js = jetstream::new(connect(&server.url()).await?);
+    create_raw_stream(&js).await?;
+    let collector =
+        Collector::start(&js, RAW_STREAM, "bench", RAW_SUBJECTS, Source::Jetcron).await?;
+    let jobs = raw_jobs(n)?;
+    let stop = CancellationToken::new();
+    // Stops the publisher on every way out, before the server goes.
+    let _stop_on_exit = stop.clone().drop_guard();
+    let publisher = tokio::spawn(publish_every_second(js.clone(), jobs, stop.clone()));
+    let pids = [server.pid()];
+    let m = measure(bench, "raw", n, &collector, &pids).await;
+    let server_rss_kib = usage::rss_kib(server.pid());
+    let mut row = finish(bench, collector, "raw", n, m).await?;
+    row.server_rss_kib = server_rss_kib;
+    stop.cancel();
+    if let Ok(Ok(tally)) = timeout(Duration::from_secs(10), publisher).await
+        && tally.failed > 0
+    {
+        say(&format!(
+            "  raw: {} of {} publishes failed, first: {}",
+            tally.failed,
+            tally.sent + tally.failed,
+            tally.first_error.unwrap_or_default()
+        ));
+    }
+    Ok(row)
+}
+
+/// The raw anchor's stream: a work queue with a dedup window, like
+/// jetcron's work stream.
+async fn create_raw_stream(js: &jetstream::Context) -> Result<()> {
+    let config = stream::Config {
+        name: RAW_STREAM.into(),
+        subjects: vec![RAW_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let limit = Duration::from_secs(10);
+    let what = format!("creating {RAW_STREAM}");
+    timeout(limit, js.create_stream(config))
+        .await
+        .map_err(|_| BenchError::timeout(what.clone(), limit))?
+        .map_err(|e| BenchError::nats(what, e))?;
+    Ok(())
+}
+
+/// Jobs `0..n` of the lateness group, decoded once: what a client
+/// scheduler holds in memory.
+fn raw_jobs(n: usize) -> Result<Vec<Job>> {
+    (0..n)
+        .map(|i| {
+            let id = job_id(GROUP, i);
+            let def = definition(&id, EVERY_SECOND, GROUP, "true", 1);
+            Job::decode(&def, None).map_err(|e| BenchError::nats(format!("decoding {id}"), e))
+        })
+        .collect()
+}
+
+/// What the raw publisher did over its life.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, p: Published) {
+        self.sent += p.sent;
+        self.failed += p.failed;
+        if self.first_error.is_none() {
+            self.first_error = p.first_error;
+        }
+    }
+}
+
+/// The raw anchor: at every whole second, one message per job, until
+/// `stop`. A round that overruns its second moves on to the next whole
+/// second after it; the instants skipped that way are never fired, and show
+/// as delivered < 1.
+async fn publish_every_second(
+    js: jetstream::Context,
+    jobs: Vec<Job>,
+    stop: CancellationToken,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut last = None;
+    loop {
+        let instant = next_instant(now_ms(), last);
+        let Some(at) = DateTime::from_timestamp_millis(instant) else {
+            return tally;
+        };
+        let round = async {
+            sleep_until_ms(instant).await;
+            // Encoded each second anew, as a client must.
+            let messages: Vec<Outgoing> = jobs.iter().map(|job| raw_message(job, at)).collect();
+            publish_all(&js, messages, WINDOW).await
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return tally,
+            put = round => tally.add(put),
+        }
+        last = Some(instant);
+    }
+}
+
+/// The whole second to fire next: the first at or after `now_ms`, and never
+/// the one fired `last` again.
+fn next_instant(now_ms: i64, last: Option<i64>) -> i64 {
+    let next = ceil_second(now_ms);
+    last.map_or(next, |l| next.max(l + 1000))
+}
+
+/// `job`'s shard message for the fire at `at`, deduplicated by
+/// `<job>:<instant ms>:0`.
+fn raw_message(job: &Job, at: DateTime<Utc>) -> Outgoing {
+    let shard = ShardMessage::new(job, at, 0, 1, Cause::Schedule);
+    let mut h = HeaderMap::new();
+    h.insert(async_nats::header::NATS_MESSAGE_ID, shard.msg_id().as_str());
+    Outgoing::new(format!("raw.lat.{}", shard.job), shard.encode()).with_headers(h)
 }
 
 async fn jetcron_step(bench: &Bench, n: usize) -> Result<LatenessRow> {
@@ -341,6 +486,29 @@ mod tests {
         assert_eq!(w.received, 3);
         let l = w.lateness.unwrap();
         assert_eq!((l.p50_ms, l.max_ms), (20, 30));
+    }
+
+    #[test]
+    fn the_raw_publisher_fires_each_whole_second_once() {
+        assert_eq!(next_instant(5300, None), 6000);
+        assert_eq!(next_instant(6000, None), 6000);
+        // A round that ended within its own second: the next second.
+        assert_eq!(next_instant(6000, Some(6000)), 7000);
+        // A round that overran: the next whole second after it.
+        assert_eq!(next_instant(8200, Some(6000)), 9000);
+    }
+
+    #[test]
+    fn raw_messages_are_what_the_collector_reads() {
+        let jobs = raw_jobs(3).unwrap();
+        let at = DateTime::from_timestamp_millis(7000).unwrap();
+        let m = raw_message(&jobs[2], at);
+        assert_eq!(m.subject, "raw.lat.lat-0000002");
+        let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+        assert_eq!(id.map(|v| v.as_str()), Some("lat-0000002:7000:0"));
+        let shard = ShardMessage::decode(&m.payload).unwrap();
+        assert_eq!(shard.instant.timestamp_millis(), 7000);
+        assert_eq!(crate::collect::key_of(&shard.job), Some(2));
     }
 
     #[test]

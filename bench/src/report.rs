@@ -166,6 +166,7 @@ impl Report {
             &[
                 series("jetcron", "jetcron", "#1f77b4"),
                 series("native", "NATS-native schedules", "#d62728"),
+                series("raw", "raw async publish", "#2ca02c"),
             ],
         ))
     }

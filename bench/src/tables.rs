@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 
 use crate::api::ApiReport;
 use crate::burst::BurstReport;
-use crate::lateness::LatenessReport;
+use crate::lateness::{LatenessReport, LatenessRow};
+use crate::publish::WINDOW;
 use crate::scale::ScaleReport;
-use crate::stats::ratio;
+use crate::stats::{Summary, ratio};
 use crate::svg::thousands;
 use crate::worker::WorkerReport;
 
@@ -53,6 +54,25 @@ fn errors<'a>(md: &mut String, errs: impl Iterator<Item = (String, &'a Option<St
     }
 }
 
+/// `| case | figure | jetcron | raw | native | jetcron/raw | jetcron/native |`
+fn against_anchors(
+    md: &mut String,
+    case: &str,
+    figure: &str,
+    [jetcron, raw, native]: [Option<f64>; 3],
+    digits: usize,
+) {
+    let _ = writeln!(
+        md,
+        "| {case} | {figure} | {} | {} | {} | {} | {} |",
+        num(jetcron, digits),
+        num(raw, digits),
+        num(native, digits),
+        num(ratio(jetcron, raw), 2),
+        num(ratio(jetcron, native), 2)
+    );
+}
+
 pub fn lateness(l: &LatenessReport) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -61,81 +81,69 @@ pub fn lateness(l: &LatenessReport) -> String {
     );
     let _ = writeln!(
         md,
-        "Per load a fresh nats-server, native first, then jetcron. {:.0} s measured after a {:.0} s warm-up; \
-         lateness = received at a JetStream consumer − scheduled instant; fires received more than {:.1} s after \
-         the window are not counted. CPU: nats-server + jetcron-scheduler (jetcron), nats-server (native), \
-         utime + stime in the window.\n",
-        l.window_s, l.warmup_s, l.grace_s
+        "Per load a fresh nats-server for each system, native first, then raw publish, then jetcron. \
+         Raw publish: one plain async-nats client that at every whole second publishes one message per job \
+         (the shard message jetcron would store, with `Nats-Msg-Id`) to a work-queue stream with async \
+         JetStream publishes, at most {} acks outstanding; a round that overruns its second skips the \
+         instants it overran. {:.0} s measured after a {:.0} s warm-up; lateness = received at a JetStream \
+         consumer − scheduled instant; fires received more than {:.1} s after the window are not counted. \
+         CPU: nats-server + jetcron-scheduler (jetcron), nats-server (native), nats-server only (raw publish: \
+         the publishing client runs inside the bench and is not counted), utime + stime in the window.\n",
+        thousands(WINDOW as u64),
+        l.window_s,
+        l.warmup_s,
+        l.grace_s
     );
     let _ = writeln!(
         md,
-        "| jobs | figure | jetcron | NATS-native | jetcron / native |\n|---:|---|---:|---:|---:|"
+        "| jobs | figure | jetcron | raw publish | NATS-native | jetcron / raw | jetcron / native |\n\
+         |---:|---|---:|---:|---:|---:|---:|"
     );
     let mut loads: Vec<usize> = l.rows.iter().map(|r| r.jobs).collect();
     loads.dedup();
     for n in loads {
-        let (j, nat) = (l.row("jetcron", n), l.row("native", n));
+        let rows = [l.row("jetcron", n), l.row("raw", n), l.row("native", n)];
         let case = thousands(n as u64);
-        let pick = |r: Option<&crate::lateness::LatenessRow>,
-                    f: fn(&crate::stats::Summary) -> i64| {
-            r.and_then(|r| r.lateness.as_ref()).map(|s| f(s) as f64)
+        let each = |f: &dyn Fn(&LatenessRow) -> Option<f64>| rows.map(|r| r.and_then(f));
+        let late = |f: fn(&Summary) -> i64| {
+            each(&|r: &LatenessRow| r.lateness.as_ref().map(|s| f(s) as f64))
         };
-        compared(
-            &mut md,
-            &case,
-            "p50 lateness (ms)",
-            pick(j, |s| s.p50_ms),
-            pick(nat, |s| s.p50_ms),
-            0,
-        );
-        compared(
-            &mut md,
-            &case,
-            "p99 lateness (ms)",
-            pick(j, |s| s.p99_ms),
-            pick(nat, |s| s.p99_ms),
-            0,
-        );
-        compared(
-            &mut md,
-            &case,
-            "max lateness (ms)",
-            pick(j, |s| s.max_ms),
-            pick(nat, |s| s.max_ms),
-            0,
-        );
-        let delivered = |r: Option<&crate::lateness::LatenessRow>| {
-            r.filter(|r| r.error.is_none()).map(|r| r.delivered)
-        };
-        compared(
+        against_anchors(&mut md, &case, "p50 lateness (ms)", late(|s| s.p50_ms), 0);
+        against_anchors(&mut md, &case, "p99 lateness (ms)", late(|s| s.p99_ms), 0);
+        against_anchors(&mut md, &case, "max lateness (ms)", late(|s| s.max_ms), 0);
+        against_anchors(
             &mut md,
             &case,
             "delivered (fraction of due)",
-            delivered(j),
-            delivered(nat),
+            each(&|r: &LatenessRow| r.error.is_none().then_some(r.delivered)),
             4,
         );
-        let cpu = |r: Option<&crate::lateness::LatenessRow>| r.and_then(|r| r.cpu_s_per_1000_fires);
-        compared(&mut md, &case, "CPU s per 1,000 fires", cpu(j), cpu(nat), 3);
+        against_anchors(
+            &mut md,
+            &case,
+            "CPU s per 1,000 fires",
+            each(&|r: &LatenessRow| r.cpu_s_per_1000_fires),
+            3,
+        );
         // Where it goes: the nats-server's part, the rest is the scheduler's.
-        let server = |r: Option<&crate::lateness::LatenessRow>| {
-            r.filter(|r| r.received > 0)
-                .map(|r| r.server_cpu_s / r.received as f64 * 1000.0)
-        };
-        compared(
+        against_anchors(
             &mut md,
             &case,
             "of which nats-server",
-            server(j),
-            server(nat),
+            each(&|r: &LatenessRow| {
+                (r.received > 0).then(|| r.server_cpu_s / r.received as f64 * 1000.0)
+            }),
             3,
         );
+        let [j, raw, nat] = rows;
+        let server_mib = |r: Option<&LatenessRow>| mib(r.and_then(|r| r.server_rss_kib));
         let _ = writeln!(
             md,
-            "| {case} | RSS MiB (scheduler; nats-server) | {}; {} | {NONE}; {} | |",
+            "| {case} | RSS MiB (scheduler; nats-server) | {}; {} | {NONE}; {} | {NONE}; {} | | |",
             mib(j.and_then(|r| r.scheduler_rss_kib)),
-            mib(j.and_then(|r| r.server_rss_kib)),
-            mib(nat.and_then(|r| r.server_rss_kib))
+            server_mib(j),
+            server_mib(raw),
+            server_mib(nat)
         );
     }
     errors(
@@ -380,8 +388,6 @@ pub fn worker(w: &WorkerReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lateness::LatenessRow;
-    use crate::stats::Summary;
 
     fn row(system: &str, jobs: usize, p99: i64) -> LatenessRow {
         LatenessRow {
@@ -406,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn lateness_rows_put_the_anchor_next_to_jetcron() {
+    fn lateness_rows_put_the_anchors_next_to_jetcron() {
         let mut failed = row("jetcron", 1000, 0);
         failed.lateness = None;
         failed.error = Some("boom".into());
@@ -416,22 +422,46 @@ mod tests {
             grace_s: 3.0,
             rows: vec![
                 row("native", 100, 200),
+                row("raw", 100, 25),
                 row("jetcron", 100, 50),
                 row("native", 1000, 250),
+                row("raw", 1000, 20),
                 failed,
+                // No raw row at this load.
+                row("native", 10_000, 300),
+                row("jetcron", 10_000, 60),
             ],
         };
         let md = lateness(&l);
         assert!(
-            md.contains("| 100 | p99 lateness (ms) | 50 | 200 | 0.25 |"),
+            md.contains(
+                "| jobs | figure | jetcron | raw publish | NATS-native | jetcron / raw | jetcron / native |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("at most 2,000 acks outstanding"), "{md}");
+        assert!(
+            md.contains("| 100 | p99 lateness (ms) | 50 | 25 | 200 | 2.00 | 0.25 |"),
             "{md}"
         );
         assert!(
-            md.contains("| 1,000 | p99 lateness (ms) | — | 250 | — |"),
+            md.contains("| 1,000 | p99 lateness (ms) | — | 20 | 250 | — | — |"),
             "{md}"
         );
         assert!(
-            md.contains("| 100 | RSS MiB (scheduler; nats-server) | 20.0; 10.0 | —; 10.0 | |"),
+            md.contains("| 10,000 | p99 lateness (ms) | 60 | — | 300 | — | 0.20 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 10,000 | delivered (fraction of due) | 1.0000 | — | 1.0000 | — | 1.00 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 100 | RSS MiB (scheduler; nats-server) | 20.0; 10.0 | —; 10.0 | —; 10.0 | | |"
+            ),
             "{md}"
         );
         assert!(md.contains("- jetcron at 1000 jobs failed: boom"), "{md}");
