@@ -11,6 +11,12 @@
 //!   every multiple of the period since the Unix epoch, independent of the time zone;
 //! * `@at <RFC 3339 instant>`: a single fire.
 //!
+//! Day fields are read as Vixie cron and cronie read them: when both day-of-month and
+//! day-of-week are restricted, a day matching either fires; a day field that starts with `*`
+//! (`*`, `*/2`) or is `?` is unrestricted, and then a day must match both. Day-of-week runs
+//! 0-7, both Sunday: `*/2` steps over 0-7 (Sunday, Tuesday, Thursday, Saturday) and `a/n` means
+//! `a-7/n`.
+//!
 //! Cron schedules are evaluated on the local wall clock of the schedule's time zone. Matching
 //! wall-clock times are visited in increasing order and mapped to UTC: a time that exists once
 //! maps to that instant; a time that exists twice (fall-back fold) maps to its first occurrence;
@@ -29,10 +35,11 @@ use chrono_tz::Tz;
 
 /// How many calendar years past the starting year the cron search looks before giving up.
 ///
-/// Eight years is the longest possible wait for a satisfiable expression: `0 0 0 29 2 *` from
-/// just after 2096-02-29 next fires on 2104-02-29 (2100 is not a leap year). Any expression
-/// that cannot fire within this window can never fire.
-const SEARCH_YEARS: i32 = 8;
+/// Forty years is the longest possible wait for a satisfiable expression: `0 0 0 29 2 */7`
+/// (29 February when it is a Sunday; `*/7` is Sunday only and, starting with `*`, is ANDed
+/// with day-of-month) from just after 2088-02-29 next fires on 2128-02-29, because 2100 is not
+/// a leap year. Any expression that cannot fire within this window can never fire.
+const SEARCH_YEARS: i32 = 40;
 
 /// Shortest accepted `@every` period, in milliseconds.
 const MIN_INTERVAL_MS: u64 = 100;
@@ -376,9 +383,9 @@ struct CronSpec {
     months: u64,
     /// Bits 0-6, Sunday = 0 (7 is folded into 0 at parse time).
     days_of_week: u64,
-    /// Day-of-month is something other than `*` or `?`.
+    /// Day-of-month neither starts with `*` nor is `?`.
     dom_restricted: bool,
-    /// Day-of-week is something other than `*` or `?`.
+    /// Day-of-week neither starts with `*` nor is `?`.
     dow_restricted: bool,
 }
 
@@ -419,7 +426,7 @@ impl CronSpec {
     }
 
     /// Vixie-cron day matching: when both day fields are restricted, either may match;
-    /// otherwise the unrestricted one matches every day and only the other one counts.
+    /// otherwise both must (an unrestricted `*/2` still only lets every other day through).
     fn day_matches(&self, date: NaiveDate) -> bool {
         let dom = has_bit(self.days_of_month, date.day());
         let dow = has_bit(self.days_of_week, date.weekday().num_days_from_sunday());
@@ -507,9 +514,11 @@ impl CronSpec {
     }
 }
 
-/// `*` and `?` leave a day field unrestricted for the Vixie day-matching rule.
+/// A day field starting with `*` (`*`, `*/2`) or `?` is unrestricted for the Vixie
+/// day-matching rule, exactly as Vixie cron and cronie read it: they look at the first
+/// character only.
 fn is_unrestricted(field: &str) -> bool {
-    field == "*" || field == "?"
+    field.starts_with('*') || field == "?"
 }
 
 fn has_bit(mask: u64, bit: u32) -> bool {
@@ -1081,6 +1090,91 @@ mod tests {
         assert_eq!(
             walk("0 0 0 * * 5", UTC, "2026-01-01T00:00:00Z", 2),
             instants(&["2026-01-02T00:00:00Z", "2026-01-09T00:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn schedule_day_field_starting_with_star_is_unrestricted() {
+        // Odd days AND Mondays: `*/2` starts with `*`, so it does not OR with day-of-week.
+        assert_eq!(
+            walk("0 0 */2 * 1", UTC, "2026-01-01T00:00:00Z", 5),
+            instants(&[
+                "2026-01-05T00:00:00Z",
+                "2026-01-19T00:00:00Z",
+                "2026-02-09T00:00:00Z",
+                "2026-02-23T00:00:00Z",
+                "2026-03-09T00:00:00Z",
+            ])
+        );
+        // `*/1` is every day, unrestricted: Mondays only, not every day.
+        assert_eq!(
+            walk("0 0 */1 * 1", UTC, "2026-01-01T00:00:00Z", 3),
+            instants(&[
+                "2026-01-05T00:00:00Z",
+                "2026-01-12T00:00:00Z",
+                "2026-01-19T00:00:00Z",
+            ])
+        );
+        // Both restricted: the 1st, the 15th, and every Monday.
+        assert_eq!(
+            walk("0 0 1,15 * 1", UTC, "2026-01-01T00:00:00Z", 8),
+            instants(&[
+                "2026-01-05T00:00:00Z",
+                "2026-01-12T00:00:00Z",
+                "2026-01-15T00:00:00Z",
+                "2026-01-19T00:00:00Z",
+                "2026-01-26T00:00:00Z",
+                "2026-02-01T00:00:00Z",
+                "2026-02-02T00:00:00Z",
+                "2026-02-09T00:00:00Z",
+            ])
+        );
+        // The same on the day-of-week side: the 13th when it is a Sunday (`*/7` is 0 and 7).
+        assert_eq!(
+            walk("0 0 13 * */7", UTC, "2026-01-01T00:00:00Z", 3),
+            instants(&[
+                "2026-09-13T00:00:00Z",
+                "2026-12-13T00:00:00Z",
+                "2027-06-13T00:00:00Z",
+            ])
+        );
+        // 29 February on a Sunday: the longest wait there is, across 2100.
+        assert_eq!(
+            sched("0 0 0 29 2 */7", UTC).next_after(utc("2088-02-29T00:00:00Z")),
+            Some(utc("2128-02-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn schedule_day_of_week_steps_run_over_zero_to_seven() {
+        // `*/2` is 0,2,4,6: Sunday, Tuesday, Thursday, Saturday. 2026-01-01 is a Thursday.
+        assert_eq!(
+            walk("0 0 * * */2", UTC, "2026-01-01T00:00:00Z", 5),
+            instants(&[
+                "2026-01-03T00:00:00Z",
+                "2026-01-04T00:00:00Z",
+                "2026-01-06T00:00:00Z",
+                "2026-01-08T00:00:00Z",
+                "2026-01-10T00:00:00Z",
+            ])
+        );
+        // `a/n` is `a-7/n`: `6/1` is Saturday and Sunday, `5/2` Friday and Sunday.
+        assert_eq!(
+            walk("0 0 * * 6/1", UTC, "2026-01-01T00:00:00Z", 4),
+            instants(&[
+                "2026-01-03T00:00:00Z",
+                "2026-01-04T00:00:00Z",
+                "2026-01-10T00:00:00Z",
+                "2026-01-11T00:00:00Z",
+            ])
+        );
+        assert_eq!(
+            walk("0 0 * * 5/2", UTC, "2026-01-01T00:00:00Z", 3),
+            instants(&[
+                "2026-01-02T00:00:00Z",
+                "2026-01-04T00:00:00Z",
+                "2026-01-09T00:00:00Z",
+            ])
         );
     }
 
