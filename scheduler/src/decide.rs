@@ -51,10 +51,14 @@ impl Decider<'_> {
         let (instant, missed) = coalesce(k.job.schedule(), at, now);
         let next = k.job.schedule().next_after(instant);
         if k.job.paused() {
+            // One skip per pause (or per change while paused), then no
+            // timer until the definition changes: a paused job costs no
+            // write and no event per instant. `job.resume` counts the
+            // instants that passed since ([`skipped_since`]).
             let reason = "paused".to_string();
             let state = FireState {
                 job_revision: k.revision,
-                next_instant: next,
+                next_instant: None,
                 last_instant: prev.and_then(|p| p.last_instant),
                 last_fired_at: prev.and_then(|p| p.last_fired_at),
                 epoch,
@@ -194,6 +198,34 @@ pub fn next_instant(k: &Known, state: Option<&FireState>) -> Option<DateTime<Utc
         }
         None => k.job.schedule().next_after(k.written),
     }
+}
+
+/// Most instants [`skipped_since`] counts.
+pub const MAX_SKIPPED_COUNT: u64 = 100_000;
+
+/// Instants of a paused job skipped in all by `now`: those its state
+/// counted, and those after its last skipped instant (it is not woken for
+/// them), counting at most [`MAX_SKIPPED_COUNT`].
+pub fn skipped_since(schedule: &Schedule, state: &FireState, now: DateTime<Utc>) -> u64 {
+    let Some(Decision {
+        what: Decided::Skipped { instant, .. },
+        ..
+    }) = &state.decision
+    else {
+        return state.paused_skipped;
+    };
+    let mut count = state.paused_skipped;
+    let mut t = *instant;
+    while count < MAX_SKIPPED_COUNT {
+        match schedule.next_after(t) {
+            Some(n) if n <= now => {
+                t = n;
+                count += 1;
+            }
+            _ => break,
+        }
+    }
+    count
 }
 
 /// From the first due instant `at`, the latest instant due by `now` and how
@@ -370,6 +402,15 @@ mod tests {
         assert_eq!(
             (s.paused_skipped, s.fires, s.last_instant),
             (2, 1, Some(t(10, 0, 0)))
+        );
+        assert_eq!(s.next_instant, None, "not woken again while paused");
+        // Resumed later: the instants after the last skip count too.
+        assert_eq!(skipped_since(k.job.schedule(), s, t(10, 0, 2)), 2);
+        assert_eq!(skipped_since(k.job.schedule(), s, t(10, 0, 9)), 9);
+        assert_eq!(skipped_since(k.job.schedule(), &prev, t(10, 0, 9)), 0);
+        assert_eq!(
+            skipped_since(k.job.schedule(), s, t(12, 0, 0)),
+            2 + 2 * 3600 - 2,
         );
         assert!(finish(&k, s).is_some());
         let changed = Known {

@@ -2,20 +2,26 @@
 //! update-at-revision, retrying a few times when someone else changed the
 //! definition in between.
 //!
-//! The engine does the rest: a paused job's instants pass without a fire (each
-//! reported as `skipped` and counted in the fire state's `paused_skipped`),
-//! and after a resume it fires from the next instant on; skipped instants are
-//! not replayed. `job.resume` reports the count as `skipped`, read before the
-//! definition changes (the engine resets it once the job runs again).
+//! The engine does the rest: a paused job's instants pass without a fire.
+//! The first one is reported as `skipped` (and counted in the fire state's
+//! `paused_skipped`); the engine then leaves the job alone until its
+//! definition changes, so a paused job writes nothing per instant. After a
+//! resume it fires from the next instant on; skipped instants are not
+//! replayed. `job.resume` reports how many passed in all as `skipped`,
+//! counted from the fire state and the schedule before the definition
+//! changes (at most [`crate::decide::MAX_SKIPPED_COUNT`]).
 
 use async_nats::jetstream::kv::UpdateErrorKind;
 use bytes::Bytes;
 use jetcron_shared::api::{ApiError, PauseReply, ResumeReply, encode_ok};
+use chrono::Utc;
+use jetcron_shared::Schedule;
 use jetcron_shared::wire::{Event, EventBody};
 use tracing::{info, warn};
 
 use super::jobs::id_request;
 use super::{Ctx, load_job, unavailable, valid_job};
+use crate::decide::skipped_since;
 
 /// Attempts when the definition keeps changing under us.
 const ATTEMPTS: usize = 5;
@@ -82,7 +88,7 @@ async fn set_paused(ctx: &Ctx, id: &str, paused: bool) -> Result<Flagged, ApiErr
         let skipped = if paused {
             0
         } else {
-            paused_skipped(ctx, id).await
+            paused_skipped(ctx, id, &job.schedule).await
         };
         let mut spec = job.spec;
         spec.paused = paused;
@@ -114,11 +120,14 @@ async fn set_paused(ctx: &Ctx, id: &str, paused: bool) -> Result<Flagged, ApiErr
     }
 }
 
-/// Instants skipped while paused, from the fire state; 0 when unknown (the
-/// count is informative, never a reason to refuse a resume).
-async fn paused_skipped(ctx: &Ctx, id: &str) -> u64 {
+/// Instants skipped while paused, from the fire state and the schedule;
+/// 0 when unknown (the count is informative, never a reason to refuse a
+/// resume).
+async fn paused_skipped(ctx: &Ctx, id: &str, schedule: &Schedule) -> u64 {
     match ctx.state.load(id).await {
-        Ok(v) => v.state.map_or(0, |s| s.paused_skipped),
+        Ok(v) => v
+            .state
+            .map_or(0, |s| skipped_since(schedule, &s, Utc::now())),
         Err(e) => {
             warn!(job = %id, error = %e, "cannot read the fire state; reporting 0 skipped");
             0
