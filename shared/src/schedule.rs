@@ -17,13 +17,22 @@
 //! 0-7, both Sunday: `*/2` steps over 0-7 (Sunday, Tuesday, Thursday, Saturday) and `a/n` means
 //! `a-7/n`.
 //!
-//! Cron schedules are evaluated on the local wall clock of the schedule's time zone. Matching
-//! wall-clock times are visited in increasing order and mapped to UTC: a time that exists once
-//! maps to that instant; a time that exists twice (fall-back fold) maps to its first occurrence;
-//! a time that does not exist (spring-forward gap) maps to the instant the gap ends. Instants
-//! that are not strictly after the previous fire are dropped, so a schedule never fires the same
-//! instant twice and never goes backwards. Because this mapping is monotonic, the fires are
-//! exactly the distinct mapped instants in increasing order.
+//! Cron schedules are evaluated on the local wall clock of the schedule's time zone. Across DST
+//! changes they behave as in cronie, decided once per schedule when it is parsed:
+//!
+//! * A schedule whose second, minute or hour field starts with `*` (`*/15 * * * *`,
+//!   `0 * * * *`, `@hourly`, `@secondly`) runs on real time: it fires at every instant whose
+//!   local time matches. A local time that occurs twice (fall-back fold) fires in both passes,
+//!   in order; one that does not exist (spring-forward gap) does not fire at all.
+//! * Every other cron schedule (fixed values, lists or ranges in all three of second, minute
+//!   and hour: `30 2 * * *`, `0 1-3 * * *`) keeps to its wall-clock times. Matching wall-clock
+//!   times are visited in increasing order and mapped to UTC: a time that exists once maps to
+//!   that instant; a time that exists twice maps to its first occurrence; a time that does not
+//!   exist maps to the instant the gap ends. Instants that are not strictly after the previous
+//!   fire are dropped. Because this mapping is monotonic, the fires are exactly the distinct
+//!   mapped instants in increasing order: a skipped or repeated time fires once.
+//!
+//! Either way a schedule never fires the same instant twice and never goes backwards.
 
 use std::fmt;
 
@@ -40,6 +49,12 @@ use chrono_tz::Tz;
 /// with day-of-month) from just after 2088-02-29 next fires on 2128-02-29, because 2100 is not
 /// a leap year. Any expression that cannot fire within this window can never fire.
 const SEARCH_YEARS: i32 = 40;
+
+/// Spacing of the probes that look for a change of UTC offset on the way to a real-time fire.
+/// The closest two offset changes of any zone in the tz database are 6.9 days apart
+/// (America/Cambridge_Bay, autumn 2000), so the span between two probes never holds more than
+/// one change and bisecting it finds that change.
+const OFFSET_PROBE_SECS: i64 = 24 * 60 * 60;
 
 /// Shortest accepted `@every` period, in milliseconds.
 const MIN_INTERVAL_MS: u64 = 100;
@@ -387,6 +402,9 @@ struct CronSpec {
     dom_restricted: bool,
     /// Day-of-week neither starts with `*` nor is `?`.
     dow_restricted: bool,
+    /// Second, minute or hour starts with `*`: the schedule fires on real time across DST
+    /// changes rather than once per wall-clock time (see the module doc).
+    real_time: bool,
 }
 
 impl CronSpec {
@@ -422,6 +440,9 @@ impl CronSpec {
             days_of_week,
             dom_restricted: !is_unrestricted(dom),
             dow_restricted: !is_unrestricted(dow),
+            real_time: [second, minute, hour]
+                .iter()
+                .any(|field| field.starts_with('*')),
         })
     }
 
@@ -489,6 +510,37 @@ impl CronSpec {
     }
 
     fn next_after(&self, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.real_time {
+            self.next_real_time(tz, after)
+        } else {
+            self.next_wall_time(tz, after)
+        }
+    }
+
+    /// The first whole second after `after` whose local time matches. Between two changes of
+    /// the zone's UTC offset, local time is UTC shifted by a constant, so the search takes one
+    /// such stretch at a time: the first match on the stretch's clock is the answer unless the
+    /// offset changes before it, and then the search goes on from the change.
+    fn next_real_time(&self, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut from = after.timestamp().checked_add(1)?;
+        let mut offset = utc_offset(tz, from)?;
+        let max_year = local_time(from, offset)?.year().checked_add(SEARCH_YEARS)?;
+        loop {
+            let wall = self.next_local_match(local_time(from, offset)?, max_year)?;
+            let at = wall.and_utc().timestamp().checked_sub(offset)?;
+            match offset_change(tz, from, offset, at) {
+                Some(change) => {
+                    from = change;
+                    offset = utc_offset(tz, from)?;
+                }
+                None => return DateTime::from_timestamp(at, 0),
+            }
+        }
+    }
+
+    /// The first instant after `after` that a matching wall-clock time maps to (unique time:
+    /// itself; fold: its first pass; gap: the gap's end).
+    fn next_wall_time(&self, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Local wall-clock time of `after`, truncated to the second. Every wall time up to and
         // including it maps to an instant <= `after` (the mapping is monotonic and maps this
         // one to `after` itself or, in the second pass of a fold, to its earlier occurrence),
@@ -655,6 +707,42 @@ fn parse_value(expr: &str, field: CronField, token: &str) -> Result<u32, Schedul
     Ok(value)
 }
 
+/// UTC offset of `tz` at the Unix time `secs`, in seconds.
+fn utc_offset(tz: Tz, secs: i64) -> Option<i64> {
+    let utc = DateTime::from_timestamp(secs, 0)?.naive_utc();
+    Some(i64::from(
+        tz.offset_from_utc_datetime(&utc).fix().local_minus_utc(),
+    ))
+}
+
+/// Local wall-clock time of the Unix time `secs` at UTC offset `offset`.
+fn local_time(secs: i64, offset: i64) -> Option<NaiveDateTime> {
+    Some(DateTime::from_timestamp(secs.checked_add(offset)?, 0)?.naive_utc())
+}
+
+/// The first second in `(from, until]` at which the UTC offset of `tz` is no longer `offset`
+/// (its offset at `from`), if there is one.
+fn offset_change(tz: Tz, from: i64, offset: i64, until: i64) -> Option<i64> {
+    let mut lo = from;
+    while lo < until {
+        let mut hi = lo.saturating_add(OFFSET_PROBE_SECS).min(until);
+        if utc_offset(tz, hi) != Some(offset) {
+            // One change at most between two probes: bisect for it.
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if utc_offset(tz, mid) == Some(offset) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            return Some(hi);
+        }
+        lo = hi;
+    }
+    None
+}
+
 /// Maps a local wall-clock time to UTC: unique → that instant; ambiguous (fold) → the earlier
 /// instant; non-existent (gap) → the instant at which the gap ends.
 fn resolve_local(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
@@ -669,11 +757,7 @@ fn resolve_local(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
 /// transition instant; its local time is the end of the gap).
 fn gap_end(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
     const WINDOW: i64 = 2 * 24 * 60 * 60; // wider than any UTC offset and any gap
-    let local_secs = |utc_secs: i64| -> Option<i64> {
-        let utc = DateTime::from_timestamp(utc_secs, 0)?.naive_utc();
-        let offset = tz.offset_from_utc_datetime(&utc).fix().local_minus_utc();
-        utc_secs.checked_add(i64::from(offset))
-    };
+    let local_secs = |utc_secs: i64| utc_secs.checked_add(utc_offset(tz, utc_secs)?);
     let target = wall.and_utc().timestamp();
     let mut lo = target.checked_sub(WINDOW)?;
     let mut hi = target.checked_add(WINDOW)?;
@@ -698,6 +782,7 @@ mod tests {
     use super::*;
     use chrono::Weekday;
     use chrono_tz::America::New_York;
+    use chrono_tz::Australia::Lord_Howe;
     use chrono_tz::Europe::Berlin;
     use chrono_tz::UTC;
 
@@ -1344,25 +1429,31 @@ mod tests {
 
     #[test]
     fn schedule_dst_berlin_every_15_minutes() {
+        // Real time: the quarter-hours go on every 15 minutes through the gap, and both passes
+        // of the repeated hour fire.
         assert_eq!(
             walk("0 */15 * * * *", Berlin, "2026-03-29T00:00:00Z", 6),
             instants(&[
                 "2026-03-29T00:15:00Z", // 01:15 CET
                 "2026-03-29T00:30:00Z",
                 "2026-03-29T00:45:00Z",
-                "2026-03-29T01:00:00Z", // 02:00-02:45 (gap) and 03:00 CEST collapse
+                "2026-03-29T01:00:00Z", // 03:00 CEST; 02:00-02:45 do not exist
                 "2026-03-29T01:15:00Z", // 03:15 CEST
                 "2026-03-29T01:30:00Z",
             ])
         );
         assert_eq!(
-            walk("0 */15 * * * *", Berlin, "2026-10-24T23:30:00Z", 7),
+            walk("0 */15 * * * *", Berlin, "2026-10-24T23:30:00Z", 11),
             instants(&[
                 "2026-10-24T23:45:00Z", // 01:45 CEST
                 "2026-10-25T00:00:00Z", // 02:00 CEST
                 "2026-10-25T00:15:00Z",
                 "2026-10-25T00:30:00Z",
-                "2026-10-25T00:45:00Z", // 02:45 CEST; the CET pass 02:00-02:45 does not fire
+                "2026-10-25T00:45:00Z", // 02:45 CEST
+                "2026-10-25T01:00:00Z", // 02:00 CET, the second pass
+                "2026-10-25T01:15:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T01:45:00Z", // 02:45 CET
                 "2026-10-25T02:00:00Z", // 03:00 CET
                 "2026-10-25T02:15:00Z",
             ])
@@ -1370,7 +1461,11 @@ mod tests {
         let s = sched("0 */15 * * * *", Berlin);
         assert_eq!(
             s.next_after(utc("2026-10-25T01:20:00Z")), // 02:20 CET, second pass
-            Some(utc("2026-10-25T02:00:00Z"))
+            Some(utc("2026-10-25T01:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-10-25T00:50:00Z")), // 02:50 CEST, first pass
+            Some(utc("2026-10-25T01:00:00Z"))
         );
     }
 
@@ -1381,7 +1476,7 @@ mod tests {
             instants(&[
                 "2026-03-28T23:00:00Z", // 00:00 CET
                 "2026-03-29T00:00:00Z", // 01:00 CET
-                "2026-03-29T01:00:00Z", // 02:00 (gap) and 03:00 CEST collapse
+                "2026-03-29T01:00:00Z", // 03:00 CEST; 02:00 does not exist
                 "2026-03-29T02:00:00Z", // 04:00 CEST
                 "2026-03-29T03:00:00Z",
             ])
@@ -1391,40 +1486,39 @@ mod tests {
             instants(&[
                 "2026-10-24T22:00:00Z", // 00:00 CEST
                 "2026-10-24T23:00:00Z", // 01:00 CEST
-                "2026-10-25T00:00:00Z", // 02:00 CEST (first pass only)
+                "2026-10-25T00:00:00Z", // 02:00 CEST
+                "2026-10-25T01:00:00Z", // 02:00 CET
                 "2026-10-25T02:00:00Z", // 03:00 CET
-                "2026-10-25T03:00:00Z", // 04:00 CET
             ])
         );
         let s = sched("@hourly", Berlin);
-        for after in [
-            "2026-10-25T00:30:00Z",
-            "2026-10-25T01:00:00Z",
-            "2026-10-25T01:59:59Z",
+        for (after, want) in [
+            ("2026-10-25T00:30:00Z", "2026-10-25T01:00:00Z"),
+            ("2026-10-25T01:00:00Z", "2026-10-25T02:00:00Z"),
+            ("2026-10-25T01:59:59Z", "2026-10-25T02:00:00Z"),
         ] {
-            assert_eq!(
-                s.next_after(utc(after)),
-                Some(utc("2026-10-25T02:00:00Z")),
-                "{after}"
-            );
+            assert_eq!(s.next_after(utc(after)), Some(utc(want)), "{after}");
         }
     }
 
     #[test]
-    fn schedule_dst_berlin_secondly_collapses_gap() {
+    fn schedule_dst_berlin_secondly_runs_on_real_time() {
         assert_eq!(
             walk("* * * * * *", Berlin, "2026-03-29T00:59:58Z", 3),
             instants(&[
-                "2026-03-29T00:59:59Z",
-                "2026-03-29T01:00:00Z",
+                "2026-03-29T00:59:59Z", // 01:59:59 CET
+                "2026-03-29T01:00:00Z", // 03:00:00 CEST
                 "2026-03-29T01:00:01Z"
             ])
         );
-        // Across the fold every UTC second still fires exactly once until the wall clock
-        // reaches times not fired yet: the CET pass 02:00:00-02:59:59 is silent.
+        // Every UTC second fires once, the repeated hour's second pass included.
         assert_eq!(
-            walk("* * * * * *", Berlin, "2026-10-25T00:59:58Z", 2),
-            instants(&["2026-10-25T00:59:59Z", "2026-10-25T02:00:00Z"])
+            walk("* * * * * *", Berlin, "2026-10-25T00:59:58Z", 3),
+            instants(&[
+                "2026-10-25T00:59:59Z", // 02:59:59 CEST
+                "2026-10-25T01:00:00Z", // 02:00:00 CET
+                "2026-10-25T01:00:01Z"
+            ])
         );
     }
 
@@ -1464,18 +1558,20 @@ mod tests {
             walk("0 */15 * * * *", New_York, "2026-03-08T06:30:00Z", 4),
             instants(&[
                 "2026-03-08T06:45:00Z", // 01:45 EST
-                "2026-03-08T07:00:00Z", // gap 02:00-02:45 and 03:00 EDT collapse
+                "2026-03-08T07:00:00Z", // 03:00 EDT; 02:00-02:45 do not exist
                 "2026-03-08T07:15:00Z",
                 "2026-03-08T07:30:00Z",
             ])
         );
         assert_eq!(
-            walk("0 */15 * * * *", New_York, "2026-11-01T05:30:00Z", 4),
+            walk("0 */15 * * * *", New_York, "2026-11-01T05:30:00Z", 6),
             instants(&[
-                "2026-11-01T05:45:00Z", // 01:45 EDT; the EST pass 01:00-01:45 is silent
+                "2026-11-01T05:45:00Z", // 01:45 EDT
+                "2026-11-01T06:00:00Z", // 01:00 EST, the second pass
+                "2026-11-01T06:15:00Z",
+                "2026-11-01T06:30:00Z",
+                "2026-11-01T06:45:00Z",
                 "2026-11-01T07:00:00Z", // 02:00 EST
-                "2026-11-01T07:15:00Z",
-                "2026-11-01T07:30:00Z",
             ])
         );
     }
@@ -1487,7 +1583,7 @@ mod tests {
             instants(&[
                 "2026-03-08T05:00:00Z", // 00:00 EST
                 "2026-03-08T06:00:00Z", // 01:00 EST
-                "2026-03-08T07:00:00Z", // 02:00 (gap) and 03:00 EDT collapse
+                "2026-03-08T07:00:00Z", // 03:00 EDT; 02:00 does not exist
                 "2026-03-08T08:00:00Z", // 04:00 EDT
             ])
         );
@@ -1495,37 +1591,436 @@ mod tests {
             walk("0 0 * * * *", New_York, "2026-11-01T03:30:00Z", 4),
             instants(&[
                 "2026-11-01T04:00:00Z", // 00:00 EDT
-                "2026-11-01T05:00:00Z", // 01:00 EDT (first pass only)
+                "2026-11-01T05:00:00Z", // 01:00 EDT
+                "2026-11-01T06:00:00Z", // 01:00 EST
                 "2026-11-01T07:00:00Z", // 02:00 EST
-                "2026-11-01T08:00:00Z", // 03:00 EST
             ])
         );
     }
 
-    /// Reference implementation straight from the definition: map every matching wall time in
-    /// a window to UTC and keep the distinct instants after `after`.
+    #[test]
+    fn schedule_real_time_is_decided_by_the_time_fields() {
+        let real_time = |expr: &str| match sched(expr, UTC).kind {
+            Kind::Cron(spec) => spec.real_time,
+            other => panic!("{expr} is not cron: {other:?}"),
+        };
+        for expr in [
+            "*/15 * * * *",
+            "0 * * * *",
+            "* 2 * * *",
+            "* * * * * *",
+            "*/5 30 2 * * *",
+            "0 */30 * * * *",
+            "0 0 *,3 * * *",
+            "@hourly",
+            "@minutely",
+            "@secondly",
+        ] {
+            assert!(real_time(expr), "{expr} runs on real time");
+        }
+        for expr in [
+            "30 2 * * *",
+            "0 1-3 * * *",
+            "0 0,30 2 * * *",
+            "0 0 0 * * *",
+            "0/15 2 * * *",
+            "0 2 */2 * *",
+            "0 2 * * */2",
+            "@daily",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+        ] {
+            assert!(!real_time(expr), "{expr} keeps to wall-clock times");
+        }
+    }
+
+    /// One case of the DST table: the next fires after `after`, worked out by hand.
+    struct DstCase {
+        expr: &'static str,
+        tz: Tz,
+        after: &'static str,
+        want: &'static [&'static str],
+    }
+
+    /// Around both 2026 transitions in three zones:
+    /// America/New_York: 03-08 02:00 EST (-5) -> 03:00 EDT (-4) at 07:00Z;
+    ///                   11-01 02:00 EDT -> 01:00 EST at 06:00Z (01:00-01:59 twice).
+    /// Europe/Berlin:    03-29 02:00 CET (+1) -> 03:00 CEST (+2) at 01:00Z;
+    ///                   10-25 03:00 CEST -> 02:00 CET at 01:00Z (02:00-02:59 twice).
+    /// Australia/Lord_Howe, a 30-minute shift:
+    ///                   04-05 02:00 LHDT (+11) -> 01:30 LHST (+10:30) at 04-04 15:00Z
+    ///                   (01:30-01:59 twice: 14:30-14:59Z and 15:00-15:29Z);
+    ///                   10-04 02:00 LHST -> 02:30 LHDT at 10-03 15:30Z (02:00-02:29 skipped).
+    const DST_CASES: &[DstCase] = &[
+        // Real time (a time field starts with `*`): both passes fire, a skipped time does not.
+        DstCase {
+            expr: "*/15 * * * *",
+            tz: New_York,
+            after: "2026-03-08T06:30:00Z",
+            want: &[
+                "2026-03-08T06:45:00Z", // 01:45 EST
+                "2026-03-08T07:00:00Z", // 03:00 EDT
+                "2026-03-08T07:15:00Z",
+            ],
+        },
+        DstCase {
+            expr: "*/15 * * * *",
+            tz: New_York,
+            after: "2026-11-01T05:30:00Z",
+            want: &[
+                "2026-11-01T05:45:00Z", // 01:45 EDT
+                "2026-11-01T06:00:00Z", // 01:00 EST
+                "2026-11-01T06:15:00Z",
+                "2026-11-01T06:30:00Z",
+                "2026-11-01T06:45:00Z",
+                "2026-11-01T07:00:00Z", // 02:00 EST
+            ],
+        },
+        DstCase {
+            expr: "0 * * * *",
+            tz: New_York,
+            after: "2026-03-08T04:30:00Z",
+            want: &[
+                "2026-03-08T05:00:00Z", // 00:00 EST
+                "2026-03-08T06:00:00Z", // 01:00 EST
+                "2026-03-08T07:00:00Z", // 03:00 EDT
+                "2026-03-08T08:00:00Z",
+            ],
+        },
+        DstCase {
+            expr: "0 * * * *",
+            tz: New_York,
+            after: "2026-11-01T03:30:00Z",
+            want: &[
+                "2026-11-01T04:00:00Z", // 00:00 EDT
+                "2026-11-01T05:00:00Z", // 01:00 EDT
+                "2026-11-01T06:00:00Z", // 01:00 EST
+                "2026-11-01T07:00:00Z", // 02:00 EST
+            ],
+        },
+        DstCase {
+            expr: "*/15 * * * *",
+            tz: Berlin,
+            after: "2026-03-29T00:30:00Z",
+            want: &[
+                "2026-03-29T00:45:00Z", // 01:45 CET
+                "2026-03-29T01:00:00Z", // 03:00 CEST
+                "2026-03-29T01:15:00Z",
+            ],
+        },
+        DstCase {
+            expr: "*/15 * * * *",
+            tz: Berlin,
+            after: "2026-10-25T00:30:00Z",
+            want: &[
+                "2026-10-25T00:45:00Z", // 02:45 CEST
+                "2026-10-25T01:00:00Z", // 02:00 CET
+                "2026-10-25T01:15:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T01:45:00Z",
+                "2026-10-25T02:00:00Z", // 03:00 CET
+            ],
+        },
+        DstCase {
+            expr: "0 * * * *",
+            tz: Berlin,
+            after: "2026-03-28T23:30:00Z",
+            want: &[
+                "2026-03-29T00:00:00Z", // 01:00 CET
+                "2026-03-29T01:00:00Z", // 03:00 CEST
+                "2026-03-29T02:00:00Z",
+            ],
+        },
+        DstCase {
+            expr: "0 * * * *",
+            tz: Berlin,
+            after: "2026-10-24T22:30:00Z",
+            want: &[
+                "2026-10-24T23:00:00Z", // 01:00 CEST
+                "2026-10-25T00:00:00Z", // 02:00 CEST
+                "2026-10-25T01:00:00Z", // 02:00 CET
+                "2026-10-25T02:00:00Z", // 03:00 CET
+            ],
+        },
+        DstCase {
+            expr: "0 */30 * * * *",
+            tz: Lord_Howe,
+            after: "2026-04-04T14:00:00Z",
+            want: &[
+                "2026-04-04T14:30:00Z", // 01:30 LHDT
+                "2026-04-04T15:00:00Z", // 01:30 LHST
+                "2026-04-04T15:30:00Z", // 02:00 LHST
+                "2026-04-04T16:00:00Z",
+            ],
+        },
+        DstCase {
+            expr: "0 */30 * * * *",
+            tz: Lord_Howe,
+            after: "2026-10-03T14:30:00Z",
+            want: &[
+                "2026-10-03T15:00:00Z", // 01:30 LHST
+                "2026-10-03T15:30:00Z", // 02:30 LHDT; 02:00 does not exist
+                "2026-10-03T16:00:00Z",
+            ],
+        },
+        DstCase {
+            expr: "45 * * * *",
+            tz: Lord_Howe,
+            after: "2026-04-04T13:30:00Z",
+            want: &[
+                "2026-04-04T13:45:00Z", // 00:45 LHDT
+                "2026-04-04T14:45:00Z", // 01:45 LHDT
+                "2026-04-04T15:15:00Z", // 01:45 LHST
+                "2026-04-04T16:15:00Z", // 02:45 LHST
+            ],
+        },
+        DstCase {
+            expr: "0 * * * *",
+            tz: Lord_Howe,
+            after: "2026-10-03T13:00:00Z",
+            want: &[
+                "2026-10-03T13:30:00Z", // 00:00 LHST
+                "2026-10-03T14:30:00Z", // 01:00 LHST
+                "2026-10-03T16:00:00Z", // 03:00 LHDT; 02:00 does not exist
+            ],
+        },
+        // Months ahead, through summer time and into the repeated hour.
+        DstCase {
+            expr: "* 30 2 25 10 *",
+            tz: Berlin,
+            after: "2026-01-01T00:00:00Z",
+            want: &[
+                "2026-10-25T00:30:00Z", // 02:30:00 CEST
+                "2026-10-25T00:30:01Z",
+            ],
+        },
+        DstCase {
+            expr: "* 30 2 25 10 *",
+            tz: Berlin,
+            after: "2026-10-25T00:30:58Z",
+            want: &[
+                "2026-10-25T00:30:59Z", // 02:30:59 CEST
+                "2026-10-25T01:30:00Z", // 02:30:00 CET
+                "2026-10-25T01:30:01Z",
+            ],
+        },
+        // Fixed wall-clock times: once, at the gap's end or in the first pass.
+        DstCase {
+            expr: "30 2 * * *",
+            tz: New_York,
+            after: "2026-03-07T00:00:00Z",
+            want: &[
+                "2026-03-07T07:30:00Z", // 02:30 EST
+                "2026-03-08T07:00:00Z", // gap end, 03:00 EDT
+                "2026-03-09T06:30:00Z", // 02:30 EDT
+            ],
+        },
+        DstCase {
+            expr: "30 2 * * *",
+            tz: New_York,
+            after: "2026-10-31T12:00:00Z",
+            want: &[
+                "2026-11-01T07:30:00Z", // 02:30 EST, after the repeated hour
+                "2026-11-02T07:30:00Z",
+            ],
+        },
+        DstCase {
+            expr: "30 1 * * *",
+            tz: New_York,
+            after: "2026-10-31T00:00:00Z",
+            want: &[
+                "2026-10-31T05:30:00Z", // 01:30 EDT
+                "2026-11-01T05:30:00Z", // 01:30 EDT, first pass only
+                "2026-11-02T06:30:00Z", // 01:30 EST
+            ],
+        },
+        DstCase {
+            expr: "30 2 * * *",
+            tz: Berlin,
+            after: "2026-03-28T12:00:00Z",
+            want: &[
+                "2026-03-29T01:00:00Z", // gap end, 03:00 CEST
+                "2026-03-30T00:30:00Z", // 02:30 CEST
+            ],
+        },
+        DstCase {
+            expr: "30 2 * * *",
+            tz: Berlin,
+            after: "2026-10-24T12:00:00Z",
+            want: &[
+                "2026-10-25T00:30:00Z", // 02:30 CEST, first pass only
+                "2026-10-26T01:30:00Z", // 02:30 CET
+            ],
+        },
+        DstCase {
+            expr: "0 1-3 * * *",
+            tz: New_York,
+            after: "2026-03-08T00:00:00Z",
+            want: &[
+                "2026-03-08T06:00:00Z", // 01:00 EST
+                "2026-03-08T07:00:00Z", // 02:00 (gap end) and 03:00 EDT: once
+                "2026-03-09T05:00:00Z", // 01:00 EDT
+                "2026-03-09T06:00:00Z",
+            ],
+        },
+        DstCase {
+            expr: "0 1-3 * * *",
+            tz: New_York,
+            after: "2026-11-01T00:00:00Z",
+            want: &[
+                "2026-11-01T05:00:00Z", // 01:00 EDT, first pass only
+                "2026-11-01T07:00:00Z", // 02:00 EST
+                "2026-11-01T08:00:00Z", // 03:00 EST
+                "2026-11-02T06:00:00Z", // 01:00 EST
+            ],
+        },
+        DstCase {
+            expr: "0 1-3 * * *",
+            tz: Berlin,
+            after: "2026-03-28T23:30:00Z",
+            want: &[
+                "2026-03-29T00:00:00Z", // 01:00 CET
+                "2026-03-29T01:00:00Z", // 02:00 (gap end) and 03:00 CEST: once
+                "2026-03-29T23:00:00Z", // 01:00 CEST
+            ],
+        },
+        DstCase {
+            expr: "0 1-3 * * *",
+            tz: Berlin,
+            after: "2026-10-24T22:30:00Z",
+            want: &[
+                "2026-10-24T23:00:00Z", // 01:00 CEST
+                "2026-10-25T00:00:00Z", // 02:00 CEST, first pass only
+                "2026-10-25T02:00:00Z", // 03:00 CET
+                "2026-10-26T00:00:00Z", // 01:00 CET
+            ],
+        },
+        DstCase {
+            expr: "0 0,30 1,2 * * *",
+            tz: Lord_Howe,
+            after: "2026-04-04T13:30:00Z",
+            want: &[
+                "2026-04-04T14:00:00Z", // 01:00 LHDT
+                "2026-04-04T14:30:00Z", // 01:30 LHDT, first pass only
+                "2026-04-04T15:30:00Z", // 02:00 LHST
+                "2026-04-04T16:00:00Z", // 02:30 LHST
+            ],
+        },
+        DstCase {
+            expr: "0 0,30 1,2 * * *",
+            tz: Lord_Howe,
+            after: "2026-10-03T14:00:00Z",
+            want: &[
+                "2026-10-03T14:30:00Z", // 01:00 LHST
+                "2026-10-03T15:00:00Z", // 01:30 LHST
+                "2026-10-03T15:30:00Z", // 02:00 (gap end) and 02:30 LHDT: once
+                "2026-10-04T14:00:00Z", // 01:00 LHDT
+            ],
+        },
+        DstCase {
+            expr: "15 2 * * *",
+            tz: Lord_Howe,
+            after: "2026-10-02T12:00:00Z",
+            want: &[
+                "2026-10-02T15:45:00Z", // 02:15 LHST
+                "2026-10-03T15:30:00Z", // gap end, 02:30 LHDT
+                "2026-10-04T15:15:00Z", // 02:15 LHDT
+            ],
+        },
+        // Day fields: `*/2` is unrestricted, so ANDed with day-of-week; `1,15` is ORed.
+        DstCase {
+            expr: "0 0 */2 * 1",
+            tz: Berlin,
+            after: "2026-03-01T00:00:00Z",
+            want: &[
+                "2026-03-08T23:00:00Z", // Monday 03-09 00:00 CET
+                "2026-03-22T23:00:00Z", // Monday 03-23
+                "2026-04-12T22:00:00Z", // Monday 04-13 00:00 CEST
+                "2026-04-26T22:00:00Z", // Monday 04-27
+            ],
+        },
+        DstCase {
+            expr: "0 0 1,15 * 1",
+            tz: Berlin,
+            after: "2026-03-25T00:00:00Z",
+            want: &[
+                "2026-03-29T22:00:00Z", // Monday 03-30 00:00 CEST
+                "2026-03-31T22:00:00Z", // Wednesday 04-01
+                "2026-04-05T22:00:00Z", // Monday 04-06
+                "2026-04-12T22:00:00Z", // Monday 04-13
+                "2026-04-14T22:00:00Z", // Wednesday 04-15
+            ],
+        },
+        DstCase {
+            expr: "0 0 * * 6/1",
+            tz: New_York,
+            after: "2026-03-06T12:00:00Z",
+            want: &[
+                "2026-03-07T05:00:00Z", // Saturday 00:00 EST
+                "2026-03-08T05:00:00Z", // Sunday 00:00 EST, before the gap
+                "2026-03-14T04:00:00Z", // Saturday 00:00 EDT
+                "2026-03-15T04:00:00Z", // Sunday
+            ],
+        },
+    ];
+
+    #[test]
+    fn schedule_dst_and_day_fields_table() {
+        for case in DST_CASES {
+            let want = instants(case.want);
+            let got = walk(case.expr, case.tz, case.after, want.len());
+            assert_eq!(
+                got, want,
+                "{} in {} after {}",
+                case.expr, case.tz, case.after
+            );
+            // Starting from any of the fires gives the rest.
+            for (i, at) in want.iter().enumerate() {
+                assert_eq!(
+                    sched(case.expr, case.tz).upcoming(*at, want.len() - i - 1),
+                    want[i + 1..],
+                    "{} in {} after {at}",
+                    case.expr,
+                    case.tz
+                );
+            }
+        }
+    }
+
+    /// Reference implementation straight from the definition, minute by minute over a window.
+    /// Real time: every UTC minute whose local time matches. Wall-clock times: every matching
+    /// local minute mapped to UTC, keeping the distinct instants after `after`.
     fn reference(expr: &str, tz: Tz, after: DateTime<Utc>, hours: i64) -> Vec<DateTime<Utc>> {
         let Kind::Cron(spec) = sched(expr, tz).kind else {
             panic!("not cron")
         };
-        let start = after.naive_utc() - TimeDelta::hours(16);
-        let mut out: Vec<DateTime<Utc>> = Vec::new();
-        let mut wall = start.with_nanosecond(0).unwrap_or(start);
-        let end = start + TimeDelta::hours(hours);
-        while wall < end {
-            let matches = has_bit(spec.seconds, wall.second())
+        let matches = |wall: NaiveDateTime| {
+            has_bit(spec.seconds, wall.second())
                 && has_bit(spec.minutes, wall.minute())
                 && has_bit(spec.hours, wall.hour())
                 && has_bit(spec.months, wall.month())
-                && spec.day_matches(wall.date());
-            if matches
-                && let Some(t) = resolve_local(tz, wall)
+                && spec.day_matches(wall.date())
+        };
+        let start = after.naive_utc() - TimeDelta::hours(16);
+        let start = start.with_nanosecond(0).unwrap_or(start);
+        let end = start + TimeDelta::hours(hours);
+        let mut out: Vec<DateTime<Utc>> = Vec::new();
+        let mut minute = start;
+        while minute < end {
+            if spec.real_time {
+                let t = minute.and_utc();
+                if t > after && matches(t.with_timezone(&tz).naive_local()) {
+                    out.push(t);
+                }
+            } else if matches(minute)
+                && let Some(t) = resolve_local(tz, minute)
                 && t > after
                 && out.last().is_none_or(|last| t > *last)
             {
                 out.push(t);
             }
-            wall += TimeDelta::seconds(60);
+            minute += TimeDelta::seconds(60);
         }
         out
     }
@@ -1535,17 +2030,20 @@ mod tests {
         let zones = [
             Berlin,
             New_York,
-            chrono_tz::Australia::Lord_Howe, // 30-minute DST shift
-            chrono_tz::America::Santiago,    // transitions at midnight
-            chrono_tz::Pacific::Apia,        // skipped a whole day in 2011
+            Lord_Howe,                    // 30-minute DST shift
+            chrono_tz::America::Santiago, // transitions at midnight
+            chrono_tz::Pacific::Apia,     // skipped a whole day in 2011
         ];
         let exprs = [
             "0 30 2 * * *",
             "0 */15 * * * *",
+            "0 */30 * * * *",
             "0 0 * * * *",
             "0 * * * * *",
+            "0 45 * * * *",
             "0 0 0 * * *",
             "0 45 1,2,3 * * *",
+            "0 0,30 1-3 * * *",
         ];
         let afters = [
             "2026-03-28T20:00:00Z",
