@@ -5,7 +5,7 @@ use clap::Parser;
 use jetcron_scheduler::SchedulerConfig;
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::job::parse_flag_duration;
-use jetcron_shared::setup::SetupOptions;
+use jetcron_shared::setup::{SetupOptions, parse_flag_bytes};
 use tokio_util::sync::CancellationToken;
 
 /// A fire makes many small short-lived allocations (subjects, headers,
@@ -33,6 +33,20 @@ struct Args {
     /// A fire dispatched later than this after its instant is reported as a misfire.
     #[arg(long, default_value = "1s", value_parser = parse_flag_duration)]
     misfire_threshold: Duration,
+    /// How long results are kept, used when the results stream is created.
+    #[arg(long, env = "JETCRON_RESULTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
+    results_max_age: Duration,
+    /// Most bytes of results kept (oldest dropped first; -1: no limit), used
+    /// when the results stream is created.
+    #[arg(long, env = "JETCRON_RESULTS_MAX_BYTES", default_value = "4GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
+    results_max_bytes: i64,
+    /// How long events are kept, used when the events stream is created.
+    #[arg(long, env = "JETCRON_EVENTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
+    events_max_age: Duration,
+    /// Most bytes of events kept (oldest dropped first; -1: no limit), used
+    /// when the events stream is created.
+    #[arg(long, env = "JETCRON_EVENTS_MAX_BYTES", default_value = "1GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
+    events_max_bytes: i64,
 }
 
 #[tokio::main]
@@ -42,8 +56,17 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
-    let config = SchedulerConfig {
+    let config = config(Args::parse());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    jetcron_scheduler::run(config, shutdown)
+        .await
+        .context("scheduler failed")
+}
+
+/// The scheduler's settings from its flags.
+fn config(args: Args) -> SchedulerConfig {
+    SchedulerConfig {
         connect: args.connect,
         id: args
             .id
@@ -51,16 +74,15 @@ async fn main() -> anyhow::Result<()> {
         setup: SetupOptions {
             replicas: args.replicas,
             lease_ttl: args.lease_ttl,
+            results_max_age: args.results_max_age,
+            results_max_bytes: args.results_max_bytes,
+            events_max_age: args.events_max_age,
+            events_max_bytes: args.events_max_bytes,
             ..SetupOptions::default()
         },
         misfire_threshold: args.misfire_threshold,
         ..SchedulerConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    jetcron_scheduler::run(config, shutdown)
-        .await
-        .context("scheduler failed")
+    }
 }
 
 async fn stop_on_signal(token: CancellationToken) {
@@ -76,4 +98,46 @@ async fn stop_on_signal(token: CancellationToken) {
         _ = int.recv() => {}
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(flags: &[&str]) -> SetupOptions {
+        let argv = std::iter::once("jetcron-scheduler").chain(flags.iter().copied());
+        config(Args::try_parse_from(argv).unwrap()).setup
+    }
+
+    #[test]
+    fn stream_limits_come_from_the_flags() {
+        let d = parsed(&[]);
+        assert_eq!(
+            (d.results_max_bytes, d.events_max_bytes),
+            (4 << 30, 1 << 30)
+        );
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!((d.results_max_age, d.events_max_age), (week, week));
+        let s = parsed(&[
+            "--results-max-bytes",
+            "-1",
+            "--events-max-bytes",
+            "64MiB",
+            "--results-max-age",
+            "2d",
+            "--events-max-age",
+            "12h",
+        ]);
+        assert_eq!((s.results_max_bytes, s.events_max_bytes), (-1, 64 << 20));
+        assert_eq!(
+            (s.results_max_age, s.events_max_age),
+            (
+                Duration::from_secs(2 * 86_400),
+                Duration::from_secs(12 * 3600)
+            )
+        );
+        let e =
+            Args::try_parse_from(["jetcron-scheduler", "--events-max-bytes", "lots"]).unwrap_err();
+        assert!(e.to_string().contains("is not a size"), "{e}");
+    }
 }

@@ -27,8 +27,12 @@ pub struct SetupOptions {
     pub work_max_age: Duration,
     /// How long results are kept.
     pub results_max_age: Duration,
+    /// Most bytes of results kept, oldest dropped first; -1 for no limit.
+    pub results_max_bytes: i64,
     /// How long events are kept.
     pub events_max_age: Duration,
+    /// Most bytes of events kept, oldest dropped first; -1 for no limit.
+    pub events_max_bytes: i64,
     /// Events kept per subject (`jetcron.events.<kind>.<job>`), oldest
     /// dropped first; -1 keeps all of them for `events_max_age`. At least
     /// [`MAX_HISTORY`]: a job's `fired` events are its run history.
@@ -38,6 +42,8 @@ pub struct SetupOptions {
     pub duplicate_window: Duration,
 }
 
+const GIB: i64 = 1 << 30;
+
 impl Default for SetupOptions {
     fn default() -> Self {
         SetupOptions {
@@ -46,7 +52,9 @@ impl Default for SetupOptions {
             worker_ttl: Duration::from_secs(15),
             work_max_age: Duration::from_secs(7 * 24 * 3600),
             results_max_age: Duration::from_secs(7 * 24 * 3600),
+            results_max_bytes: 4 * GIB,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
+            events_max_bytes: GIB,
             events_per_subject: i64::from(MAX_HISTORY),
             duplicate_window: Duration::from_secs(10 * 60),
         }
@@ -134,6 +142,7 @@ pub async fn ensure(
             description: "jetcron run history: fire and shard records".into(),
             history: 1,
             max_age: opts.results_max_age,
+            max_bytes: opts.results_max_bytes,
             num_replicas: opts.replicas,
             ..Default::default()
         },
@@ -160,6 +169,7 @@ pub async fn ensure(
             description: Some("jetcron run results, one per shard attempt".into()),
             subjects: vec![names.results_all()],
             max_age: opts.results_max_age,
+            max_bytes: opts.results_max_bytes,
             duplicate_window: Duration::from_secs(120),
             num_replicas: opts.replicas,
             ..Default::default()
@@ -173,6 +183,7 @@ pub async fn ensure(
             description: Some("jetcron events: fired, misfired, dead, invalid, leader".into()),
             subjects: vec![names.events_all()],
             max_age: opts.events_max_age,
+            max_bytes: opts.events_max_bytes,
             max_messages_per_subject: opts.events_per_subject,
             // As long as the work stream's: a successor that redoes a dead
             // leader's last fire sends its events again, deduplicated.
@@ -193,6 +204,36 @@ pub async fn ensure(
         results,
         events,
     })
+}
+
+/// Parses a size flag: bytes (`1048576`), or a number with a unit: `KB`,
+/// `MB`, `GB`, `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of
+/// 1024), in any case; `-1` or `unlimited` for no limit.
+pub fn parse_flag_bytes(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    if t == "-1" || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(-1);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || format!("'{text}' is not a size; use e.g. 512MiB, 4GiB, 1GB, or -1 for no limit");
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let scale: i64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(bad()),
+        Some(bytes) => Ok(bytes),
+    }
 }
 
 async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, SetupError> {
@@ -242,5 +283,33 @@ async fn ensure_stream(
                 reason: create.to_string(),
             }),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_with_their_units() {
+        assert_eq!(parse_flag_bytes("1048576"), Ok(1_048_576));
+        assert_eq!(parse_flag_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_flag_bytes("4 gib"), Ok(4 << 30));
+        assert_eq!(parse_flag_bytes("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_flag_bytes("2kb"), Ok(2_000));
+        assert_eq!(parse_flag_bytes("-1"), Ok(-1));
+        assert_eq!(parse_flag_bytes("Unlimited"), Ok(-1));
+        for bad in [
+            "",
+            "GiB",
+            "0",
+            "1.5GiB",
+            "12 parsecs",
+            "-2",
+            "99999999999TiB",
+        ] {
+            let e = parse_flag_bytes(bad).unwrap_err();
+            assert!(e.contains("is not a size"), "{bad}: {e}");
+        }
     }
 }

@@ -354,6 +354,18 @@ async fn scheduled_runs_are_read_from_fired_events_newest_first_bounded_by_histo
         1000,
         "events are bounded per subject"
     );
+    let results = jetstream::new(client.clone())
+        .get_stream(n.results_stream())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            events.cached_info().config.max_bytes,
+            results.cached_info().config.max_bytes
+        ),
+        (1 << 30, 4 << 30),
+        "events and results are bounded in size"
+    );
     for (id, every, history) in [("busy", "200ms", 3), ("calm", "1s", 20)] {
         let def = json!({"id": id, "schedule": format!("@every {every}"), "shards": 2,
             "history": history, "run": {"shell": "true"}});
