@@ -13,9 +13,9 @@
 
 use async_nats::jetstream::kv::UpdateErrorKind;
 use bytes::Bytes;
-use jetcron_shared::api::{ApiError, PauseReply, ResumeReply, encode_ok};
 use chrono::Utc;
 use jetcron_shared::Schedule;
+use jetcron_shared::api::{ApiError, PauseReply, ResumeReply, encode_ok};
 use jetcron_shared::wire::{Event, EventBody};
 use tracing::{info, warn};
 
