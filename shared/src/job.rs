@@ -3,15 +3,18 @@
 //!
 //! Validation errors always name the field and the reason, e.g.
 //! `schedule: '61 * * * * *': second must be 0-59`, so that an operator can
-//! fix a definition from the error alone.
+//! fix a definition from the error alone. They quote at most 80 characters of
+//! any input ([`crate::quote`]).
 
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use crate::quote::{clip, clip_quoted_runs, quote};
 use crate::schedule::Schedule;
 
 /// Largest number of shards one fire may have.
@@ -273,8 +276,9 @@ impl Job {
             return Err(JobError::field(
                 "id",
                 format!(
-                    "'{}' does not match the key '{key}' it is stored under",
-                    spec.id
+                    "{} does not match the key {} it is stored under",
+                    quote(&spec.id),
+                    quote(key)
                 ),
             ));
         }
@@ -302,16 +306,27 @@ impl Job {
         self.spec.paused
     }
 
+    /// What only a definition being put must pass, on top of [`Job::validate`]: an `@at`
+    /// instant must still be ahead of `now`. A stored job whose instant has passed stays
+    /// valid, so this is not part of decoding.
+    pub fn check_put(&self, now: DateTime<Utc>) -> Result<(), JobError> {
+        self.schedule
+            .check_upcoming(now)
+            .map_err(|e| JobError::field("schedule", e))
+    }
+
     /// Checks every field; the first problem found is returned.
     pub fn validate(spec: JobSpec) -> Result<Job, JobError> {
+        check_no_nul("id", &spec.id)?;
         check_name("id", &spec.id, MAX_ID_LEN)?;
+        check_no_nul("group", &spec.group)?;
         check_name("group", &spec.group, 64)?;
         let tz: chrono_tz::Tz = spec.timezone.parse().map_err(|_| {
             JobError::field(
                 "timezone",
                 format!(
-                    "'{}' is not an IANA time zone name (such as UTC or Europe/Berlin)",
-                    spec.timezone
+                    "{} is not an IANA time zone name (such as UTC or Europe/Berlin)",
+                    quote(&spec.timezone)
                 ),
             )
         })?;
@@ -334,15 +349,14 @@ impl Job {
                 ));
             }
             Shards::Params(p) => {
-                if let Some((i, _)) = p
-                    .iter()
-                    .enumerate()
-                    .find(|(_, p)| p.len() > MAX_PARAM_BYTES)
-                {
-                    return Err(JobError::field(
-                        format!("shards[{i}]"),
-                        format!("parameter is longer than {MAX_PARAM_BYTES} bytes"),
-                    ));
+                for (i, param) in p.iter().enumerate() {
+                    if param.len() > MAX_PARAM_BYTES {
+                        return Err(JobError::field(
+                            format!("shards[{i}]"),
+                            format!("parameter is longer than {MAX_PARAM_BYTES} bytes"),
+                        ));
+                    }
+                    check_no_nul(&format!("shards[{i}]"), param)?;
                 }
             }
             Shards::Count(_) => {}
@@ -351,7 +365,7 @@ impl Job {
             Run::Shell(cmd) if cmd.trim().is_empty() => {
                 return Err(JobError::field("run.shell", "command is empty"));
             }
-            Run::Shell(_) => {}
+            Run::Shell(cmd) => check_no_nul("run.shell", cmd)?,
         }
         let timeout = match &spec.timeout {
             None => DEFAULT_TIMEOUT,
@@ -493,7 +507,7 @@ impl JobSpec {
             let inner = e.into_inner();
             match inner.classify() {
                 serde_json::error::Category::Data if path != "." => {
-                    JobError::field(path, strip_position(&inner))
+                    JobError::field(clip(&path), clip_quoted_runs(&strip_position(&inner)))
                 }
                 serde_json::error::Category::Data => missing_or_unknown(&inner),
                 _ => JobError::Syntax(inner.to_string()),
@@ -523,10 +537,10 @@ fn missing_or_unknown(e: &serde_json::Error) -> JobError {
                  retry, payload, description, paused, history)"
                     .to_string()
             };
-            return JobError::field(field, reason);
+            return JobError::field(clip(field), reason);
         }
     }
-    JobError::Syntax(text)
+    JobError::Syntax(clip_quoted_runs(&text))
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -560,9 +574,24 @@ fn check_name(field: &str, value: &str, max: usize) -> Result<(), JobError> {
     } else {
         Err(JobError::field(
             field,
-            format!("'{value}' must be 1-{max} characters of A-Z, a-z, 0-9, '_' or '-'"),
+            format!(
+                "{} must be 1-{max} characters of A-Z, a-z, 0-9, '_' or '-'",
+                quote(value)
+            ),
         ))
     }
+}
+
+/// Refuses a NUL byte. Ids, groups, shard parameters and command lines reach a process as
+/// arguments or environment, and neither can hold one.
+fn check_no_nul(field: &str, value: &str) -> Result<(), JobError> {
+    if value.contains('\0') {
+        return Err(JobError::field(
+            field,
+            "contains a NUL byte, which a process cannot take in its arguments or environment",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h30m`, `250ms`.
@@ -575,14 +604,19 @@ pub fn parse_duration(
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         JobError::field(
             field,
-            format!("'{text}' is not a duration ({e}); use e.g. 30s, 5m, 1h30m"),
+            format!(
+                "{} is not a duration ({}); use e.g. 30s, 5m, 1h30m",
+                quote(text),
+                clip_quoted_runs(&e.to_string())
+            ),
         )
     })?;
     if d < min || d > max {
         return Err(JobError::field(
             field,
             format!(
-                "'{text}' must be between {} and {}",
+                "{} must be between {} and {}",
+                quote(text),
                 humantime::format_duration(min),
                 humantime::format_duration(max)
             ),
@@ -593,8 +627,13 @@ pub fn parse_duration(
 
 /// Parses a duration command-line flag such as `3s` or `500ms` (for clap's `value_parser`).
 pub fn parse_flag_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("'{text}' is not a duration ({e}); use e.g. 500ms, 3s, 5m"))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "{} is not a duration ({}); use e.g. 500ms, 3s, 5m",
+            quote(text),
+            clip_quoted_runs(&e.to_string())
+        )
+    })
 }
 
 #[cfg(test)]
@@ -741,5 +780,171 @@ mod tests {
         let err = Job::decode(body, Some("b")).unwrap_err();
         assert_eq!(err.field_name(), Some("id"));
         assert!(Job::decode(body, Some("a")).is_ok());
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        for schedule in ["0 0 30 2 *", "0 0 31 4,6,9,11 *"] {
+            let (f, r) = field_err(&format!(
+                r#"{{"id":"x","schedule":"{schedule}","run":{{"shell":"t"}}}}"#
+            ));
+            assert_eq!(
+                (f.as_str(), r),
+                (
+                    "schedule",
+                    format!(
+                        "'{schedule}': never fires: no month it names has a day-of-month it names"
+                    )
+                )
+            );
+        }
+        // A restricted day-of-week is ORed with day-of-month and fires on its own.
+        assert!(job(r#"{"id":"x","schedule":"0 0 30 2 1","run":{"shell":"t"}}"#).is_ok());
+    }
+
+    #[test]
+    fn an_at_instant_in_the_past_is_refused_when_put_not_when_loaded() {
+        let body = r#"{"id":"once","schedule":"@at 2026-03-01T09:00:00Z","run":{"shell":"t"}}"#;
+        // A stored job whose instant has passed still loads.
+        let stored = Job::decode(body.as_bytes(), Some("once")).unwrap();
+        assert!(Definition::decode(body.as_bytes(), Some("once")).is_ok());
+        let at: DateTime<Utc> = "2026-03-01T09:00:00Z".parse().unwrap();
+        assert_eq!(stored.check_put(at - chrono::TimeDelta::seconds(1)), Ok(()));
+        for now in [at, at + chrono::TimeDelta::days(30)] {
+            let err = stored.check_put(now).unwrap_err();
+            assert_eq!(
+                err,
+                JobError::Field {
+                    field: "schedule".into(),
+                    reason: "'@at 2026-03-01T09:00:00Z': never fires: 2026-03-01T09:00:00Z is in \
+                             the past"
+                        .into()
+                }
+            );
+        }
+        let hourly = job(r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"}}"#).unwrap();
+        assert_eq!(hourly.check_put(at), Ok(()));
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_where_a_process_would_get_them() {
+        let reason = "contains a NUL byte, which a process cannot take in its arguments or \
+                      environment";
+        for (body, field) in [
+            (
+                r#"{"id":"a\u0000b","schedule":"@hourly","run":{"shell":"t"}}"#,
+                "id",
+            ),
+            (
+                r#"{"id":"x","schedule":"@hourly","group":"g\u0000","run":{"shell":"t"}}"#,
+                "group",
+            ),
+            (
+                r#"{"id":"x","schedule":"@hourly","shards":["a","b\u0000c"],"run":{"shell":"t"}}"#,
+                "shards[1]",
+            ),
+            (
+                r#"{"id":"x","schedule":"@hourly","run":{"shell":"echo a\u0000b"}}"#,
+                "run.shell",
+            ),
+        ] {
+            let (f, r) = field_err(body);
+            assert_eq!((f.as_str(), r.as_str()), (field, reason), "{body}");
+        }
+        // Elsewhere a NUL is plain data: the payload reaches a process as escaped JSON.
+        assert!(
+            job(r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"},"payload":"a\u0000"}"#)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn errors_quote_at_most_80_characters_of_the_input() {
+        let cut = |c: &str| format!("{}…", c.repeat(80));
+        let schedule = "1 ".repeat(2500);
+        let (f, r) = field_err(&format!(
+            r#"{{"id":"x","schedule":"{schedule}","run":{{"shell":"t"}}}}"#
+        ));
+        assert_eq!(f, "schedule");
+        assert_eq!(
+            r,
+            format!(
+                "'{}…': expected 5 or 6 fields (or a macro such as @hourly, @every 5m, \
+                 @at <RFC 3339>), found 2500",
+                &schedule[..80]
+            )
+        );
+        let long = "a".repeat(5000);
+        for (body, field, reason) in [
+            (
+                format!(r#"{{"id":"{long}","schedule":"@hourly","run":{{"shell":"t"}}}}"#),
+                "id",
+                format!(
+                    "'{}' must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
+                    cut("a")
+                ),
+            ),
+            (
+                format!(
+                    r#"{{"id":"x","schedule":"@hourly","timezone":"{long}","run":{{"shell":"t"}}}}"#
+                ),
+                "timezone",
+                format!(
+                    "'{}' is not an IANA time zone name (such as UTC or Europe/Berlin)",
+                    cut("a")
+                ),
+            ),
+            (
+                format!(
+                    r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"t"}},"timeout":"1{long}"}}"#
+                ),
+                "timeout",
+                format!(
+                    "'1{}…' is not a duration (unknown time unit \"{}\", supported units: ns, \
+                     us/µs, ms, sec, min, hours, days, weeks, months, years (and few \
+                     variations)); use e.g. 30s, 5m, 1h30m",
+                    "a".repeat(79),
+                    cut("a")
+                ),
+            ),
+            (
+                format!(
+                    r#"{{"id":"x","schedule":"@hourly","shards":"{long}","run":{{"shell":"t"}}}}"#
+                ),
+                "shards",
+                format!(
+                    "invalid type: string \"{}\", expected a shard count or a list of shard \
+                     parameters (strings)",
+                    cut("a")
+                ),
+            ),
+            (
+                format!(r#"{{"id":"x","schedule":"@hourly","run":{{"{long}":"t"}}}}"#),
+                "run",
+                format!("unknown variant `{}`, expected `shell`", cut("a")),
+            ),
+            (
+                format!(r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"t"}},"{long}":1}}"#),
+                &cut("a"),
+                format!(
+                    "unknown field `{}`, expected one of `id`, `schedule`, `timezone`, `shards`, \
+                     `group`, `run`, `timeout`, `retry`, `payload`, `description`, `paused`, \
+                     `history`",
+                    cut("a")
+                ),
+            ),
+        ] {
+            let (f, r) = field_err(&body);
+            assert_eq!((f.as_str(), r.as_str()), (field, reason.as_str()));
+        }
+        let body = r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"}}"#;
+        let err = Job::decode(body.as_bytes(), Some(&long)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "id: 'x' does not match the key '{}' it is stored under",
+                cut("a")
+            )
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! - [`names`]: every bucket, stream, consumer and subject name, from one prefix.
 //! - [`job`]: the job definition (`JobSpec` as stored, `Job` once validated).
 //! - [`schedule`]: cron, macros, `@every`, `@at`; time zones and DST.
+//! - [`quote`]: user input quoted in errors, cut to 80 characters.
 //! - [`wire`]: the messages that cross NATS: shard message, run result, event.
 //! - [`api`]: request and reply bodies of the control API.
 //! - [`runs`]: run history and heartbeat records kept in KV.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod connect;
 pub mod job;
 pub mod names;
+pub mod quote;
 pub mod runs;
 pub mod schedule;
 pub mod setup;

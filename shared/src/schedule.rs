@@ -37,10 +37,12 @@
 use std::fmt;
 
 use chrono::{
-    DateTime, Datelike, MappedLocalTime, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone,
-    Timelike, Utc,
+    DateTime, Datelike, MappedLocalTime, NaiveDate, NaiveDateTime, Offset, SecondsFormat,
+    TimeDelta, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
+
+use crate::quote::{clip_quoted_runs, quote};
 
 /// How many calendar years past the starting year the cron search looks before giving up.
 ///
@@ -156,19 +158,21 @@ impl fmt::Display for CronField {
     }
 }
 
-/// Why a schedule string was rejected. The text quotes the whole expression and then gives the
-/// reason; it does not name the configuration field (the caller adds that).
+/// Why a schedule string was rejected. The text quotes the expression (cut to 80 characters,
+/// see [`quote`]) and then gives the reason; it does not name the configuration field (the
+/// caller adds that).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
     #[error("schedule is empty")]
     Empty,
 
     #[error(
-        "'{expr}': expected 5 or 6 fields (or a macro such as @hourly, @every 5m, @at <RFC 3339>), found {found}"
+        "{}: expected 5 or 6 fields (or a macro such as @hourly, @every 5m, @at <RFC 3339>), found {found}",
+        quote(.expr)
     )]
     FieldCount { expr: String, found: usize },
 
-    #[error("'{expr}': {field} must be {}", .field.allowed())]
+    #[error("{}: {field} must be {}", quote(.expr), .field.allowed())]
     OutOfRange {
         expr: String,
         field: CronField,
@@ -176,10 +180,10 @@ pub enum ScheduleError {
         value: u32,
     },
 
-    #[error("'{expr}': {field}: step must be at least 1")]
+    #[error("{}: {field}: step must be at least 1", quote(.expr))]
     BadStep { expr: String, field: CronField },
 
-    #[error("'{expr}': {field}: range start {start} is after its end {end}")]
+    #[error("{}: {field}: range start {start} is after its end {end}", quote(.expr))]
     BadRange {
         expr: String,
         field: CronField,
@@ -187,14 +191,14 @@ pub enum ScheduleError {
         end: u32,
     },
 
-    #[error("'{expr}': {field}: '{token}' is not a number")]
+    #[error("{}: {field}: {} is not a number", quote(.expr), quote(.token))]
     NotANumber {
         expr: String,
         field: CronField,
         token: String,
     },
 
-    #[error("'{expr}': {field}: missing value in '{text}'")]
+    #[error("{}: {field}: missing value in {}", quote(.expr), quote(.text))]
     MissingValue {
         expr: String,
         field: CronField,
@@ -202,42 +206,63 @@ pub enum ScheduleError {
         text: String,
     },
 
-    #[error("'{expr}': {field}: '?' is only allowed on its own in day-of-month or day-of-week")]
+    #[error(
+        "{}: {field}: '?' is only allowed on its own in day-of-month or day-of-week",
+        quote(.expr)
+    )]
     MisplacedQuestionMark { expr: String, field: CronField },
 
     #[error(
-        "'{expr}': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @at <RFC 3339 instant>)"
+        "{}: unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @at <RFC 3339 instant>)",
+        quote(.expr)
     )]
     UnknownMacro { expr: String },
 
-    #[error("'{expr}': {name} takes no argument")]
+    #[error("{}: {name} takes no argument", quote(.expr))]
     UnexpectedArgument { expr: String, name: String },
 
-    #[error("'{expr}': {name} needs an argument, e.g. {example}")]
+    #[error("{}: {name} needs an argument, e.g. {example}", quote(.expr))]
     MissingArgument {
         expr: String,
         name: &'static str,
         example: &'static str,
     },
 
-    #[error("'{expr}': invalid duration '{text}': {reason}")]
+    #[error("{}: invalid duration {}: {reason}", quote(.expr), quote(.text))]
     BadDuration {
         expr: String,
         text: String,
+        /// The duration parser's reason, its own quotes of the input cut to 80 characters.
         reason: String,
     },
 
-    #[error("'{expr}': interval must be at least 100ms")]
+    #[error("{}: interval must be at least 100ms", quote(.expr))]
     IntervalTooShort { expr: String },
 
-    #[error("'{expr}': interval must be at most 366 days")]
+    #[error("{}: interval must be at most 366 days", quote(.expr))]
     IntervalTooLong { expr: String },
 
-    #[error("'{expr}': interval must be a whole number of milliseconds")]
+    #[error("{}: interval must be a whole number of milliseconds", quote(.expr))]
     IntervalNotWholeMillis { expr: String },
 
-    #[error("'{expr}': invalid RFC 3339 instant '{text}'")]
+    #[error("{}: invalid RFC 3339 instant {}", quote(.expr), quote(.text))]
     BadInstant { expr: String, text: String },
+
+    /// No month named has a day-of-month named (`0 0 30 2 *`), and day-of-week does not add
+    /// any days: the expression would never fire.
+    #[error(
+        "{}: never fires: no month it names has a day-of-month it names",
+        quote(.expr)
+    )]
+    NeverFires { expr: String },
+
+    /// An `@at` instant that is not after the time a definition is put.
+    #[error(
+        "{}: never fires: {} is in the past",
+        quote(.expr),
+        .at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    )]
+    AtPassed { expr: String, at: DateTime<Utc> },
 }
 
 impl Schedule {
@@ -260,13 +285,26 @@ impl Schedule {
     }
 
     /// First fire instant strictly after `after`, or `None` when the schedule has no more fires
-    /// (an `@at` instant that is not after `after`, or a cron expression that can never match,
-    /// such as `0 0 0 30 2 *`).
+    /// (an `@at` instant that is not after `after`). A cron expression that can never match,
+    /// such as `0 0 30 2 *`, does not parse.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.kind {
             Kind::Cron(spec) => spec.next_after(self.tz, after),
             Kind::Every { period_ms } => next_interval(*period_ms, after),
             Kind::At(at) => (*at > after).then_some(*at),
+        }
+    }
+
+    /// Refuses an `@at` instant that is not after `now`: a job put with it would never fire.
+    /// Only a definition being put is checked this way; a stored one whose instant has passed
+    /// stays valid.
+    pub fn check_upcoming(&self, now: DateTime<Utc>) -> Result<(), ScheduleError> {
+        match self.kind {
+            Kind::At(at) if at <= now => Err(ScheduleError::AtPassed {
+                expr: self.expr.clone(),
+                at,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -339,7 +377,7 @@ fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
     let period = humantime::parse_duration(arg).map_err(|e| ScheduleError::BadDuration {
         expr: expr.to_owned(),
         text: arg.to_owned(),
-        reason: e.to_string(),
+        reason: clip_quoted_runs(&e.to_string()),
     })?;
     if period.subsec_nanos() % 1_000_000 != 0 {
         return Err(ScheduleError::IntervalNotWholeMillis {
@@ -431,7 +469,7 @@ impl CronSpec {
         if days_of_week & (1 << 7) != 0 {
             days_of_week = (days_of_week & !(1 << 7)) | 1;
         }
-        Ok(CronSpec {
+        let spec = CronSpec {
             seconds: parse_field(expr, CronField::Second, second)?,
             minutes: parse_field(expr, CronField::Minute, minute)?,
             hours: parse_field(expr, CronField::Hour, hour)?,
@@ -443,6 +481,30 @@ impl CronSpec {
             real_time: [second, minute, hour]
                 .iter()
                 .any(|field| field.starts_with('*')),
+        };
+        if !spec.has_a_day() {
+            return Err(ScheduleError::NeverFires {
+                expr: expr.to_owned(),
+            });
+        }
+        Ok(spec)
+    }
+
+    /// Whether some date matches the month and day fields. When the day fields are ORed, any
+    /// month has every weekday, and day-of-week is never empty. When they are ANDed, a
+    /// day-of-month that exists in one of the months is enough: over the years that date falls
+    /// on every weekday (within [`SEARCH_YEARS`]).
+    fn has_a_day(&self) -> bool {
+        if self.dom_restricted && self.dow_restricted {
+            return true;
+        }
+        (1..=12).filter(|&m| has_bit(self.months, m)).any(|m| {
+            let longest = match m {
+                2 => 29,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            self.days_of_month & bit_range(1, longest, 1) != 0
         })
     }
 
@@ -1309,20 +1371,136 @@ mod tests {
             s.next_after(utc("2027-01-01T00:00:00Z")),
             Some(utc("2028-02-29T00:00:00Z"))
         );
-        // 2100 is not a leap year: the longest possible wait.
+        // 2100 is not a leap year.
         assert_eq!(
             s.next_after(utc("2096-02-29T00:00:00Z")),
             Some(utc("2104-02-29T00:00:00Z"))
         );
+    }
+
+    #[test]
+    fn schedule_that_never_fires_is_refused() {
+        for expr in [
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 0 30 2 *",
+            "0 0 0 30-31 feb ?",
+            // Day-of-week starting with `*` is ANDed, so it adds no days.
+            "0 0 30 2 */7",
+            "0 0 31 2,4 *",
+        ] {
+            assert_eq!(
+                err(expr),
+                ScheduleError::NeverFires {
+                    expr: expr.to_owned()
+                },
+                "{expr}"
+            );
+            assert_eq!(
+                err(expr).to_string(),
+                format!("'{expr}': never fires: no month it names has a day-of-month it names")
+            );
+        }
+        // A restricted day-of-week is ORed and fires on its own: Mondays in February.
         assert_eq!(
-            sched("0 0 0 30 2 *", UTC).next_after(utc("2026-01-01T00:00:00Z")),
-            None
+            walk("0 0 30 2 1", UTC, "2026-01-01T00:00:00Z", 2),
+            instants(&["2026-02-02T00:00:00Z", "2026-02-09T00:00:00Z"])
         );
+        // One month that has the day is enough.
+        assert_eq!(
+            walk("0 0 31 2,4,5 *", UTC, "2026-01-01T00:00:00Z", 2),
+            instants(&["2026-05-31T00:00:00Z", "2027-05-31T00:00:00Z"])
+        );
+        assert_eq!(
+            walk("0 0 30 2,4 *", UTC, "2026-01-01T00:00:00Z", 1),
+            instants(&["2026-04-30T00:00:00Z"])
+        );
+        assert_eq!(
+            walk("0 0 29 2 */7", UTC, "2026-01-01T00:00:00Z", 1),
+            instants(&["2032-02-29T00:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn schedule_errors_quote_at_most_80_characters() {
+        // 5,000 characters: 2,500 fields.
+        let expr = "1 ".repeat(2500);
+        let head = &expr[..80];
+        assert_eq!(
+            err(&expr).to_string(),
+            format!(
+                "'{head}…': expected 5 or 6 fields (or a macro such as @hourly, @every 5m, @at <RFC 3339>), found 2500"
+            )
+        );
+        let field = "x".repeat(300);
+        let expr = format!("{field} * * * * *");
+        assert_eq!(
+            err(&expr).to_string(),
+            format!(
+                "'{}…': second: '{}…' is not a number",
+                "x".repeat(80),
+                "x".repeat(80)
+            )
+        );
+        // The error value keeps the whole text; only its message is cut.
+        assert!(matches!(
+            err(&expr),
+            ScheduleError::NotANumber { ref token, .. } if *token == field
+        ));
+        let list = format!("{}1,,2", "3,".repeat(100));
+        assert_eq!(
+            err(&format!("{list} * * * * *")).to_string(),
+            format!(
+                "'{}…': second: missing value in '{}…'",
+                "3,".repeat(40),
+                "3,".repeat(40)
+            )
+        );
+        let unit = "y".repeat(200);
+        let message = err(&format!("@every 5{unit}")).to_string();
         assert!(
-            sched("0 0 0 31 4,6,9,11 *", Berlin)
-                .upcoming(utc("2026-01-01T00:00:00Z"), 3)
-                .is_empty()
+            message.starts_with(&format!(
+                "'@every 5{}…': invalid duration '5{}…': unknown time unit \"{}…\", supported units",
+                "y".repeat(72),
+                "y".repeat(79),
+                "y".repeat(80)
+            )),
+            "{message}"
         );
+        assert!(message.chars().count() < 400, "{message}");
+        assert_eq!(
+            err("@at 2026-13-01T00:00:00Z\0").to_string(),
+            r"'@at 2026-13-01T00:00:00Z\0': invalid RFC 3339 instant '2026-13-01T00:00:00Z\0'"
+        );
+    }
+
+    #[test]
+    fn schedule_at_in_the_past_is_refused_only_when_checked() {
+        let s = sched("@at 2026-03-01T10:00:00+01:00", Berlin);
+        let at = utc("2026-03-01T09:00:00Z");
+        assert_eq!(s.check_upcoming(at - TimeDelta::seconds(1)), Ok(()));
+        for now in [at, at + TimeDelta::days(400)] {
+            let e = s.check_upcoming(now).unwrap_err();
+            assert_eq!(
+                e,
+                ScheduleError::AtPassed {
+                    expr: "@at 2026-03-01T10:00:00+01:00".into(),
+                    at
+                }
+            );
+            assert_eq!(
+                e.to_string(),
+                "'@at 2026-03-01T10:00:00+01:00': never fires: 2026-03-01T09:00:00Z is in the past"
+            );
+        }
+        // Parsing alone does not look at the clock, and other kinds have no such check.
+        assert_eq!(s.next_after(at - TimeDelta::seconds(1)), Some(at));
+        for expr in ["@hourly", "@every 5s", "0 0 29 2 *"] {
+            assert_eq!(
+                sched(expr, UTC).check_upcoming(utc("2999-01-01T00:00:00Z")),
+                Ok(())
+            );
+        }
     }
 
     #[test]

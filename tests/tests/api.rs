@@ -392,6 +392,61 @@ async fn put_with_expected_revision_is_compare_and_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_refuses_an_at_instant_already_passed_but_a_stored_one_still_loads() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let events = harness::events(&client, &names()).await;
+    let a = Scheduler::start(&server.url(), "a");
+    let api = harness::api(&client, &names()).await;
+    let once = |id: &str, at: &str| -> String {
+        format!(r#"{{"id":"{id}","schedule":"@at {at}","run":{{"shell":"true"}}}}"#)
+    };
+    let past = "2020-01-01T00:00:00Z";
+
+    let (c, m) = api_error(api.put_raw(once("late", past).into()).await);
+    assert_eq!(c, ErrorCode::InvalidJob);
+    assert_eq!(
+        m,
+        format!("schedule: '@at {past}': never fires: {past} is in the past")
+    );
+    refused(
+        &client,
+        "job.put",
+        &once("late", past),
+        "invalid_job",
+        "is in the past",
+    )
+    .await;
+    events
+        .wait_for("the invalid event", Duration::from_secs(10), |e| {
+            e.iter().any(|e| {
+                matches!(&e.body, EventBody::Invalid { job, error, .. } if job == "late" && error.ends_with("is in the past"))
+            })
+        })
+        .await;
+    let (c, _) = api_error(api.get("late").await);
+    assert_eq!(c, ErrorCode::NotFound, "nothing was stored");
+
+    // An instant still ahead is taken.
+    let ahead = (Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ");
+    assert!(
+        api.put_raw(once("soon", &ahead.to_string()).into())
+            .await
+            .unwrap()
+            .created
+    );
+
+    // A stored job whose instant has passed is a valid job with nothing left to fire.
+    harness::kv_put(&client, &names(), "done", once("done", past).as_bytes()).await;
+    let got = api.get("done").await.unwrap();
+    assert_eq!(got.invalid, None);
+    assert_eq!(got.job.unwrap().schedule, format!("@at {past}"));
+    assert!(api.next("done", None).await.unwrap().instants.is_empty());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_fires_and_resume_restarts_them_reporting_what_was_skipped() {
     harness::init_tracing();
     let server = NatsServer::start().await;

@@ -1,12 +1,16 @@
 //! `job.put`, `job.get`, `job.delete`: job definitions in the jobs bucket.
 //!
 //! A put stores what is sent, literally (a definition without `paused`
-//! un-pauses the job). With `expected_revision` it is a compare-and-set:
-//! KV `create` for 0 (must not exist), `update` at that revision otherwise,
-//! so of two concurrent edits from the same revision only one applies.
+//! un-pauses the job). It is refused if the definition does not validate, or
+//! if it could never fire from now on (an `@at` instant already passed); a
+//! stored job whose instant passed stays valid. With `expected_revision` it
+//! is a compare-and-set: KV `create` for 0 (must not exist), `update` at that
+//! revision otherwise, so of two concurrent edits from the same revision only
+//! one applies.
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
+use chrono::Utc;
 use jetcron_shared::Job;
 use jetcron_shared::api::{
     ApiError, DeleteReply, EXPECTED_REVISION_FIELD, ErrorCode, GetReply, IdRequest, PutReply,
@@ -22,7 +26,11 @@ const RAW_LIMIT: usize = 4096;
 
 pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let (expected, definition) = split_expected(body)?;
-    let job = match Job::decode(&definition, None) {
+    let checked = Job::decode(&definition, None).and_then(|job| {
+        job.check_put(Utc::now())?;
+        Ok(job)
+    });
+    let job = match checked {
         Ok(job) => job,
         Err(e) => {
             let id = claimed_id(&definition);
