@@ -87,6 +87,13 @@ pub struct ShardRecord {
     /// Another attempt follows (after a failure with retries left).
     #[serde(default)]
     pub will_retry: bool,
+    /// Attempts of this shard lost in a row right before this one: each
+    /// was still `running` when its message came back, so its worker died
+    /// (or lost the server for longer than the ack wait) before reporting.
+    /// An attempt handed back at shutdown is not lost and does not end
+    /// the row; one that reported does.
+    #[serde(default)]
+    pub lost: u32,
 }
 
 /// A live worker, refreshed every few seconds.
@@ -131,4 +138,22 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     serde_json::from_slice(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_records_without_lost_attempts_read_as_none_lost() {
+        let old = br#"{"job":"sync","instant":"2026-01-02T03:04:05Z","shard":2,"state":"running",
+            "attempt":3,"worker":"w1","run_id":"RUN","started_at":"2026-01-02T03:04:06Z"}"#;
+        let record: ShardRecord = decode(old).unwrap();
+        assert_eq!(
+            (record.state, record.attempt, record.lost),
+            (ShardState::Running, 3, 0)
+        );
+        let lost = ShardRecord { lost: 2, ..record };
+        assert_eq!(decode::<ShardRecord>(&encode(&lost)), Some(lost));
+    }
 }

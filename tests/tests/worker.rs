@@ -1,22 +1,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The worker against a real nats-server: shard messages are published into
-//! the work stream by the test (no scheduler runs here), results and events
-//! are watched on `jetcron.results.>` and `jetcron.events.>`, heartbeats and
-//! shard records in the `jetcron_workers` and `jetcron_runs` buckets.
+//! the work stream by the test (a scheduler runs only where a test says so),
+//! results and events are watched on `jetcron.results.>` and
+//! `jetcron.events.>`, heartbeats and shard records in the `jetcron_workers`
+//! and `jetcron_runs` buckets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
+use jetcron_shared::api::TriggerRequest;
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::runs::{self, ShardRecord, ShardState, WorkerHeartbeat};
 use jetcron_shared::setup::{self, Resources, SetupOptions};
 use jetcron_shared::wire::{Cause, Event, EventBody, RunResult, RunStatus, ShardMessage};
 use jetcron_shared::{Job, Names};
 use jetcron_tests::NatsServer;
+use jetcron_tests::harness;
 use jetcron_worker::{WorkerConfig, WorkerError};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -92,6 +96,7 @@ impl Env {
             kill_grace: Duration::from_secs(1),
             replicas: 1,
             heartbeat_interval: Duration::from_secs(1),
+            max_lost_attempts: 5,
         }
     }
 
@@ -183,6 +188,26 @@ impl Env {
     async fn work_left(&self) -> u64 {
         let mut stream = self.js.get_stream(self.names.work_stream()).await.unwrap();
         stream.info().await.unwrap().state.messages
+    }
+
+    /// Waits until the work stream no longer holds the message at `seq`
+    /// (acked or terminated); unlike `wait_work_empty`, this holds with a
+    /// scheduler running, whose fence stays in the stream.
+    async fn wait_work_gone(&self, seq: u64) {
+        let stream = self.js.get_stream(self.names.work_stream()).await.unwrap();
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Ok(Err(e)) = timeout(Duration::from_secs(10), stream.get_raw_message(seq)).await
+                && e.kind() == LastRawMessageErrorKind::NoMessageFound
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {seq} is still in the work stream"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_work_empty(&self) {
@@ -1032,4 +1057,139 @@ async fn a_retried_shard_records_each_attempt() {
     env.wait_work_empty().await;
     assert_eq!(env.record("flaky.s3.0").await.as_ref(), Some(&written[3].1));
     stop_worker(worker).await;
+}
+
+/// A shard whose worker dies in every attempt (its command kills the
+/// worker, or the machine OOM-kills it) runs `--max-lost-attempts` times,
+/// then the next delivery ends it as dead without running it. Each worker
+/// is killed as a crashed process would be: its runtime stops where it is,
+/// and it never reports, acks or hands anything back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_worker_dies_every_time_ends_dead_after_its_lost_attempts() {
+    const MAX_LOST: u32 = 2;
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let mut records = env.watch_records("crashing.*.0").await;
+    let scheduler = harness::Scheduler::start(&env.server.url(), "s1");
+    let api = harness::api(&env.client, &env.names).await;
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let def = json!({
+        "id": "crashing",
+        "schedule": "@every 1h",
+        "paused": true,
+        "run": {"shell": format!("echo $JETCRON_ATTEMPT >> {}; sleep 60", starts.display())},
+    });
+    api.put_raw(def.to_string().into()).await.unwrap();
+    let fire = api
+        .trigger(&TriggerRequest {
+            id: "crashing".into(),
+            shards: None,
+            payload: None,
+        })
+        .await
+        .unwrap();
+
+    let mut config = env.config("doomed");
+    config.ack_wait = Duration::from_secs(2);
+    config.concurrency = 1;
+    config.max_lost_attempts = MAX_LOST;
+    let mut key = String::new();
+    for n in 1..=MAX_LOST {
+        config.id = format!("doomed-{n}");
+        let doomed = harness::Worker::start_with(config.clone());
+        let (written, started) = next_records(&mut records, 1).await.remove(0);
+        assert_eq!(started.instant, fire.instant);
+        assert_eq!(
+            (started.state, started.attempt, started.lost),
+            (ShardState::Running, n, n - 1),
+            "{started:?}"
+        );
+        assert_eq!(started.worker, config.id);
+        key = written;
+        // The command runs; then its worker dies.
+        let deadline = Instant::now() + LIMIT;
+        while std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < n as usize
+        {
+            assert!(Instant::now() < deadline, "attempt {n} never ran");
+            sleep(Duration::from_millis(20)).await;
+        }
+        doomed.kill();
+    }
+
+    config.id = "heir".into();
+    let heir = harness::Worker::start_with(config);
+    let r = watch.result().await;
+    assert_eq!(
+        (r.job.as_str(), r.instant, r.shard),
+        ("crashing", fire.instant, 0)
+    );
+    assert_eq!(
+        (r.status, r.attempt),
+        (RunStatus::Failed, MAX_LOST + 1),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.error.as_deref(),
+        Some(
+            "lost 2 attempts in a row: the worker running it died each time (crash loop); not run again"
+        )
+    );
+    assert_eq!((r.worker.as_str(), r.exit_code), ("heir", None));
+    assert_eq!(r.output, "");
+    assert!(!r.will_retry);
+    let EventBody::Dead {
+        job,
+        instant,
+        shard,
+        attempts,
+        status,
+        run_id,
+        worker,
+        error,
+    } = watch.dead().await.body
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (job.as_str(), instant, shard),
+        ("crashing", fire.instant, 0)
+    );
+    assert_eq!((attempts, status), (MAX_LOST + 1, RunStatus::Failed));
+    assert_eq!((run_id, worker), (r.run_id.clone(), "heir".to_string()));
+    assert_eq!(error, r.error);
+
+    // The final record comes next, and is the last: the shard is over.
+    let (_, end) = next_records(&mut records, 1).await.remove(0);
+    assert_eq!(
+        (end.state, end.attempt, end.lost, end.will_retry),
+        (ShardState::Failed, MAX_LOST + 1, MAX_LOST, false),
+        "{end:?}"
+    );
+    assert_eq!(
+        (end.run_id.as_str(), end.worker.as_str()),
+        (r.run_id.as_str(), "heir")
+    );
+    env.wait_work_gone(r.stream_seq.unwrap()).await;
+    assert_eq!(env.record(&key).await.as_ref(), Some(&end));
+    // Long enough for another delivery, had the message not been terminated.
+    watch.no_more_results(Duration::from_secs(5)).await;
+    assert_eq!(
+        std::fs::read_to_string(&starts).unwrap(),
+        "1\n2\n",
+        "the shard ran a third time"
+    );
+    // What an operator sees: the fire failed, after three attempts.
+    let runs = api.runs("crashing", None).await.unwrap();
+    let shard = &runs.runs[0].shards[0];
+    assert_eq!(
+        (runs.runs[0].state, shard.state, shard.attempts),
+        (ShardState::Failed, ShardState::Failed, MAX_LOST + 1)
+    );
+    heir.stop(LIMIT).await;
+    scheduler.stop().await;
 }

@@ -32,6 +32,27 @@
 //! on another worker as attempt 2, even when the job allows one attempt;
 //! and a failure at or past `retry.max_attempts` is the last.
 //!
+//! # Crash loops
+//!
+//! An attempt is lost when its message comes back while the shard record
+//! of its fire still says `running`: it started, and its worker stopped
+//! acking before it reported (the command killed the worker, the machine
+//! OOM-killed it, or it lost the server for longer than the ack wait).
+//! Each attempt's record counts the attempts lost in a row before it
+//! (`lost`): one more than the record it found when that record was
+//! `running`, the same when the attempt before was handed back at
+//! shutdown (not lost, but no proof of health either), none after an
+//! attempt that reported. The count lives in the record, not in the
+//! delivery count, which a server crash can take back.
+//!
+//! A shard that has lost `max_lost` attempts in a row (the worker's
+//! `--max-lost-attempts`) is not run again: the delivery ends it as dead,
+//! exactly like a last failed attempt (result, `dead` event, final record,
+//! `+TERM`), with an `error` that says so. Its result has a run id of its
+//! own and no exit code, like a shell job refused by a worker without
+//! `--allow-shell`. A message without a record key cannot be told apart
+//! from a retry, so it is never ended this way.
+//!
 //! # Report, then ack
 //!
 //! The result is stored on the results stream before the message is
@@ -85,6 +106,8 @@ pub struct Worker {
     pub reporter: Reporter,
     /// Writes shard records into the runs bucket.
     pub recorder: Recorder,
+    /// Attempts of a shard lost in a row after which it is not run again.
+    pub max_lost: u32,
     /// Shards running now, for the heartbeat.
     pub running: RunCount,
 }
@@ -135,21 +158,33 @@ impl Settle {
 /// record its message names (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Run the shard as this attempt.
-    Run { attempt: u32 },
+    /// Run the shard as this attempt, after `lost` attempts lost in a row.
+    Run { attempt: u32, lost: u32 },
     /// Execution `run_id` already ended the shard as `state`: settle without running.
     Finished { run_id: String, state: ShardState },
+    /// The last `lost` attempts died with their workers: end the shard as
+    /// dead, as this attempt, without running it.
+    CrashLoop { attempt: u32, lost: u32 },
 }
 
 /// The attempt rule: `delivered` is the server's delivery count, `record`
-/// the shard record read before running (if any).
-pub fn plan(delivered: u32, shard: &ShardMessage, record: Option<&ShardRecord>) -> Plan {
+/// the shard record read before running (if any), `max_lost` the lost
+/// attempts in a row that end a shard.
+pub fn plan(
+    delivered: u32,
+    shard: &ShardMessage,
+    record: Option<&ShardRecord>,
+    max_lost: u32,
+) -> Plan {
     let delivered = delivered.max(1);
     // A record of another instant was left by an older fire in the same slot.
     let Some(record) = record
         .filter(|r| r.job == shard.job && r.instant == shard.instant && r.shard == shard.shard)
     else {
-        return Plan::Run { attempt: delivered };
+        return Plan::Run {
+            attempt: delivered,
+            lost: 0,
+        };
     };
     if record::is_final(record) {
         return Plan::Finished {
@@ -157,8 +192,31 @@ pub fn plan(delivered: u32, shard: &ShardMessage, record: Option<&ShardRecord>) 
             state: record.state,
         };
     }
-    Plan::Run {
-        attempt: delivered.max(record.attempt.saturating_add(1)),
+    let attempt = delivered.max(record.attempt.saturating_add(1));
+    let lost = match record.state {
+        // Started and never reported: its worker is gone.
+        ShardState::Running => record.lost.saturating_add(1),
+        // Handed back at shutdown: not lost, and the row goes on.
+        ShardState::Pending => record.lost,
+        // It reported (a failure with a retry to follow).
+        ShardState::Failed | ShardState::TimedOut | ShardState::Succeeded => 0,
+    };
+    if lost > 0 && lost >= max_lost {
+        Plan::CrashLoop { attempt, lost }
+    } else {
+        Plan::Run { attempt, lost }
+    }
+}
+
+/// The `error` of a shard ended after `lost` attempts lost in a row.
+pub fn crash_loop_error(lost: u32) -> String {
+    if lost == 1 {
+        "lost 1 attempt: the worker running it died before reporting (crash loop); not run again"
+            .to_string()
+    } else {
+        format!(
+            "lost {lost} attempts in a row: the worker running it died each time (crash loop); not run again"
+        )
     }
 }
 
@@ -199,7 +257,7 @@ pub async fn handle(
         // a while, and the message must not go to another worker meanwhile.
         let work = async {
             let record = read_record(&worker, &shard).await;
-            match plan(delivered, &shard, record.as_ref()) {
+            match plan(delivered, &shard, record.as_ref(), worker.max_lost) {
                 Plan::Finished { run_id, state } => {
                     info!(
                         run_id,
@@ -209,14 +267,29 @@ pub async fn handle(
                     );
                     Some(Settle::AlreadyFinished)
                 }
-                Plan::Run { attempt } => {
+                Plan::Run { attempt, lost } => {
                     Span::current().record("attempt", attempt);
                     if attempt > delivered {
                         // Worth seeing: the server forgot deliveries, as after a crash.
                         info!(delivered, "attempt numbered from the shard record");
                     }
+                    if lost > 0 {
+                        warn!(
+                            lost,
+                            max_lost = worker.max_lost,
+                            "the attempt before was lost: its worker died before reporting"
+                        );
+                    }
                     let _running = worker.running.enter();
-                    run_and_report(&worker, &shard, attempt, stream_seq, &hand_back).await
+                    run_and_report(&worker, &shard, attempt, lost, stream_seq, &hand_back).await
+                }
+                Plan::CrashLoop { attempt, lost } => {
+                    Span::current().record("attempt", attempt);
+                    error!(
+                        lost,
+                        delivered, "crash loop: ending the shard as dead without running it"
+                    );
+                    end_crash_loop(&worker, &shard, attempt, lost, stream_seq, &hand_back).await
                 }
             }
         };
@@ -235,13 +308,14 @@ async fn run_and_report(
     worker: &Worker,
     shard: &ShardMessage,
     attempt: u32,
+    lost: u32,
     stream_seq: u64,
     hand_back: &CancellationToken,
 ) -> Option<Settle> {
     let run_id = nuid::next().to_string();
     let started_at = Utc::now();
     let record_key = shard.record_key();
-    let started = record::running(shard, attempt, &worker.id, &run_id, started_at);
+    let started = record::running(shard, attempt, lost, &worker.id, &run_id, started_at);
     write_record(worker, record_key.as_deref(), &started).await;
     info!(run_id, "run started");
     let outcome = match &shard.run {
@@ -295,7 +369,55 @@ async fn run_and_report(
         will_retry = result.will_retry,
         "run finished"
     );
-    if let Err(e) = worker.reporter.result(&result, hand_back).await {
+    report(worker, shard, &result, how, lost, hand_back).await
+}
+
+/// Ends a shard whose last `lost` attempts died with their workers, as
+/// attempt `attempt`, without running it: reported and settled like a
+/// last failed attempt.
+async fn end_crash_loop(
+    worker: &Worker,
+    shard: &ShardMessage,
+    attempt: u32,
+    lost: u32,
+    stream_seq: u64,
+    hand_back: &CancellationToken,
+) -> Option<Settle> {
+    let now = Utc::now();
+    let result = RunResult {
+        job: shard.job.clone(),
+        instant: shard.instant,
+        shard: shard.shard,
+        shards: shard.shards,
+        attempt,
+        run_id: nuid::next().to_string(),
+        status: RunStatus::Failed,
+        worker: worker.id.clone(),
+        started_at: now,
+        finished_at: now,
+        exit_code: None,
+        output: String::new(),
+        output_truncated: false,
+        error: Some(crash_loop_error(lost)),
+        will_retry: false,
+        epoch: shard.epoch,
+        stream_seq: Some(stream_seq),
+    };
+    report(worker, shard, &result, Settle::Dead, lost, hand_back).await
+}
+
+/// Stores what became of an attempt, in this order: its result, the `dead`
+/// event when `how` is dead, its final shard record. `None` when the result
+/// or the event could not be stored and the message must stay unacked.
+async fn report(
+    worker: &Worker,
+    shard: &ShardMessage,
+    result: &RunResult,
+    how: Settle,
+    lost: u32,
+    hand_back: &CancellationToken,
+) -> Option<Settle> {
+    if let Err(e) = worker.reporter.result(result, hand_back).await {
         error!(error = %e, "cannot store the result");
         return None;
     }
@@ -306,7 +428,7 @@ async fn run_and_report(
             job: result.job.clone(),
             instant: result.instant,
             shard: result.shard,
-            attempts: attempt,
+            attempts: result.attempt,
             status: result.status,
             run_id: result.run_id.clone(),
             worker: result.worker.clone(),
@@ -318,11 +440,13 @@ async fn run_and_report(
             return None;
         }
         warn!(
-            attempts = attempt,
-            "shard is dead: it failed its last attempt"
+            attempts = result.attempt,
+            error = result.error.as_deref(),
+            "shard is dead: no attempt follows"
         );
     }
-    write_record(worker, record_key.as_deref(), &record::finished(&result)).await;
+    let end = record::finished(result, lost);
+    write_record(worker, shard.record_key().as_deref(), &end).await;
     Some(how)
 }
 
@@ -510,6 +634,9 @@ mod tests {
         shard
     }
 
+    /// Lost attempts in a row that end a shard, in these tests.
+    const MAX_LOST: u32 = 3;
+
     /// The record an earlier attempt `attempt` left, in `state`.
     fn left(
         shard: &ShardMessage,
@@ -520,41 +647,157 @@ mod tests {
         ShardRecord {
             state,
             will_retry,
-            ..record::running(shard, attempt, "w1", "RUN1", shard.instant)
+            ..record::running(shard, attempt, 0, "w1", "RUN1", shard.instant)
         }
+    }
+
+    fn run(attempt: u32, lost: u32) -> Plan {
+        Plan::Run { attempt, lost }
+    }
+
+    fn plan(delivered: u32, shard: &ShardMessage, record: Option<&ShardRecord>) -> Plan {
+        super::plan(delivered, shard, record, MAX_LOST)
     }
 
     #[test]
     fn without_a_record_the_delivery_count_is_the_attempt() {
         let shard = recorded_shard();
-        assert_eq!(plan(1, &shard, None), Plan::Run { attempt: 1 });
-        assert_eq!(plan(3, &shard, None), Plan::Run { attempt: 3 });
+        assert_eq!(plan(1, &shard, None), run(1, 0));
+        assert_eq!(plan(3, &shard, None), run(3, 0));
         // The server counts from 1; a 0 is not an attempt number.
-        assert_eq!(plan(0, &shard, None), Plan::Run { attempt: 1 });
+        assert_eq!(plan(0, &shard, None), run(1, 0));
     }
 
     #[test]
     fn a_record_of_an_unfinished_attempt_raises_the_attempt() {
         let shard = recorded_shard();
         // Delivered again with the count it had (the server crashed and
-        // forgot the delivery): the record knows attempt 1 ran.
+        // forgot the delivery): the record knows attempt 1 ran, and was lost.
         let running = left(&shard, 1, ShardState::Running, false);
-        assert_eq!(plan(1, &shard, Some(&running)), Plan::Run { attempt: 2 });
+        assert_eq!(plan(1, &shard, Some(&running)), run(2, 1));
         let handed_back = left(&shard, 1, ShardState::Pending, true);
-        assert_eq!(
-            plan(1, &shard, Some(&handed_back)),
-            Plan::Run { attempt: 2 }
-        );
+        assert_eq!(plan(1, &shard, Some(&handed_back)), run(2, 0));
         let retrying = left(&shard, 2, ShardState::Failed, true);
-        assert_eq!(plan(2, &shard, Some(&retrying)), Plan::Run { attempt: 3 });
+        assert_eq!(plan(2, &shard, Some(&retrying)), run(3, 0));
         let timed_out = left(&shard, 2, ShardState::TimedOut, true);
-        assert_eq!(plan(1, &shard, Some(&timed_out)), Plan::Run { attempt: 3 });
+        assert_eq!(plan(1, &shard, Some(&timed_out)), run(3, 0));
         // A delivery count ahead of the record (a record write was lost) wins.
-        assert_eq!(plan(5, &shard, Some(&running)), Plan::Run { attempt: 5 });
+        assert_eq!(plan(5, &shard, Some(&running)), run(5, 1));
         let at_the_top = left(&shard, u32::MAX, ShardState::Running, false);
+        assert_eq!(plan(1, &shard, Some(&at_the_top)), run(u32::MAX, 1));
+    }
+
+    #[test]
+    fn each_attempt_found_running_adds_one_lost_attempt_up_to_the_limit() {
+        let shard = recorded_shard();
+        // Attempt 1 started and its worker died; so did attempt 2 (which
+        // knew of one lost attempt before it).
+        let first = left(&shard, 1, ShardState::Running, false);
+        assert_eq!(plan(2, &shard, Some(&first)), run(2, 1));
+        let second = ShardRecord {
+            lost: 1,
+            ..left(&shard, 2, ShardState::Running, false)
+        };
+        assert_eq!(plan(3, &shard, Some(&second)), run(3, 2));
+        // Attempt 3 died too: three lost in a row is the limit.
+        let third = ShardRecord {
+            lost: 2,
+            ..left(&shard, 3, ShardState::Running, false)
+        };
         assert_eq!(
-            plan(1, &shard, Some(&at_the_top)),
-            Plan::Run { attempt: u32::MAX }
+            plan(4, &shard, Some(&third)),
+            Plan::CrashLoop {
+                attempt: 4,
+                lost: 3
+            }
+        );
+        // The server's count does not matter: after a server crash it may
+        // be back at 1; the record counts.
+        assert_eq!(
+            plan(1, &shard, Some(&third)),
+            Plan::CrashLoop {
+                attempt: 4,
+                lost: 3
+            }
+        );
+        // The same record with a higher limit runs again.
+        assert_eq!(super::plan(4, &shard, Some(&third), 4), run(4, 3));
+        // A limit of 1 ends a shard at its first lost attempt.
+        assert_eq!(
+            super::plan(2, &shard, Some(&first), 1),
+            Plan::CrashLoop {
+                attempt: 2,
+                lost: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_reported_attempt_ends_the_row_and_a_hand_back_keeps_it() {
+        let shard = recorded_shard();
+        // Two attempts lost, then attempt 3 failed and reported, with a
+        // retry to follow: attempt 4 starts a new row.
+        for state in [ShardState::Failed, ShardState::TimedOut] {
+            let reported = ShardRecord {
+                lost: 2,
+                ..left(&shard, 3, state, true)
+            };
+            assert_eq!(plan(4, &shard, Some(&reported)), run(4, 0));
+        }
+        // Two attempts lost, then attempt 3 was handed back at shutdown:
+        // not lost, but the two before still count.
+        let handed_back = ShardRecord {
+            lost: 2,
+            ..left(&shard, 3, ShardState::Pending, true)
+        };
+        assert_eq!(plan(4, &shard, Some(&handed_back)), run(4, 2));
+        // And if attempt 4 is lost too, that makes three in a row.
+        let then_lost = ShardRecord {
+            lost: 2,
+            ..left(&shard, 4, ShardState::Running, false)
+        };
+        assert_eq!(
+            plan(5, &shard, Some(&then_lost)),
+            Plan::CrashLoop {
+                attempt: 5,
+                lost: 3
+            }
+        );
+    }
+
+    #[test]
+    fn lost_attempts_of_another_fire_do_not_count() {
+        let shard = recorded_shard();
+        let older = ShardRecord {
+            instant: shard.instant - chrono::Duration::hours(1),
+            lost: MAX_LOST,
+            ..left(&shard, 9, ShardState::Running, false)
+        };
+        assert_eq!(plan(1, &shard, Some(&older)), run(1, 0));
+        // A final record is final whatever it says of lost attempts: the
+        // shard already ended (maybe as a crash loop).
+        let ended = ShardRecord {
+            lost: MAX_LOST,
+            ..left(&shard, 4, ShardState::Failed, false)
+        };
+        assert_eq!(
+            plan(5, &shard, Some(&ended)),
+            Plan::Finished {
+                run_id: "RUN1".into(),
+                state: ShardState::Failed
+            }
+        );
+    }
+
+    #[test]
+    fn the_crash_loop_error_says_why_the_shard_is_not_run() {
+        assert_eq!(
+            crash_loop_error(5),
+            "lost 5 attempts in a row: the worker running it died each time (crash loop); not run again"
+        );
+        assert_eq!(
+            crash_loop_error(1),
+            "lost 1 attempt: the worker running it died before reporting (crash loop); not run again"
         );
     }
 
@@ -586,29 +829,23 @@ mod tests {
             instant: shard.instant - chrono::Duration::hours(20),
             ..left(&shard, 3, ShardState::Succeeded, false)
         };
-        assert_eq!(plan(1, &shard, Some(&older)), Plan::Run { attempt: 1 });
+        assert_eq!(plan(1, &shard, Some(&older)), run(1, 0));
         let running_older = ShardRecord {
             state: ShardState::Running,
             ..older.clone()
         };
-        assert_eq!(
-            plan(2, &shard, Some(&running_older)),
-            Plan::Run { attempt: 2 }
-        );
+        assert_eq!(plan(2, &shard, Some(&running_older)), run(2, 0));
         // Nor is a record of another shard or job, should one be misfiled.
         let other_shard = ShardRecord {
             shard: 0,
             ..left(&shard, 1, ShardState::Succeeded, false)
         };
-        assert_eq!(
-            plan(1, &shard, Some(&other_shard)),
-            Plan::Run { attempt: 1 }
-        );
+        assert_eq!(plan(1, &shard, Some(&other_shard)), run(1, 0));
         let other_job = ShardRecord {
             job: "other".into(),
             ..left(&shard, 1, ShardState::Succeeded, false)
         };
-        assert_eq!(plan(1, &shard, Some(&other_job)), Plan::Run { attempt: 1 });
+        assert_eq!(plan(1, &shard, Some(&other_job)), run(1, 0));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What a worker is told at start: which group it serves, how many shards it
-//! runs at once, and the timings of acks, timeouts, heartbeats and shutdown.
+//! runs at once, the timings of acks, timeouts, heartbeats and shutdown, and
+//! how many lost attempts end a crash loop.
 //!
 //! [`WorkerConfig`] is a plain struct with documented defaults; the
 //! `jetcron-worker` binary fills it from flags and environment variables
@@ -29,6 +30,9 @@ pub const DEFAULT_REPLICAS: usize = 1;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Shortest heartbeat interval accepted.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// Attempts of a shard lost in a row (each one's worker died before it
+/// reported) after which it is not run again.
+pub const DEFAULT_MAX_LOST_ATTEMPTS: u32 = 5;
 /// Most shards one worker runs at once.
 pub const MAX_CONCURRENCY: usize = 10_000;
 /// Largest output kept per attempt: a result must fit in one NATS message.
@@ -87,6 +91,13 @@ pub struct WorkerConfig {
     /// of the bucket's max age, after which a silent worker's key expires.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub heartbeat_interval: Duration,
+
+    /// A shard whose last this many attempts were lost (each started, and
+    /// its worker died before reporting: a command that kills its worker,
+    /// an OOM kill) is not run again: it ends as dead, with a failed result
+    /// and a `dead` event.
+    #[arg(long, env = "JETCRON_MAX_LOST_ATTEMPTS", default_value_t = DEFAULT_MAX_LOST_ATTEMPTS)]
+    pub max_lost_attempts: u32,
 }
 
 impl Default for WorkerConfig {
@@ -103,6 +114,7 @@ impl Default for WorkerConfig {
             kill_grace: DEFAULT_KILL_GRACE,
             replicas: DEFAULT_REPLICAS,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_lost_attempts: DEFAULT_MAX_LOST_ATTEMPTS,
         }
     }
 }
@@ -138,6 +150,8 @@ pub enum ConfigError {
     Replicas(usize),
     #[error("heartbeat_interval: must be at least {MIN_HEARTBEAT_INTERVAL:?}")]
     HeartbeatInterval,
+    #[error("max_lost_attempts: must be at least 1")]
+    MaxLostAttempts,
 }
 
 impl WorkerConfig {
@@ -169,6 +183,9 @@ impl WorkerConfig {
         if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
             return Err(ConfigError::HeartbeatInterval);
         }
+        if self.max_lost_attempts == 0 {
+            return Err(ConfigError::MaxLostAttempts);
+        }
         Ok(())
     }
 }
@@ -199,6 +216,8 @@ mod tests {
         assert_eq!(parsed.kill_grace, d.kill_grace);
         assert_eq!(parsed.replicas, d.replicas);
         assert_eq!(parsed.heartbeat_interval, d.heartbeat_interval);
+        assert_eq!(parsed.max_lost_attempts, d.max_lost_attempts);
+        assert_eq!(d.max_lost_attempts, 5);
         assert!(d.validate().is_ok());
     }
 
@@ -225,6 +244,8 @@ mod tests {
             "3",
             "--heartbeat-interval",
             "2s",
+            "--max-lost-attempts",
+            "2",
             "--nats-url",
             "nats://example:4222",
         ])
@@ -240,6 +261,7 @@ mod tests {
         assert_eq!(c.max_output, 1024);
         assert_eq!(c.replicas, 3);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.max_lost_attempts, 2);
         assert_eq!(c.connect.nats_url, "nats://example:4222");
         assert!(c.validate().is_ok());
     }
@@ -278,6 +300,10 @@ mod tests {
         assert_eq!(
             bad(|c| c.heartbeat_interval = Duration::from_millis(10)),
             ConfigError::HeartbeatInterval
+        );
+        assert_eq!(
+            bad(|c| c.max_lost_attempts = 0),
+            ConfigError::MaxLostAttempts
         );
     }
 }

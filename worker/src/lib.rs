@@ -6,7 +6,7 @@
 //!   pulls no more messages than there are free run slots.
 //! - [`attempt`]: one delivery: decode, skip if already finished, run,
 //!   report, settle (ack, nak with delay, term; progress while running),
-//!   and the rule for attempt numbers.
+//!   the rule for attempt numbers, and the end of crash loops.
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
 //! - [`output`]: the bounded tail of a run's output.
 //! - [`report`]: publishes results and `dead` events through JetStream.
@@ -19,7 +19,9 @@
 //! A shard message travels: work stream `jetcron.work.<group>.<job>` ->
 //! [`consume`] pulls it into a free slot -> [`attempt`] decodes it and
 //! reads its shard record ([`record`]): a shard that already finished for
-//! good is acked without running, any other gets its attempt number ->
+//! good is acked without running, one whose last attempts all died with
+//! their workers ends dead without running, any other gets its attempt
+//! number ->
 //! [`attempt`] marks the record `running` and runs the shard with
 //! [`execute`] (acking progress meanwhile) -> [`report`] stores the
 //! `RunResult` on `jetcron.results.<job>` (and a `dead` event after the
@@ -121,6 +123,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         progress_every: ack_wait / 3,
         reporter: Reporter::new(js.clone(), names.clone()),
         recorder: Recorder::new(resources.runs),
+        max_lost: config.max_lost_attempts,
         running: running.clone(),
     });
     let heartbeat = Heartbeat::new(resources.workers, &names, &config, running, started_at);

@@ -5,7 +5,10 @@
 //! after its result (and its `dead` event, if any) is stored and before its
 //! message is settled: once a shard message is acked, its record is final.
 //! An attempt handed back at shutdown writes `pending`, since it waits for
-//! another worker.
+//! another worker. An attempt that finds its shard's record still
+//! `running` knows the attempt before it was lost, and carries the count
+//! of attempts lost in a row in its own record (`lost`; see
+//! [`crate::attempt`] for what ends a crash loop).
 //!
 //! Before running, a delivery [`Recorder::get`]s the record: a final record
 //! of the same fire means the shard already ran to its end and only the ack
@@ -108,10 +111,12 @@ pub fn is_final(record: &ShardRecord) -> bool {
     }
 }
 
-/// The record of an attempt that just started.
+/// The record of an attempt that just started, after `lost` attempts lost
+/// in a row.
 pub fn running(
     shard: &ShardMessage,
     attempt: u32,
+    lost: u32,
     worker: &str,
     run_id: &str,
     started_at: DateTime<Utc>,
@@ -128,11 +133,13 @@ pub fn running(
         finished_at: None,
         exit_code: None,
         will_retry: false,
+        lost,
     }
 }
 
-/// The record of an attempt that ran to its end.
-pub fn finished(result: &RunResult) -> ShardRecord {
+/// The record of an attempt that ended with `result`, after `lost`
+/// attempts lost in a row.
+pub fn finished(result: &RunResult, lost: u32) -> ShardRecord {
     ShardRecord {
         job: result.job.clone(),
         instant: result.instant,
@@ -145,6 +152,7 @@ pub fn finished(result: &RunResult) -> ShardRecord {
         finished_at: Some(result.finished_at),
         exit_code: result.exit_code,
         will_retry: result.will_retry,
+        lost,
     }
 }
 
@@ -179,15 +187,16 @@ mod tests {
     fn an_attempt_is_running_then_ends_with_its_result() {
         let shard = shard();
         let started = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap();
-        let r = running(&shard, 2, "w1", "RUN", started);
+        // The second attempt, after the first was lost.
+        let r = running(&shard, 2, 1, "w1", "RUN", started);
         assert_eq!(r.state, ShardState::Running);
         assert_eq!(
             (r.job.as_str(), r.instant, r.shard),
             ("sync", shard.instant, 2)
         );
         assert_eq!(
-            (r.attempt, r.worker.as_str(), r.run_id.as_str()),
-            (2, "w1", "RUN")
+            (r.attempt, r.lost, r.worker.as_str(), r.run_id.as_str()),
+            (2, 1, "w1", "RUN")
         );
         assert_eq!(
             (r.finished_at, r.exit_code, r.will_retry),
@@ -214,7 +223,7 @@ mod tests {
             epoch: 7,
             stream_seq: None,
         };
-        let end = finished(&result);
+        let end = finished(&result, 1);
         assert_eq!(
             end,
             ShardRecord {
@@ -227,14 +236,17 @@ mod tests {
 
         let back = handed_back(&r, finished_at);
         assert_eq!(back.state, ShardState::Pending);
-        assert_eq!((back.attempt, back.finished_at), (2, Some(finished_at)));
+        assert_eq!(
+            (back.attempt, back.lost, back.finished_at),
+            (2, 1, Some(finished_at))
+        );
         assert!(back.will_retry);
     }
 
     #[test]
     fn only_success_or_a_failure_without_retry_is_final() {
         let started = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap();
-        let base = running(&shard(), 1, "w1", "RUN", started);
+        let base = running(&shard(), 1, 0, "w1", "RUN", started);
         let with = |state, will_retry| ShardRecord {
             state,
             will_retry,

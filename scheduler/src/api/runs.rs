@@ -240,6 +240,7 @@ mod tests {
             finished_at: Some(f.instant + chrono::Duration::milliseconds(250)),
             exit_code: Some(1),
             will_retry,
+            lost: 0,
         }
     }
 
