@@ -282,6 +282,29 @@ pub async fn trigger(
     Ok(())
 }
 
+/// `job retry ID FIRE`: the failed and timed-out shards of one fire again.
+pub async fn retry(
+    args: &ConnectArgs,
+    out: &Output,
+    id: &str,
+    fire_id: &str,
+) -> Result<(), Failure> {
+    let reply = connect::api(args).await?.retry(id, fire_id).await?;
+    if out.json {
+        out.json(&reply);
+    } else {
+        println!(
+            "job {}: fire {} runs shards {} of fire {} again (instant {})",
+            reply.id,
+            reply.fire_id,
+            shard_list(&reply.shards),
+            reply.retry_of,
+            instant(reply.instant)
+        );
+    }
+    Ok(())
+}
+
 fn shard_list(shards: &[u32]) -> String {
     let list: Vec<String> = shards.iter().map(u32::to_string).collect();
     list.join(",")
@@ -347,16 +370,24 @@ pub fn runs_table(reply: &RunsReply, now: DateTime<Utc>) -> String {
         .runs
         .iter()
         .map(|r| {
+            let cause = match &r.retry_of {
+                Some(of) => format!("retry of {of}"),
+                None => cause(r.cause).to_string(),
+            };
             vec![
+                r.fire_id.clone(),
                 instant(r.instant),
-                cause(r.cause).to_string(),
+                cause,
                 r.state.as_str().to_string(),
                 shard_summary(&r.shards),
                 fire_duration(r, now),
             ]
         })
         .collect();
-    table(&["INSTANT", "CAUSE", "STATE", "SHARDS", "DURATION"], &rows)
+    table(
+        &["FIRE", "INSTANT", "CAUSE", "STATE", "SHARDS", "DURATION"],
+        &rows,
+    )
 }
 
 fn cause(c: jetcron_shared::wire::Cause) -> &'static str {
@@ -512,6 +543,7 @@ mod tests {
                     instant: at + chrono::Duration::seconds(60),
                     cause: Cause::Manual,
                     fired_at: at + chrono::Duration::seconds(60),
+                    retry_of: Some("hello:1".into()),
                     state: ShardState::Running,
                     shards: vec![shard(0, ShardState::Running, 1, Some("w1"))],
                 },
@@ -520,6 +552,7 @@ mod tests {
                     instant: at,
                     cause: Cause::Schedule,
                     fired_at: at,
+                    retry_of: None,
                     state: ShardState::Succeeded,
                     shards: vec![done],
                 },
@@ -528,9 +561,9 @@ mod tests {
         let now = at + chrono::Duration::seconds(65);
         assert_eq!(
             runs_table(&reply, now),
-            "INSTANT               CAUSE     STATE      SHARDS        DURATION\n\
-             2026-11-24T21:31:00Z  manual    running    0:running@w1  5.0s+\n\
-             2026-11-24T21:30:00Z  schedule  succeeded  0:ok          2.5s"
+            "FIRE     INSTANT               CAUSE             STATE      SHARDS        DURATION\n\
+             hello:2  2026-11-24T21:31:00Z  retry of hello:1  running    0:running@w1  5.0s+\n\
+             hello:1  2026-11-24T21:30:00Z  schedule          succeeded  0:ok          2.5s"
         );
         let empty = RunsReply {
             id: "x".into(),

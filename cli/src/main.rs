@@ -120,6 +120,13 @@ enum JobCommand {
         #[arg(long, value_name = "JSON")]
         payload: Option<String>,
     },
+    /// Run again the failed and timed-out shards of one fire (a FIRE of `job runs`).
+    Retry {
+        /// The job's id.
+        id: String,
+        /// The fire, as `job runs` lists it (`<job>:<instant ms>`).
+        fire_id: String,
+    },
     /// Show a job's coming instants, in UTC and in its time zone.
     Next {
         /// The job's id.
@@ -198,6 +205,7 @@ async fn main() -> ExitCode {
                 shards,
                 payload,
             } => jobs::trigger(args, &out, &id, shards, payload.as_deref()).await,
+            JobCommand::Retry { id, fire_id } => jobs::retry(args, &out, &id, &fire_id).await,
             JobCommand::Next { id, count } => jobs::next(args, &out, &id, count).await,
             JobCommand::Runs { id, limit } => jobs::runs(args, &out, &id, limit).await,
         },

@@ -185,10 +185,15 @@ pub fn event_line(e: &Event) -> String {
             fire_id,
             instant,
             shards,
+            retry_of,
         } => {
             let list: Vec<String> = shards.iter().map(u32::to_string).collect();
+            let retry = retry_of
+                .as_ref()
+                .map(|of| format!(" (retry of {of})"))
+                .unwrap_or_default();
             format!(
-                "{job} fire {fire_id} for {} shards={}",
+                "{job} fire {fire_id} for {} shards={}{retry}",
                 utc(*instant),
                 list.join(",")
             )
@@ -242,9 +247,20 @@ mod tests {
                 job: "a".into(),
                 fire_id: "a:1".into(),
                 instant: at(),
-                shards: vec![0, 2]
+                shards: vec![0, 2],
+                retry_of: None,
             }),
             "21:30:05.000 triggered a fire a:1 for 2026-11-24T21:30:05Z shards=0,2"
+        );
+        assert_eq!(
+            event(EventBody::Triggered {
+                job: "a".into(),
+                fire_id: "a:2".into(),
+                instant: at(),
+                shards: vec![2],
+                retry_of: Some("a:1".into()),
+            }),
+            "21:30:05.000 triggered a fire a:2 for 2026-11-24T21:30:05Z shards=2 (retry of a:1)"
         );
         assert_eq!(
             event(EventBody::Fired {

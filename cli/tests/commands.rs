@@ -121,8 +121,9 @@ async fn trigger_and_runs() {
     let lines = out.lines();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["INSTANT", "CAUSE", "STATE", "SHARDS", "DURATION"]
+        ["FIRE", "INSTANT", "CAUSE", "STATE", "SHARDS", "DURATION"]
     );
+    assert!(lines[1].starts_with("hello:"), "{out:#?}");
     assert!(
         lines[1].contains("manual") && lines[1].contains("0:ok 2:ok"),
         "{out:#?}"
@@ -141,6 +142,14 @@ async fn trigger_and_runs() {
     let v = out.json();
     assert_eq!(v["runs"].as_array().unwrap().len(), 1);
     assert_eq!(v["runs"][0]["fire_id"], fire_id.as_str());
+
+    // A fire with nothing failed: the API refuses a retry, and says why.
+    let out = jetcron(&url, &["job", "retry", "hello", &fire_id]).await;
+    out.expect_code(1);
+    assert!(
+        out.error_line().contains("no failed or timed-out shard to retry"),
+        "{out:#?}"
+    );
 
     // Local input errors come before any request.
     let out = jetcron(&url, &["job", "trigger", "hello", "--payload", "{nope"]).await;

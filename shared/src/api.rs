@@ -26,6 +26,7 @@ pub mod endpoint {
     pub const JOB_TRIGGER: &str = "job.trigger";
     pub const JOB_NEXT: &str = "job.next";
     pub const JOB_RUNS: &str = "job.runs";
+    pub const JOB_RETRY: &str = "job.retry";
     pub const STATUS: &str = "status";
     pub const WORKERS: &str = "workers";
 }
@@ -104,6 +105,26 @@ pub struct TriggerRequest {
 pub struct TriggerReply {
     pub id: String,
     pub fire_id: String,
+    pub instant: chrono::DateTime<chrono::Utc>,
+    pub shards: Vec<u32>,
+}
+
+/// Body of `job.retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    pub id: String,
+    /// The fire whose failed shards run again (a `fire_id` of `job.runs`).
+    pub fire_id: String,
+}
+
+/// Reply of `job.retry`: the new fire that runs the failed shards again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryReply {
+    pub id: String,
+    pub fire_id: String,
+    /// The fire retried.
+    pub retry_of: String,
     pub instant: chrono::DateTime<chrono::Utc>,
     pub shards: Vec<u32>,
 }
@@ -192,6 +213,9 @@ pub struct FireRun {
     pub instant: chrono::DateTime<chrono::Utc>,
     pub cause: crate::wire::Cause,
     pub fired_at: chrono::DateTime<chrono::Utc>,
+    /// For a fire made by `job.retry`: the fire it retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     /// `succeeded` when every shard did; else the worst shard state
     /// (`failed`, `timed_out`, `running`, `pending`).
     pub state: crate::runs::ShardState,
@@ -550,6 +574,14 @@ impl ApiClient {
 
     pub async fn trigger(&self, req: &TriggerRequest) -> Result<TriggerReply, ClientError> {
         self.call(endpoint::JOB_TRIGGER, json_body(req)).await
+    }
+
+    pub async fn retry(&self, id: &str, fire_id: &str) -> Result<RetryReply, ClientError> {
+        let req = RetryRequest {
+            id: id.to_string(),
+            fire_id: fire_id.to_string(),
+        };
+        self.call(endpoint::JOB_RETRY, json_body(&req)).await
     }
 
     pub async fn next(&self, id: &str, count: Option<u32>) -> Result<NextReply, ClientError> {

@@ -34,6 +34,12 @@ pub struct FireRecord {
     /// The shards dispatched (all of them unless a trigger chose some).
     pub dispatched: Vec<u32>,
     pub epoch: u64,
+    /// The payload a trigger gave this fire in place of the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// For a fire made by `job.retry`: the fire it retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 /// Where one shard of one fire stands.

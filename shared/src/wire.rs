@@ -295,6 +295,9 @@ pub enum EventBody {
         fire_id: String,
         instant: DateTime<Utc>,
         shards: Vec<u32>,
+        /// Set when `job.retry` made this fire: the fire it retries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_of: Option<String>,
     },
     /// A definition in the jobs bucket does not parse or validate.
     Invalid {

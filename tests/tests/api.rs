@@ -478,7 +478,9 @@ async fn pause_stops_fires_and_resume_restarts_them_reporting_what_was_skipped()
             .count()
     };
     events
-        .wait_for("a skipped instant", Duration::from_secs(10), |e| skips(e) >= 1)
+        .wait_for("a skipped instant", Duration::from_secs(10), |e| {
+            skips(e) >= 1
+        })
         .await;
     let state_kv = async_nats::jetstream::new(client.clone())
         .get_key_value(names().state_bucket())
@@ -489,7 +491,11 @@ async fn pause_stops_fires_and_resume_restarts_them_reporting_what_was_skipped()
     assert!(before.is_some(), "the skip is stored under the job's key");
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(skips(&events.snapshot()), 1, "one skipped event per pause");
-    assert_eq!(state_rev().await, before, "no state write per skipped instant");
+    assert_eq!(
+        state_rev().await,
+        before,
+        "no state write per skipped instant"
+    );
     let late: Vec<_> = tap
         .snapshot()
         .into_iter()

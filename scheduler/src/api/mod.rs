@@ -30,6 +30,7 @@ mod jobs;
 mod list;
 mod next;
 mod pause;
+mod retry;
 mod runs;
 mod scan;
 mod status;
@@ -85,12 +86,13 @@ enum Endpoint {
     Trigger,
     Next,
     Runs,
+    Retry,
     Status,
     Workers,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 11] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::Put,
         Endpoint::Get,
         Endpoint::Delete,
@@ -100,6 +102,7 @@ impl Endpoint {
         Endpoint::Trigger,
         Endpoint::Next,
         Endpoint::Runs,
+        Endpoint::Retry,
         Endpoint::Status,
         Endpoint::Workers,
     ];
@@ -115,6 +118,7 @@ impl Endpoint {
             Endpoint::Trigger => endpoint::JOB_TRIGGER,
             Endpoint::Next => endpoint::JOB_NEXT,
             Endpoint::Runs => endpoint::JOB_RUNS,
+            Endpoint::Retry => endpoint::JOB_RETRY,
             Endpoint::Status => endpoint::STATUS,
             Endpoint::Workers => endpoint::WORKERS,
         }
@@ -238,6 +242,7 @@ async fn handle(ctx: &Ctx, ep: Endpoint, body: &[u8]) -> Result<Bytes, ApiError>
             Endpoint::Trigger => trigger::trigger(ctx, body).await,
             Endpoint::Next => next::next(ctx, body).await,
             Endpoint::Runs => runs::runs(ctx, body).await,
+            Endpoint::Retry => retry::retry(ctx, body).await,
             Endpoint::Status => status::status(ctx, body).await,
             Endpoint::Workers => status::workers(ctx, body).await,
         }

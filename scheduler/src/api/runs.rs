@@ -36,15 +36,36 @@ pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     if req.limit == Some(0) {
         return Err(bad_request("limit: must be at least 1, found 0"));
     }
+    let want = req.limit.map(|l| l as usize);
+    let mut runs: Vec<FireRun> = history(ctx, &req.id, want)
+        .await?
+        .into_iter()
+        .map(|(_, run)| run)
+        .collect();
+    if let Some(limit) = req.limit {
+        runs.truncate(limit as usize);
+    }
+    Ok(encode_ok(&RunsReply { id: req.id, runs }))
+}
+
+/// The job's recent fires, newest first, each with its record and where
+/// its shards stand: as many as its `history` keeps (at most `want` of
+/// scheduled and of manual fires each). Not found: no such job and no
+/// history.
+pub(super) async fn history(
+    ctx: &Ctx,
+    id: &str,
+    want: Option<usize>,
+) -> Result<Vec<(FireRecord, FireRun)>, ApiError> {
     // The job's history size bounds both rings; a job this replica does
     // not know (deleted, or not loaded yet) may have kept up to the most.
-    let history = match ctx.index.get(&req.id) {
+    let history = match ctx.index.get(id) {
         Some((_, Def::Valid(d))) => d.history(),
         _ => MAX_HISTORY,
     } as usize;
-    let want = req.limit.map_or(history, |l| history.min(l as usize));
-    let subject = ctx.names.event_subject("fired", Some(&req.id));
-    let filter = ctx.names.run_job_filter(&req.id);
+    let want = want.map_or(history, |w| history.min(w));
+    let subject = ctx.names.event_subject("fired", Some(id));
+    let filter = ctx.names.run_job_filter(id);
     let (records, fired) = tokio::join!(
         scan::latest(&ctx.runs, &filter),
         scan::tail(&ctx.events_stream, &subject, want),
@@ -74,20 +95,20 @@ pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
             _ => {}
         }
     }
-    if scheduled.is_empty() && manual.is_empty() && !job_exists(ctx, &req.id).await? {
-        return Err(not_found(&req.id));
+    if scheduled.is_empty() && manual.is_empty() && !job_exists(ctx, id).await? {
+        return Err(not_found(id));
     }
     let mut fires = newest(scheduled, want);
     fires.extend(newest(manual, want));
-    let mut runs: Vec<FireRun> = fires
+    let mut out: Vec<(FireRecord, FireRun)> = fires
         .into_iter()
-        .map(|(key, fire)| join(&key, fire, &shards))
+        .map(|(key, fire)| {
+            let run = join(&key, fire.clone(), &shards);
+            (fire, run)
+        })
         .collect();
-    runs.sort_by(|a, b| b.instant.cmp(&a.instant).then(b.fired_at.cmp(&a.fired_at)));
-    if let Some(limit) = req.limit {
-        runs.truncate(limit as usize);
-    }
-    Ok(encode_ok(&RunsReply { id: req.id, runs }))
+    out.sort_by(|(_, a), (_, b)| b.instant.cmp(&a.instant).then(b.fired_at.cmp(&a.fired_at)));
+    Ok(out)
 }
 
 /// A stored `fired` event as the fire's history entry, with the key of its
@@ -115,6 +136,8 @@ fn fired_record(payload: &[u8]) -> Option<(String, FireRecord)> {
         shards,
         dispatched: (0..shards).collect(),
         epoch,
+        payload: None,
+        retry_of: None,
     };
     Some((key, fire))
 }
@@ -153,6 +176,7 @@ fn join(key: &str, fire: FireRecord, shards: &HashMap<String, ShardRecord>) -> F
         instant: fire.instant,
         cause: fire.cause,
         fired_at: fire.fired_at,
+        retry_of: fire.retry_of,
         state: fire_state(shard_runs.iter().map(|s| s.state)),
         shards: shard_runs,
     }
@@ -224,6 +248,8 @@ mod tests {
             shards: 3,
             dispatched,
             epoch: 1,
+            payload: None,
+            retry_of: None,
         }
     }
 

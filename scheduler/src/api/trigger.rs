@@ -35,29 +35,62 @@ pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     check_id(&req.id)?;
     let (job, revision) = valid_job(&req.id, load_job(ctx, &req.id).await?, "triggered")?;
     let shards = chosen_shards(&job, req.shards.as_deref())?;
-    let instant = manual_instant(ctx, &job.schedule);
+    let reply = fire_now(
+        ctx,
+        Manual {
+            job,
+            revision,
+            shards,
+            payload: req.payload,
+            retry_of: None,
+        },
+    )
+    .await?;
+    Ok(encode_ok(&reply))
+}
+
+/// A fire outside the schedule: a trigger, or a retry of a fire's failed
+/// shards.
+pub(super) struct Manual {
+    pub job: Job,
+    pub revision: u64,
+    /// Checked with [`chosen_shards`].
+    pub shards: Vec<u32>,
+    /// Replaces the job's payload for this fire.
+    pub payload: Option<serde_json::Value>,
+    /// The fire a retry retries.
+    pub retry_of: Option<String>,
+}
+
+/// Records and dispatches a manual fire now, and reports it with a
+/// `triggered` event.
+pub(super) async fn fire_now(ctx: &Ctx, m: Manual) -> Result<TriggerReply, ApiError> {
+    let id = m.job.id().to_string();
+    let instant = manual_instant(ctx, &m.job.schedule);
     let epoch = leader(ctx).await?.map_or(0, |l| l.epoch);
-    let fire_id = wire::fire_id(job.id(), instant);
+    let fire_id = wire::fire_id(&id, instant);
     let record = FireRecord {
-        job: job.id().to_string(),
+        job: id.clone(),
         fire_id: fire_id.clone(),
         instant,
         cause: Cause::Manual,
         fired_at: Utc::now(),
-        shards: job.shard_count(),
-        dispatched: shards.clone(),
+        shards: m.job.shard_count(),
+        dispatched: m.shards.clone(),
         epoch,
+        payload: m.payload.clone(),
+        retry_of: m.retry_of.clone(),
     };
-    let key = record_fire(ctx, &job, &record).await?;
+    let key = record_fire(ctx, &m.job, &record).await?;
     let fire = Fire {
-        job: FireJob::full(Arc::new(job)),
-        revision,
+        job: FireJob::full(Arc::new(m.job)),
+        revision: m.revision,
         instant,
         cause: Cause::Manual,
         missed: 1,
         first_missed: instant,
-        shards: Some(shards.clone()),
-        payload: req.payload,
+        shards: Some(m.shards.clone()),
+        payload: m.payload,
         record: Some(key),
     };
     match ctx.dispatcher.dispatch(&fire, epoch).await {
@@ -73,22 +106,23 @@ pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         Ok(_) => {}
         Err(e) => return Err(unavailable("work stream", e)),
     }
-    info!(job = %req.id, %instant, shards = ?shards, "triggered");
+    info!(job = %id, %instant, shards = ?m.shards, retry_of = ?m.retry_of, "triggered");
     let event = Event::now(EventBody::Triggered {
-        job: req.id.clone(),
+        job: id.clone(),
         fire_id: fire_id.clone(),
         instant,
-        shards: shards.clone(),
+        shards: m.shards.clone(),
+        retry_of: m.retry_of,
     });
     ctx.events
         .publish(&event, Some(format!("triggered:{fire_id}")))
         .await;
-    Ok(encode_ok(&TriggerReply {
-        id: req.id,
+    Ok(TriggerReply {
+        id,
         fire_id,
         instant,
-        shards,
-    }))
+        shards: m.shards,
+    })
 }
 
 /// Writes the fire record into the job's ring of manual slots `m0` ..
@@ -157,7 +191,7 @@ async fn manual_slots(
 
 /// The shards to fire: all, or the listed ones (each a shard of the job,
 /// none twice, at least one).
-fn chosen_shards(job: &Job, listed: Option<&[u32]>) -> Result<Vec<u32>, ApiError> {
+pub(super) fn chosen_shards(job: &Job, listed: Option<&[u32]>) -> Result<Vec<u32>, ApiError> {
     let count = job.shard_count();
     let Some(listed) = listed else {
         return Ok((0..count).collect());

@@ -511,3 +511,144 @@ async fn runs_find_the_last_fired_events_among_many_others() {
     assert_eq!(api.runs("gone", None).await.unwrap().runs.len(), 40);
     a.stop().await;
 }
+
+/// `job.retry` runs again only the shards of a fire that ended failed or
+/// timed out, as a new fire naming the one it retries, with that fire's
+/// payload; a fire with nothing failed, an unknown fire and a bad request
+/// are refused, naming what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_runs_again_only_the_failed_and_timed_out_shards_of_a_fire() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let events = harness::events(&client, &names()).await;
+    let results = harness::results(&client, &names()).await;
+    let a = Scheduler::start(&server.url(), "a");
+    let api = harness::api(&client, &names()).await;
+    let w = harness::Worker::start(&server.url(), "w1");
+    // Shard 0 succeeds, 1 fails, 2 times out; a marker file lets the
+    // second run of each succeed, so the retry's outcome shows.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("again");
+    let definition = json!({
+        "id": "flaky",
+        "schedule": "@yearly",
+        "shards": 3,
+        "timeout": "1s",
+        "run": {"shell": format!(
+            "echo \"payload=$JETCRON_PAYLOAD\"; test -e {m}.$JETCRON_SHARD && exit 0; \
+             touch {m}.$JETCRON_SHARD; case $JETCRON_SHARD in 0) exit 0;; 1) exit 3;; *) sleep 30;; esac",
+            m = marker.display()
+        )},
+    });
+    api.put_raw(definition.to_string().into()).await.unwrap();
+    let first = api
+        .trigger(&TriggerRequest {
+            id: "flaky".into(),
+            shards: None,
+            payload: Some(json!({"batch": 7})),
+        })
+        .await
+        .unwrap();
+    let finished = async |fire_id: &str| {
+        let runs = api.runs("flaky", None).await.ok()?;
+        let run = runs.runs.into_iter().find(|r| r.fire_id == fire_id)?;
+        run.shards
+            .iter()
+            .all(|s| !matches!(s.state, ShardState::Pending | ShardState::Running))
+            .then_some(run)
+    };
+    let run = wait_until(
+        "the first fire ended",
+        Duration::from_secs(30),
+        async || finished(&first.fire_id).await,
+    )
+    .await;
+    assert_eq!(run.state, ShardState::Failed);
+
+    let retry = api.retry("flaky", &first.fire_id).await.unwrap();
+    assert_eq!(retry.retry_of, first.fire_id);
+    assert_eq!(
+        retry.shards,
+        vec![1, 2],
+        "only the failed and timed-out shards"
+    );
+    assert_ne!(retry.fire_id, first.fire_id);
+    let again = wait_until("the retry ended", Duration::from_secs(30), async || {
+        finished(&retry.fire_id).await
+    })
+    .await;
+    assert_eq!(again.retry_of.as_deref(), Some(first.fire_id.as_str()));
+    assert_eq!(again.state, ShardState::Succeeded);
+    assert_eq!(
+        again.shards.iter().map(|s| s.shard).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The retried fire's record is untouched; shard 0 ran once.
+    let runs = api.runs("flaky", None).await.unwrap();
+    let old = runs
+        .runs
+        .iter()
+        .find(|r| r.fire_id == first.fire_id)
+        .unwrap();
+    assert_eq!(old.state, ShardState::Failed);
+    let ran: Vec<(String, u32)> = results
+        .snapshot()
+        .iter()
+        .map(|r| (jetcron_shared::wire::fire_id(&r.job, r.instant), r.shard))
+        .collect();
+    assert_eq!(
+        ran.iter().filter(|(_, s)| *s == 0).count(),
+        1,
+        "shard 0 is not run again: {ran:?}"
+    );
+    // The payload of the retried fire came along.
+    let retried: Vec<_> = results
+        .snapshot()
+        .into_iter()
+        .filter(|r| jetcron_shared::wire::fire_id(&r.job, r.instant) == retry.fire_id)
+        .collect();
+    assert_eq!(retried.len(), 2, "{retried:?}");
+    for r in &retried {
+        assert_eq!(r.status, jetcron_shared::wire::RunStatus::Succeeded);
+        assert!(r.output.contains(r#"payload={"batch":7}"#), "{}", r.output);
+    }
+    let triggered = events
+        .wait_for("the retry's triggered event", Duration::from_secs(10), |e| {
+            e.iter().any(|e| {
+                matches!(&e.body, EventBody::Triggered { retry_of: Some(of), .. } if *of == first.fire_id)
+            })
+        })
+        .await;
+    assert!(!triggered.is_empty());
+
+    // Nothing failed in the retry: refused, saying how its shards stand.
+    let e = api.retry("flaky", &retry.fire_id).await.unwrap_err();
+    let (code, message) = match e {
+        ClientError::Api(e) => (e.code, e.message),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code, ErrorCode::Conflict);
+    assert!(
+        message.contains("no failed or timed-out shard") && message.contains("2 succeeded"),
+        "{message}"
+    );
+    // Unknown fire, unknown job, empty fire id.
+    let e = api.retry("flaky", "flaky:123").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api(a) if a.code == ErrorCode::NotFound && a.message.contains("'flaky:123'")),
+        "{e:?}"
+    );
+    let e = api.retry("nope", "nope:1").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api(a) if a.code == ErrorCode::NotFound && a.message.contains("job 'nope'")),
+        "{e:?}"
+    );
+    let e = api.retry("flaky", " ").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api(a) if a.code == ErrorCode::BadRequest && a.message.starts_with("fire_id: ")),
+        "{e:?}"
+    );
+    w.stop(Duration::from_secs(10)).await;
+    a.stop().await;
+}

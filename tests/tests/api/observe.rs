@@ -296,6 +296,7 @@ async fn micro_discovery_follows_adr_32_and_stats_count_error_replies() {
         "job.trigger",
         "job.next",
         "job.runs",
+        "job.retry",
         "status",
         "workers",
     ]
