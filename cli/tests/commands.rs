@@ -147,7 +147,8 @@ async fn trigger_and_runs() {
     let out = jetcron(&url, &["job", "retry", "hello", &fire_id]).await;
     out.expect_code(1);
     assert!(
-        out.error_line().contains("no failed or timed-out shard to retry"),
+        out.error_line()
+            .contains("no failed or timed-out shard to retry"),
         "{out:#?}"
     );
 
