@@ -613,7 +613,7 @@ async fn a_fire_dispatched_again_after_a_lost_state_write_is_stored_once() {
 /// A paused job keeps its state and reports each instant it lets pass; when
 /// it runs again it does not replay them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_job_skips_with_events_and_resumes_without_replay() {
+async fn a_paused_job_reports_one_skip_and_resumes_without_replay() {
     harness::init_tracing();
     let server = NatsServer::start().await;
     let client = server.client().await;
