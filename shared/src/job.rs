@@ -21,6 +21,10 @@ use crate::schedule::Schedule;
 pub const MAX_SHARDS: u32 = 1000;
 /// Largest encoded definition accepted.
 pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+/// Largest payload (compact JSON) a trigger may give a fire: what a
+/// definition can hold. A shard message carries it with the job's command,
+/// far below the 1 MiB a NATS message may have by default.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_DEFINITION_BYTES;
 /// Timeout when a definition does not set one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Delay before a retry when `retry.backoff` is not set.
@@ -515,10 +519,17 @@ impl JobSpec {
         })
     }
 
+    /// The definition as stored: indented JSON, or compact JSON when the
+    /// indented form would pass [`MAX_DEFINITION_BYTES`] (a payload of
+    /// many small values can take three times its size indented).
     pub fn encode(&self) -> Vec<u8> {
         // A JobSpec holds only strings, numbers, lists and JSON values, all of
         // which serialize; the fallback is unreachable.
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+        let pretty = serde_json::to_vec_pretty(self).unwrap_or_default();
+        if pretty.len() <= MAX_DEFINITION_BYTES {
+            return pretty;
+        }
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -696,6 +707,24 @@ mod tests {
             .unwrap();
         let again = JobSpec::decode(&j.spec.encode()).unwrap();
         assert_eq!(again, j.spec);
+    }
+
+    #[test]
+    fn a_definition_too_large_indented_is_stored_compact() {
+        let rows = vec![serde_json::Value::from(7); 60_000];
+        let body = serde_json::to_vec(&serde_json::json!({
+            "id": "x", "schedule": "@hourly", "run": {"shell": "t"}, "payload": {"rows": rows},
+        }))
+        .unwrap();
+        assert!(body.len() < MAX_DEFINITION_BYTES);
+        let spec = job(std::str::from_utf8(&body).unwrap()).unwrap().spec;
+        assert!(serde_json::to_vec_pretty(&spec).unwrap().len() > MAX_DEFINITION_BYTES);
+        let stored = spec.encode();
+        assert!(stored.len() <= MAX_DEFINITION_BYTES, "{}", stored.len());
+        assert_eq!(Job::decode(&stored, Some("x")).unwrap().spec, spec);
+        // A small one stays readable.
+        let small = job(r#"{"id":"x","schedule":"@hourly","run":{"shell":"t"}}"#).unwrap();
+        assert!(small.spec.encode().contains(&b'\n'));
     }
 
     #[test]

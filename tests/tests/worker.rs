@@ -1193,3 +1193,70 @@ async fn a_shard_whose_worker_dies_every_time_ends_dead_after_its_lost_attempts(
     heir.stop(LIMIT).await;
     scheduler.stop().await;
 }
+
+/// Any payload a job may hold runs. One of 200 KiB, many small values that
+/// take three times that indented, is put, triggered and read in full from
+/// `JETCRON_PAYLOAD_FILE` (it is too large for an environment variable, so
+/// `JETCRON_PAYLOAD` is unset); a small one is in both. Each file is gone
+/// once its run has ended. A trigger's payload larger than a definition
+/// could hold is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_too_large_for_the_environment_is_read_from_its_file() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let scheduler = harness::Scheduler::start(&env.server.url(), "s1");
+    let api = harness::api(&env.client, &env.names).await;
+    let worker = start_worker(env.config("w1"));
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..23_000).map(|i| format!("r{i:05}")).collect();
+    let payload = json!({ "rows": rows });
+    let big = payload.to_string();
+    assert!(big.len() > 200 * 1024, "{}", big.len());
+    let script = format!(
+        r#"cp "$JETCRON_PAYLOAD_FILE" {d}/got-$JETCRON_RUN_ID; echo "$JETCRON_PAYLOAD_FILE" > {d}/path-$JETCRON_RUN_ID; printf '%s|%s|%s' "$(wc -c < "$JETCRON_PAYLOAD_FILE" | tr -d ' ')" "${{JETCRON_PAYLOAD+set}}" "$JETCRON_PAYLOAD""#,
+        d = dir.path().display()
+    );
+    let def = json!({
+        "id": "bulky",
+        "schedule": "@yearly",
+        "paused": true,
+        "run": {"shell": script},
+        "payload": payload,
+    });
+    api.put_raw(def.to_string().into()).await.unwrap();
+    let trigger = |payload: Option<serde_json::Value>| TriggerRequest {
+        id: "bulky".into(),
+        shards: None,
+        payload,
+    };
+    let read = |name: &str, r: &RunResult| {
+        std::fs::read_to_string(dir.path().join(format!("{name}-{}", r.run_id))).unwrap()
+    };
+
+    api.trigger(&trigger(None)).await.unwrap();
+    let r = watch.result().await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.output, format!("{}||", big.len()));
+    assert_eq!(read("got", &r), big);
+    assert!(!Path::new(read("path", &r).trim()).exists());
+
+    let small = json!({"k": "v"});
+    api.trigger(&trigger(Some(small.clone()))).await.unwrap();
+    let r = watch.result().await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.output, format!("{}|set|{small}", small.to_string().len()));
+    assert_eq!(read("got", &r), small.to_string());
+    assert!(!Path::new(read("path", &r).trim()).exists());
+
+    let too_big = serde_json::Value::String("x".repeat(jetcron_shared::job::MAX_PAYLOAD_BYTES));
+    match api.trigger(&trigger(Some(too_big))).await {
+        Err(jetcron_shared::api::ClientError::Api(e)) => {
+            assert_eq!(e.code, jetcron_shared::api::ErrorCode::BadRequest);
+            assert!(e.message.starts_with("payload: "), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    watch.no_more_results(Duration::from_secs(1)).await;
+    stop_worker(worker).await;
+    scheduler.stop().await;
+}

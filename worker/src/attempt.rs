@@ -72,7 +72,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use jetcron_shared::job::{RetryPolicy, Run};
 use jetcron_shared::runs::{ShardRecord, ShardState};
 use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage};
@@ -82,6 +82,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
 
 use crate::backoff::Backoff;
+use crate::environment::Environment;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
 use crate::heartbeat::RunCount;
 use crate::record::{self, Recorder};
@@ -320,20 +321,28 @@ async fn run_and_report(
     info!(run_id, "run started");
     let outcome = match &shard.run {
         Run::Shell(script) if worker.allow_shell => {
-            let cmd = ShellCommand {
-                script: script.clone(),
-                env: shell_env(shard, attempt, &run_id, &worker.id),
-                timeout: shard.timeout(),
-                kill_grace: worker.kill_grace,
-                max_output: worker.max_output,
-            };
-            match execute(&cmd, hand_back).await {
-                Ended::Finished(outcome) => outcome,
-                Ended::Cancelled => {
-                    warn!("killed at shutdown; handing the shard back");
-                    let back = record::handed_back(&started, Utc::now());
-                    write_record(worker, record_key.as_deref(), &back).await;
-                    return Some(Settle::HandedBack);
+            let dir = std::env::temp_dir();
+            match Environment::new(shard, attempt, &run_id, &worker.id, &dir) {
+                Err(e) => Outcome::refused(e.to_string()),
+                // The environment lives until the command has ended: it
+                // owns the payload file.
+                Ok(env) => {
+                    let cmd = ShellCommand {
+                        script: script.clone(),
+                        env: env.vars.clone(),
+                        timeout: shard.timeout(),
+                        kill_grace: worker.kill_grace,
+                        max_output: worker.max_output,
+                    };
+                    match execute(&cmd, hand_back).await {
+                        Ended::Finished(outcome) => outcome,
+                        Ended::Cancelled => {
+                            warn!("killed at shutdown; handing the shard back");
+                            let back = record::handed_back(&started, Utc::now());
+                            write_record(worker, record_key.as_deref(), &back).await;
+                            return Some(Settle::HandedBack);
+                        }
+                    }
                 }
             }
         }
@@ -491,35 +500,6 @@ async fn write_record(worker: &Worker, key: Option<&str>, record: &ShardRecord) 
             "shard record not written; the results stream still has the outcome"
         ),
     }
-}
-
-/// What a shell command sees besides the worker's own environment.
-fn shell_env(
-    shard: &ShardMessage,
-    attempt: u32,
-    run_id: &str,
-    worker: &str,
-) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("JETCRON_JOB".to_string(), shard.job.clone()),
-        (
-            "JETCRON_INSTANT".to_string(),
-            shard.instant.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        ),
-        ("JETCRON_SHARD".to_string(), shard.shard.to_string()),
-        ("JETCRON_SHARDS".to_string(), shard.shards.to_string()),
-        (
-            "JETCRON_SHARD_PARAM".to_string(),
-            shard.param.clone().unwrap_or_default(),
-        ),
-        ("JETCRON_ATTEMPT".to_string(), attempt.to_string()),
-        ("JETCRON_RUN_ID".to_string(), run_id.to_string()),
-        ("JETCRON_WORKER".to_string(), worker.to_string()),
-    ];
-    if let Some(payload) = &shard.payload {
-        env.push(("JETCRON_PAYLOAD".to_string(), payload.to_string()));
-    }
-    env
 }
 
 /// Drives `work` while acking progress every `every`, so that the server
@@ -846,35 +826,5 @@ mod tests {
             ..left(&shard, 1, ShardState::Succeeded, false)
         };
         assert_eq!(plan(1, &shard, Some(&other_job)), run(1, 0));
-    }
-
-    #[test]
-    fn the_command_sees_the_shard() {
-        let job = jetcron_shared::Job::decode(
-            br#"{"id":"sync","schedule":"@every 1h","shards":["a","b"],"run":{"shell":"true"},"payload":{"k":1}}"#,
-            None,
-        )
-        .unwrap();
-        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let shard = ShardMessage::new(&job, at, 1, 7, Cause::Schedule);
-        let env: std::collections::HashMap<_, _> =
-            shell_env(&shard, 2, "RUN1", "w7").into_iter().collect();
-        assert_eq!(env["JETCRON_JOB"], "sync");
-        assert_eq!(env["JETCRON_INSTANT"], "2026-01-02T03:04:05Z");
-        assert_eq!(env["JETCRON_SHARD"], "1");
-        assert_eq!(env["JETCRON_SHARDS"], "2");
-        assert_eq!(env["JETCRON_SHARD_PARAM"], "b");
-        assert_eq!(env["JETCRON_ATTEMPT"], "2");
-        assert_eq!(env["JETCRON_RUN_ID"], "RUN1");
-        assert_eq!(env["JETCRON_WORKER"], "w7");
-        assert_eq!(env["JETCRON_PAYLOAD"], r#"{"k":1}"#);
-
-        let mut bare = shard.clone();
-        bare.param = None;
-        bare.payload = None;
-        let env: std::collections::HashMap<_, _> =
-            shell_env(&bare, 1, "RUN2", "w7").into_iter().collect();
-        assert_eq!(env["JETCRON_SHARD_PARAM"], "");
-        assert!(!env.contains_key("JETCRON_PAYLOAD"));
     }
 }

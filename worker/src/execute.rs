@@ -28,9 +28,15 @@ use tracing::{debug, warn};
 use crate::output::Tail;
 
 /// Variables of the worker's own environment that a command does not
-/// inherit: the worker's NATS secrets, and `JETCRON_PAYLOAD`, which a job
-/// without payload must not pick up from the worker.
-pub const CLEARED_ENV: [&str; 3] = ["NATS_PASSWORD", "NATS_TOKEN", "JETCRON_PAYLOAD"];
+/// inherit: the worker's NATS secrets, and `JETCRON_PAYLOAD` and
+/// `JETCRON_PAYLOAD_FILE`, which a job without payload (or with one too
+/// large for the environment) must not pick up from the worker.
+pub const CLEARED_ENV: [&str; 4] = [
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "JETCRON_PAYLOAD",
+    "JETCRON_PAYLOAD_FILE",
+];
 
 /// How much output is read at a time.
 const READ_CHUNK: usize = 16 * 1024;

@@ -7,6 +7,8 @@
 //! - [`attempt`]: one delivery: decode, skip if already finished, run,
 //!   report, settle (ack, nak with delay, term; progress while running),
 //!   the rule for attempt numbers, and the end of crash loops.
+//! - [`environment`]: what a command is handed: `JETCRON_*` variables and
+//!   the payload file.
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
 //! - [`output`]: the bounded tail of a run's output.
 //! - [`report`]: publishes results and `dead` events through JetStream.
@@ -23,7 +25,8 @@
 //! their workers ends dead without running, any other gets its attempt
 //! number ->
 //! [`attempt`] marks the record `running` and runs the shard with
-//! [`execute`] (acking progress meanwhile) -> [`report`] stores the
+//! [`execute`] in the [`environment`] it builds (acking progress
+//! meanwhile) -> [`report`] stores the
 //! `RunResult` on `jetcron.results.<job>` (and a `dead` event after the
 //! last failed attempt) -> [`record`] writes the outcome into the shard
 //! record -> [`attempt`] settles the message: ack, nak with the retry
@@ -36,6 +39,7 @@ pub mod attempt;
 pub mod backoff;
 pub mod config;
 pub mod consume;
+pub mod environment;
 pub mod error;
 pub mod execute;
 pub mod heartbeat;

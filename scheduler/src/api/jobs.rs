@@ -6,17 +6,19 @@
 //! stored job whose instant passed stays valid. With `expected_revision` it
 //! is a compare-and-set: KV `create` for 0 (must not exist), `update` at that
 //! revision otherwise, so of two concurrent edits from the same revision only
-//! one applies.
+//! one applies. A definition is stored indented unless that would make it
+//! too large to load; one too large even compact is refused.
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
 use chrono::Utc;
-use jetcron_shared::Job;
 use jetcron_shared::api::{
     ApiError, DeleteReply, EXPECTED_REVISION_FIELD, ErrorCode, GetReply, IdRequest, PutReply,
     encode_ok,
 };
+use jetcron_shared::job::MAX_DEFINITION_BYTES;
 use jetcron_shared::wire::{Event, EventBody};
+use jetcron_shared::{Job, JobError};
 use tracing::warn;
 
 use super::{Ctx, ID_SHAPE, check_id, load_job, not_found, parse, unavailable};
@@ -28,10 +30,11 @@ pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let (expected, definition) = split_expected(body)?;
     let checked = Job::decode(&definition, None).and_then(|job| {
         job.check_put(Utc::now())?;
-        Ok(job)
+        let value = stored_form(&job)?;
+        Ok((job, value))
     });
-    let job = match checked {
-        Ok(job) => job,
+    let (job, value) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
             let id = claimed_id(&definition);
             warn!(job = %id, error = %e, "refused an invalid job definition");
@@ -47,7 +50,6 @@ pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let spec = job.spec;
     let id = spec.id.clone();
     let current = current_revision(ctx, &id).await?;
-    let value = Bytes::from(spec.encode());
     let revision = match expected {
         None => ctx
             .jobs
@@ -75,6 +77,16 @@ pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         revision,
         created: current == 0,
     }))
+}
+
+/// The bytes to store: what the catalog loads must pass the size limit,
+/// whatever the body was (a number such as `1e5` is written `100000.0`).
+fn stored_form(job: &Job) -> Result<Bytes, JobError> {
+    let value = job.spec.encode();
+    if value.len() > MAX_DEFINITION_BYTES {
+        return Err(JobError::TooLarge(value.len()));
+    }
+    Ok(Bytes::from(value))
 }
 
 /// Takes a top-level `expected_revision` out of a put body. The rest is the
@@ -203,6 +215,27 @@ mod tests {
                 "{}",
                 err.message
             );
+        }
+    }
+
+    #[test]
+    fn what_is_stored_must_load_whatever_the_body_was() {
+        let definition = |payload: &str| {
+            let body = format!(
+                r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"t"}},"payload":[{payload}]}}"#
+            );
+            assert!(body.len() < MAX_DEFINITION_BYTES);
+            Job::decode(body.as_bytes(), None).unwrap()
+        };
+        // Many small values: too large indented, stored compact.
+        let job = definition(&vec!["7"; 100_000].join(","));
+        let stored = stored_form(&job).unwrap();
+        assert_eq!(Job::decode(&stored, Some("x")).unwrap().spec, job.spec);
+        // `1e5` is written back as `100000.0`: too large even compact.
+        let job = definition(&vec!["1e5"; 60_000].join(","));
+        match stored_form(&job) {
+            Err(JobError::TooLarge(n)) => assert!(n > MAX_DEFINITION_BYTES, "{n}"),
+            other => panic!("expected too large, got {other:?}"),
         }
     }
 

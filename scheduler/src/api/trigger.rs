@@ -7,6 +7,9 @@
 //! the job's run history (slots `m0` .. `m<history-1>`, oldest reused first)
 //! before the shards are published, so workers always find the fire their
 //! shard records belong to.
+//!
+//! A payload may be as large as one a definition can hold
+//! ([`MAX_PAYLOAD_BYTES`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use jetcron_shared::api::{ApiError, ErrorCode, TriggerReply, TriggerRequest, encode_ok};
+use jetcron_shared::job::MAX_PAYLOAD_BYTES;
 use jetcron_shared::runs::{self, FireRecord};
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
 use jetcron_shared::{Job, Schedule};
@@ -33,6 +37,7 @@ const SHAPE: &str = r#"{"id": "<job id>", "shards": [<shard index>, ...] (option
 pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let req: TriggerRequest = parse(body, SHAPE)?;
     check_id(&req.id)?;
+    check_payload(req.payload.as_ref())?;
     let (job, revision) = valid_job(&req.id, load_job(ctx, &req.id).await?, "triggered")?;
     let shards = chosen_shards(&job, req.shards.as_deref())?;
     let reply = fire_now(
@@ -123,6 +128,20 @@ pub(super) async fn fire_now(ctx: &Ctx, m: Manual) -> Result<TriggerReply, ApiEr
         instant,
         shards: m.shards,
     })
+}
+
+/// Refuses a payload larger than a definition could hold.
+fn check_payload(payload: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    let Some(payload) = payload else {
+        return Ok(());
+    };
+    let size = payload.to_string().len();
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(bad_request(format!(
+            "payload: is {size} bytes as JSON, the limit is {MAX_PAYLOAD_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 /// Writes the fire record into the job's ring of manual slots `m0` ..
@@ -259,6 +278,23 @@ mod tests {
         let hour = 3_600_000;
         assert!(is_scheduled(&every, 5 * hour));
         assert!(!is_scheduled(&every, 5 * hour + 1));
+    }
+
+    #[test]
+    fn a_payload_may_be_as_large_as_a_definition_can_hold() {
+        assert!(check_payload(None).is_ok());
+        let fits = serde_json::Value::String("x".repeat(MAX_PAYLOAD_BYTES - 2));
+        assert!(check_payload(Some(&fits)).is_ok());
+        let over = serde_json::Value::String("x".repeat(MAX_PAYLOAD_BYTES - 1));
+        let e = check_payload(Some(&over)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(
+            e.message,
+            format!(
+                "payload: is {} bytes as JSON, the limit is 262144",
+                MAX_PAYLOAD_BYTES + 1
+            )
+        );
     }
 
     #[test]
