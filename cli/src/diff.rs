@@ -19,6 +19,7 @@ const FIELD_ORDER: &[&str] = &[
     "group",
     "run",
     "timeout",
+    "deadline",
     "retry",
     "payload",
     "description",

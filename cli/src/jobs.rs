@@ -413,6 +413,7 @@ pub fn shard_summary(shards: &[ShardRun]) -> String {
         ShardState::Succeeded,
         ShardState::Failed,
         ShardState::TimedOut,
+        ShardState::Expired,
         ShardState::Running,
         ShardState::Pending,
     ];
@@ -461,6 +462,7 @@ fn shard_token(s: &ShardRun) -> String {
             Some(w) => format!("running@{w}"),
             None => "running".to_string(),
         },
+        ShardState::Expired => "expired".to_string(),
         ShardState::Pending => "pending".to_string(),
     }
 }
@@ -470,7 +472,7 @@ fn fire_duration(r: &FireRun, now: DateTime<Utc>) -> String {
     let done = r.shards.iter().all(|s| {
         matches!(
             s.state,
-            ShardState::Succeeded | ShardState::Failed | ShardState::TimedOut
+            ShardState::Succeeded | ShardState::Failed | ShardState::TimedOut | ShardState::Expired
         )
     });
     let last_end = r.shards.iter().filter_map(|s| s.finished_at).max();
@@ -511,22 +513,24 @@ mod tests {
             shard(3, ShardState::Pending, 0, None),
             shard(4, ShardState::Succeeded, 2, Some("w0")),
             shard(5, ShardState::TimedOut, 1, Some("w0")),
+            shard(6, ShardState::Expired, 2, Some("w0")),
         ];
         assert_eq!(
             shard_summary(&shards),
-            "0:ok 1:failed(3) 2:running@w1 3:pending 4:ok(2) 5:timed_out(1)"
+            "0:ok 1:failed(3) 2:running@w1 3:pending 4:ok(2) 5:timed_out(1) 6:expired"
         );
         let mut many: Vec<ShardRun> = (0..100)
             .map(|i| shard(i, ShardState::Succeeded, 1, None))
             .collect();
         many[7] = shard(7, ShardState::Failed, 2, None);
+        many[8] = shard(8, ShardState::Expired, 1, None);
         for (i, s) in many.iter_mut().enumerate().take(17).skip(10) {
             *s = shard(i as u32, ShardState::Running, 1, Some("w"));
         }
         assert_eq!(
             shard_summary(&many),
-            "92 ok, 1 failed, 7 running (7:failed(2) 10:running@w 11:running@w 12:running@w \
-             13:running@w +3)"
+            "91 ok, 1 failed, 1 expired, 7 running (7:failed(2) 8:expired 10:running@w \
+             11:running@w 12:running@w +4)"
         );
     }
 

@@ -152,6 +152,20 @@ pub fn event_line(e: &Event) -> String {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         ),
+        EventBody::Expired {
+            job,
+            instant,
+            shard,
+            worker,
+            expires_at,
+            late_ms,
+            ..
+        } => format!(
+            "{job} {} shard {shard} expired, not run: due to start by {}, came {late_ms}ms after \
+             its instant on {worker}",
+            utc(*instant),
+            utc(*expires_at)
+        ),
         EventBody::Invalid {
             job,
             revision,
@@ -286,6 +300,20 @@ mod tests {
                 error: None
             }),
             "21:30:05.000 dead      a 2026-11-24T21:30:05Z shard 1 timed_out after 3 attempts on w1"
+        );
+        assert_eq!(
+            event(EventBody::Expired {
+                job: "a".into(),
+                instant: at(),
+                shard: 1,
+                attempt: 1,
+                run_id: "r".into(),
+                worker: "w1".into(),
+                expires_at: at() + chrono::Duration::seconds(2),
+                late_ms: 3400,
+            }),
+            "21:30:05.000 expired   a 2026-11-24T21:30:05Z shard 1 expired, not run: due to start \
+             by 2026-11-24T21:30:07Z, came 3400ms after its instant on w1"
         );
     }
 

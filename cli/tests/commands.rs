@@ -148,7 +148,7 @@ async fn trigger_and_runs() {
     out.expect_code(1);
     assert!(
         out.error_line()
-            .contains("no failed or timed-out shard to retry"),
+            .contains("no failed, timed-out or expired shard to retry"),
         "{out:#?}"
     );
 

@@ -30,6 +30,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Delay before a retry when `retry.backoff` is not set.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest `deadline`: anything shorter is within the clock skew and
+/// dispatch delay every shard has.
+const MIN_DEADLINE: Duration = Duration::from_secs(1);
+const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 const MAX_ATTEMPTS: u32 = 100;
 const MAX_PARAM_BYTES: usize = 4096;
@@ -84,6 +88,10 @@ pub struct JobSpec {
     pub run: Run,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// A shard not started within this time after its instant is not run:
+    /// it ends `expired`. None: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
     #[serde(default)]
     pub retry: RetrySpec,
     /// Free-form data handed to every shard of every fire.
@@ -266,6 +274,8 @@ pub struct Job {
     pub spec: JobSpec,
     pub schedule: Schedule,
     pub timeout: Duration,
+    /// Longest a shard may wait after its instant to start.
+    pub deadline: Option<Duration>,
     pub retry: RetryPolicy,
 }
 
@@ -375,6 +385,11 @@ impl Job {
             None => DEFAULT_TIMEOUT,
             Some(t) => parse_duration("timeout", t, Duration::from_millis(1), MAX_TIMEOUT)?,
         };
+        let deadline = spec
+            .deadline
+            .as_deref()
+            .map(|d| parse_duration("deadline", d, MIN_DEADLINE, MAX_DEADLINE))
+            .transpose()?;
         if let Some(h) = spec.history
             && !(1..=MAX_HISTORY).contains(&h)
         {
@@ -410,6 +425,7 @@ impl Job {
         Ok(Job {
             schedule,
             timeout,
+            deadline,
             retry: RetryPolicy {
                 max_attempts: max,
                 backoff,
@@ -545,7 +561,7 @@ fn missing_or_unknown(e: &serde_json::Error) -> JobError {
                 "is required".to_string()
             } else {
                 "unknown field (known: id, schedule, timezone, shards, group, run, timeout, \
-                 retry, payload, description, paused, history)"
+                 deadline, retry, payload, description, paused, history)"
                     .to_string()
             };
             return JobError::field(clip(field), reason);
@@ -698,7 +714,44 @@ mod tests {
         assert_eq!(d.spec.timezone, "UTC");
         assert_eq!(d.shard_count(), 1);
         assert_eq!(d.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(d.deadline, None);
         assert_eq!(d.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn a_deadline_is_a_duration_of_one_second_to_seven_days() {
+        let with = |deadline: &str| {
+            job(&format!(
+                r#"{{"id":"x","schedule":"@daily","run":{{"shell":"t"}},"deadline":"{deadline}"}}"#
+            ))
+        };
+        assert_eq!(
+            with("10m").unwrap().deadline,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(with("1s").unwrap().deadline, Some(Duration::from_secs(1)));
+        assert_eq!(
+            with("7days").unwrap().deadline,
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
+        for (bad, reason) in [
+            ("500ms", "'500ms' must be between 1s and 7days"),
+            ("8days", "'8days' must be between 1s and 7days"),
+            ("0s", "'0s' must be between 1s and 7days"),
+        ] {
+            assert_eq!(
+                with(bad).unwrap_err(),
+                JobError::field("deadline", reason),
+                "{bad}"
+            );
+        }
+        let (f, r) =
+            field_err(r#"{"id":"x","schedule":"@daily","run":{"shell":"t"},"deadline":"soon"}"#);
+        assert_eq!(f, "deadline");
+        assert!(r.starts_with("'soon' is not a duration"), "{r}");
+        let (f, _) =
+            field_err(r#"{"id":"x","schedule":"@daily","run":{"shell":"t"},"deadline":600}"#);
+        assert_eq!(f, "deadline");
     }
 
     #[test]
@@ -957,8 +1010,8 @@ mod tests {
                 &cut("a"),
                 format!(
                     "unknown field `{}`, expected one of `id`, `schedule`, `timezone`, `shards`, \
-                     `group`, `run`, `timeout`, `retry`, `payload`, `description`, `paused`, \
-                     `history`",
+                     `group`, `run`, `timeout`, `deadline`, `retry`, `payload`, `description`, \
+                     `paused`, `history`",
                     cut("a")
                 ),
             ),

@@ -51,6 +51,8 @@ pub enum ShardState {
     Succeeded,
     Failed,
     TimedOut,
+    /// Not started within the job's deadline; not run.
+    Expired,
 }
 
 impl From<RunStatus> for ShardState {
@@ -59,6 +61,7 @@ impl From<RunStatus> for ShardState {
             RunStatus::Succeeded => ShardState::Succeeded,
             RunStatus::Failed => ShardState::Failed,
             RunStatus::TimedOut => ShardState::TimedOut,
+            RunStatus::Expired => ShardState::Expired,
         }
     }
 }
@@ -71,6 +74,7 @@ impl ShardState {
             ShardState::Succeeded => "succeeded",
             ShardState::Failed => "failed",
             ShardState::TimedOut => "timed_out",
+            ShardState::Expired => "expired",
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct ShardMessage {
     /// writes its shard record under `<record>.<shard>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// The job's `deadline` after the instant: a delivery that arrives
+    /// later is not run but ends the shard `expired`, whatever its attempt.
+    /// None: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl ShardMessage {
@@ -102,7 +107,17 @@ impl ShardMessage {
             cause,
             dispatched_at: Utc::now(),
             record: None,
+            expires_at: job.deadline.and_then(|d| {
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| instant.checked_add_signed(d))
+            }),
         }
+    }
+
+    /// Whether a shard starting at `now` would start past its deadline.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| now > at)
     }
 
     /// Runs-bucket key of this shard's record, when the fire is recorded.
@@ -148,6 +163,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     TimedOut,
+    /// Not run: delivered past its deadline.
+    Expired,
 }
 
 impl RunStatus {
@@ -156,6 +173,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::TimedOut => "timed_out",
+            RunStatus::Expired => "expired",
         }
     }
 }
@@ -272,6 +290,21 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A shard was not started within its deadline and is not run.
+    Expired {
+        job: String,
+        instant: DateTime<Utc>,
+        shard: u32,
+        /// The attempt it would have been.
+        attempt: u32,
+        /// Its result's run id.
+        run_id: String,
+        worker: String,
+        /// The instant plus the job's deadline.
+        expires_at: DateTime<Utc>,
+        /// When the worker got it, minus the instant.
+        late_ms: i64,
+    },
     /// An instant passed without a fire, and why (e.g. `paused`).
     Skipped {
         job: String,
@@ -327,6 +360,7 @@ impl Event {
             EventBody::Fired { .. } => "fired",
             EventBody::Misfired { .. } => "misfired",
             EventBody::Dead { .. } => "dead",
+            EventBody::Expired { .. } => "expired",
             EventBody::Invalid { .. } => "invalid",
             EventBody::Leader { .. } => "leader",
             EventBody::Skipped { .. } => "skipped",
@@ -341,6 +375,7 @@ impl Event {
             EventBody::Fired { job, .. }
             | EventBody::Misfired { job, .. }
             | EventBody::Dead { job, .. }
+            | EventBody::Expired { job, .. }
             | EventBody::Invalid { job, .. }
             | EventBody::Skipped { job, .. }
             | EventBody::Paused { job, .. }
@@ -400,6 +435,31 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_message_expires_at_its_instant_plus_the_deadline() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let none = ShardMessage::new(&job(), at, 0, 1, Cause::Schedule);
+        assert_eq!(none.expires_at, None);
+        assert!(!none.expired(at + chrono::Duration::days(365)));
+        let v: serde_json::Value = serde_json::from_slice(&none.encode()).unwrap();
+        assert!(v.get("expires_at").is_none());
+
+        let timed = Job::decode(
+            br#"{"id":"sync","schedule":"@every 1s","run":{"shell":"true"},"deadline":"10m"}"#,
+            None,
+        )
+        .unwrap();
+        let m = ShardMessage::new(&timed, at, 0, 1, Cause::Misfire);
+        let end = at + chrono::Duration::minutes(10);
+        assert_eq!(m.expires_at, Some(end));
+        assert!(!m.expired(at));
+        assert!(!m.expired(end));
+        assert!(m.expired(end + chrono::Duration::milliseconds(1)));
+        let v: serde_json::Value = serde_json::from_slice(&m.encode()).unwrap();
+        assert_eq!(v["expires_at"], "2026-01-02T03:14:05Z");
+        assert_eq!(ShardMessage::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
     fn result_json_has_the_documented_fields() {
         let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
         let r = RunResult {
@@ -455,5 +515,29 @@ mod tests {
         assert_eq!(e.job(), Some("x"));
         assert_eq!(Event::decode(&e.encode()).unwrap(), e);
         assert!(ShardMessage::decode(b"{}").is_err());
+
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let e = Event::now(EventBody::Expired {
+            job: "x".into(),
+            instant: at,
+            shard: 2,
+            attempt: 1,
+            run_id: "r".into(),
+            worker: "w".into(),
+            expires_at: at + chrono::Duration::seconds(2),
+            late_ms: 3000,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert_eq!(
+            (v["kind"].as_str(), v["late_ms"].as_i64()),
+            (Some("expired"), Some(3000))
+        );
+        assert_eq!(v["expires_at"], "2026-01-02T03:04:07Z");
+        assert_eq!((e.kind(), e.job()), ("expired", Some("x")));
+        assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        assert_eq!(
+            serde_json::to_value(RunStatus::Expired).unwrap(),
+            RunStatus::Expired.as_str()
+        );
     }
 }

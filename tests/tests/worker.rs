@@ -333,17 +333,23 @@ impl Watch {
 
     /// The next `dead` event (other kinds are skipped).
     async fn dead(&mut self) -> Event {
+        self.event("dead").await
+    }
+
+    /// The next event of `kind` (other kinds are skipped), checked to be on
+    /// its subject.
+    async fn event(&mut self, kind: &str) -> Event {
         let deadline = Instant::now() + LIMIT;
         loop {
             let msg = timeout(deadline - Instant::now(), self.events.next())
                 .await
-                .expect("no dead event in time")
+                .unwrap_or_else(|_| panic!("no {kind} event in time"))
                 .expect("events subscription ended");
             let event = Event::decode(&msg.payload).unwrap();
-            if event.kind() == "dead" {
+            if event.kind() == kind {
                 assert_eq!(
                     msg.subject.as_str(),
-                    format!("jetcron.events.dead.{}", event.job().unwrap())
+                    format!("jetcron.events.{kind}.{}", event.job().unwrap())
                 );
                 return event;
             }
@@ -1192,6 +1198,222 @@ async fn a_shard_whose_worker_dies_every_time_ends_dead_after_its_lost_attempts(
     );
     heir.stop(LIMIT).await;
     scheduler.stop().await;
+}
+
+/// A shard not started within its job's deadline after its instant is not
+/// run. A fire triggered while no worker runs waits past its deadline; the
+/// worker that comes later ends each of its shards expired (result, event,
+/// final record, `job.runs`) and runs nothing. A fire that reaches a worker
+/// in time runs, and so does a retry of the expired fire: its deadline
+/// counts from its own instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_not_started_within_their_deadline_expire_without_running() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let mut records = env.watch_records("late.*.*").await;
+    let scheduler = harness::Scheduler::start(&env.server.url(), "s1");
+    let api = harness::api(&env.client, &env.names).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let def = json!({
+        "id": "late",
+        "schedule": "@yearly",
+        "paused": true,
+        "shards": 2,
+        "deadline": "2s",
+        "run": {"shell": format!("echo \"$JETCRON_INSTANT $JETCRON_SHARD\" >> {}", ran.display())},
+    });
+    api.put_raw(def.to_string().into()).await.unwrap();
+    let trigger = TriggerRequest {
+        id: "late".into(),
+        shards: None,
+        payload: None,
+    };
+    let fire = api.trigger(&trigger).await.unwrap();
+    let expires_at = fire.instant + chrono::Duration::seconds(2);
+    // No worker until the deadline has passed.
+    sleep(Duration::from_secs(3)).await;
+    let worker = start_worker(env.config("w1"));
+
+    let mut results = watch.results(2).await;
+    results.sort_by_key(|r| r.shard);
+    for (n, r) in results.iter().enumerate() {
+        assert_eq!(
+            (r.job.as_str(), r.instant, r.shard),
+            ("late", fire.instant, n as u32)
+        );
+        assert_eq!(
+            (r.status, r.attempt, r.exit_code, r.will_retry),
+            (RunStatus::Expired, 1, None, false),
+            "{r:?}"
+        );
+        assert_eq!((r.worker.as_str(), r.output.as_str()), ("w1", ""));
+        assert!(r.started_at > expires_at, "{r:?}");
+        let error = r.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("not started within its deadline (2s after its instant): delivered ")
+                && error.ends_with(" after it; not run"),
+            "{error}"
+        );
+    }
+    for _ in 0..2 {
+        let EventBody::Expired {
+            job,
+            instant,
+            shard,
+            attempt,
+            run_id,
+            worker,
+            expires_at: due,
+            late_ms,
+        } = watch.event("expired").await.body
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (job.as_str(), instant, due),
+            ("late", fire.instant, expires_at)
+        );
+        assert_eq!((attempt, worker.as_str()), (1, "w1"));
+        assert_eq!(run_id, results[shard as usize].run_id);
+        assert!(late_ms >= 3000, "{late_ms}");
+    }
+    // The final records come next, with no `running` one: nothing started.
+    let mut written = next_records(&mut records, 2).await;
+    written.sort_by_key(|(_, r)| r.shard);
+    for ((_, record), r) in written.iter().zip(&results) {
+        assert_eq!(
+            (record.state, record.attempt, record.will_retry),
+            (ShardState::Expired, 1, false),
+            "{record:?}"
+        );
+        assert_eq!(record.run_id, r.run_id);
+    }
+    for r in &results {
+        env.wait_work_gone(r.stream_seq.unwrap()).await;
+    }
+    let runs = api.runs("late", None).await.unwrap();
+    let expired = runs
+        .runs
+        .iter()
+        .find(|f| f.fire_id == fire.fire_id)
+        .unwrap();
+    assert_eq!(expired.state, ShardState::Expired);
+    assert!(
+        expired
+            .shards
+            .iter()
+            .all(|s| s.state == ShardState::Expired),
+        "{expired:?}"
+    );
+    watch.no_more_results(Duration::from_secs(2)).await;
+    assert!(!ran.exists(), "an expired shard ran");
+
+    // A fire that reaches the worker in time runs.
+    let on_time = api.trigger(&trigger).await.unwrap();
+    let done = watch.results(2).await;
+    assert!(
+        done.iter()
+            .all(|r| r.status == RunStatus::Succeeded && r.instant == on_time.instant),
+        "{done:?}"
+    );
+    // The retry of the expired fire is a fire of its own, with a deadline
+    // from its own instant.
+    let retry = api.retry("late", &fire.fire_id).await.unwrap();
+    assert_eq!(retry.shards, vec![0, 1]);
+    let again = watch.results(2).await;
+    assert!(
+        again
+            .iter()
+            .all(|r| r.status == RunStatus::Succeeded && r.instant == retry.instant),
+        "{again:?}"
+    );
+    let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let mut lines: Vec<String> = std::fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    let mut expected: Vec<String> = [on_time.instant, retry.instant]
+        .iter()
+        .flat_map(|t| [format!("{} 0", at(*t)), format!("{} 1", at(*t))])
+        .collect();
+    expected.sort();
+    assert_eq!(lines, expected);
+    stop_worker(worker).await;
+    scheduler.stop().await;
+}
+
+/// The deadline counts from the instant for every attempt: a failed shard
+/// whose retry delay takes it past the deadline ends expired when it comes
+/// back, not run again and not dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_would_start_past_the_deadline_expires() {
+    let env = Env::start().await;
+    let events = harness::events(&env.client, &env.names).await;
+    let mut watch = env.watch().await;
+    let mut records = env.watch_records("flaky.*.*").await;
+    let worker = start_worker(env.config("w1"));
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let job = job(json!({
+        "id": "flaky",
+        "schedule": "@every 1h",
+        "deadline": "2s",
+        "retry": {"max_attempts": 3, "backoff": ["3s"]},
+        "run": {"shell": format!("echo $JETCRON_ATTEMPT >> {}; exit 1", starts.display())},
+    }));
+    let instant = now_ms();
+    let sent = env.dispatch_recorded(&job, instant, Some("flaky.s0")).await;
+    assert_eq!(
+        sent[0].expires_at,
+        Some(instant + chrono::Duration::seconds(2))
+    );
+
+    let first = watch.result().await;
+    assert_eq!(
+        (first.status, first.attempt, first.will_retry),
+        (RunStatus::Failed, 1, true),
+        "{first:?}"
+    );
+    let second = watch.result().await;
+    assert_eq!(
+        (second.status, second.attempt, second.will_retry),
+        (RunStatus::Expired, 2, false),
+        "{second:?}"
+    );
+    assert_eq!(second.stream_seq, first.stream_seq);
+    let EventBody::Expired {
+        attempt, run_id, ..
+    } = watch.event("expired").await.body
+    else {
+        unreachable!()
+    };
+    assert_eq!((attempt, run_id), (2, second.run_id.clone()));
+    let states: Vec<_> = next_records(&mut records, 3)
+        .await
+        .into_iter()
+        .map(|(_, r)| (r.state, r.attempt, r.will_retry))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (ShardState::Running, 1, false),
+            (ShardState::Failed, 1, true),
+            (ShardState::Expired, 2, false)
+        ]
+    );
+    env.wait_work_gone(second.stream_seq.unwrap()).await;
+    // A third attempt would have come 3 s after the second delivery.
+    watch.no_more_results(Duration::from_secs(4)).await;
+    assert_eq!(std::fs::read_to_string(&starts).unwrap(), "1\n");
+    assert!(
+        events.snapshot().iter().all(|e| e.kind() != "dead"),
+        "{:?}",
+        events.snapshot()
+    );
+    stop_worker(worker).await;
 }
 
 /// Any payload a job may hold runs. One of 200 KiB, many small values that

@@ -53,6 +53,19 @@
 //! `--allow-shell`. A message without a record key cannot be told apart
 //! from a retry, so it is never ended this way.
 //!
+//! # Deadlines
+//!
+//! A shard message of a job with a `deadline` carries `expires_at`, its
+//! instant plus the deadline. A delivery that would start the shard after
+//! that time does not run it: it ends the shard as expired, like a dead
+//! shard (an `expired` result with a run id of its own and no exit code,
+//! an `expired` event, the final record, `+TERM`). The deadline counts
+//! from the instant for every attempt: a retry, or a redelivery after a
+//! lost attempt, that comes back too late expires as well. A shard whose
+//! record is final is acked as always, and a crash loop still ends dead.
+//! The worker's clock decides, so workers and schedulers must keep their
+//! clocks in step (NTP).
+//!
 //! # Report, then ack
 //!
 //! The result is stored on the results stream before the message is
@@ -72,7 +85,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use jetcron_shared::job::{RetryPolicy, Run};
 use jetcron_shared::runs::{ShardRecord, ShardState};
 use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage};
@@ -86,7 +99,7 @@ use crate::environment::Environment;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
 use crate::heartbeat::RunCount;
 use crate::record::{self, Recorder};
-use crate::report::{Reporter, dead_msg_id};
+use crate::report::{Reporter, dead_msg_id, expired_msg_id};
 
 /// Tries to settle a message before leaving it to the ack wait.
 const SETTLE_TRIES: u32 = 3;
@@ -124,6 +137,9 @@ pub enum Settle {
     Retry(Duration),
     /// Failed its last attempt, dead event published: never again (`+TERM`).
     Dead,
+    /// Delivered past its deadline, not run, expired event published:
+    /// never again (`+TERM`).
+    Expired,
     /// Not a shard message: running it again cannot help (`+TERM`).
     Malformed,
     /// Killed at shutdown: deliver again now, to another worker (`-NAK`).
@@ -138,7 +154,7 @@ impl Settle {
             Settle::Running => AckKind::Progress,
             Settle::Succeeded | Settle::AlreadyFinished => AckKind::Ack,
             Settle::Retry(delay) => AckKind::Nak(Some(delay)),
-            Settle::Dead | Settle::Malformed => AckKind::Term,
+            Settle::Dead | Settle::Expired | Settle::Malformed => AckKind::Term,
             Settle::HandedBack => AckKind::Nak(None),
         }
     }
@@ -151,6 +167,7 @@ impl Settle {
                 Settle::Retry(retry.delay_after(attempt))
             }
             RunStatus::Failed | RunStatus::TimedOut => Settle::Dead,
+            RunStatus::Expired => Settle::Expired,
         }
     }
 }
@@ -166,26 +183,34 @@ pub enum Plan {
     /// The last `lost` attempts died with their workers: end the shard as
     /// dead, as this attempt, without running it.
     CrashLoop { attempt: u32, lost: u32 },
+    /// Past the shard's deadline: end it as expired, as this attempt,
+    /// without running it.
+    Expired { attempt: u32, lost: u32 },
 }
 
 /// The attempt rule: `delivered` is the server's delivery count, `record`
 /// the shard record read before running (if any), `max_lost` the lost
-/// attempts in a row that end a shard.
+/// attempts in a row that end a shard, `now` when the attempt would start.
 pub fn plan(
     delivered: u32,
     shard: &ShardMessage,
     record: Option<&ShardRecord>,
     max_lost: u32,
+    now: DateTime<Utc>,
 ) -> Plan {
     let delivered = delivered.max(1);
+    let run = |attempt, lost| {
+        if shard.expired(now) {
+            Plan::Expired { attempt, lost }
+        } else {
+            Plan::Run { attempt, lost }
+        }
+    };
     // A record of another instant was left by an older fire in the same slot.
     let Some(record) = record
         .filter(|r| r.job == shard.job && r.instant == shard.instant && r.shard == shard.shard)
     else {
-        return Plan::Run {
-            attempt: delivered,
-            lost: 0,
-        };
+        return run(delivered, 0);
     };
     if record::is_final(record) {
         return Plan::Finished {
@@ -200,13 +225,30 @@ pub fn plan(
         // Handed back at shutdown: not lost, and the row goes on.
         ShardState::Pending => record.lost,
         // It reported (a failure with a retry to follow).
-        ShardState::Failed | ShardState::TimedOut | ShardState::Succeeded => 0,
+        ShardState::Failed | ShardState::TimedOut | ShardState::Succeeded | ShardState::Expired => {
+            0
+        }
     };
     if lost > 0 && lost >= max_lost {
         Plan::CrashLoop { attempt, lost }
     } else {
-        Plan::Run { attempt, lost }
+        run(attempt, lost)
     }
+}
+
+/// The `error` of a shard ended unrun because it arrived at `now`, past its
+/// deadline.
+pub fn expired_error(shard: &ShardMessage, now: DateTime<Utc>) -> String {
+    let late = (now - shard.instant).to_std().unwrap_or_default();
+    let deadline = shard
+        .expires_at
+        .and_then(|at| (at - shard.instant).to_std().ok())
+        .unwrap_or_default();
+    format!(
+        "not started within its deadline ({} after its instant): delivered {} after it; not run",
+        humantime::format_duration(deadline),
+        humantime::format_duration(Duration::from_millis(late.as_millis() as u64))
+    )
 }
 
 /// The `error` of a shard ended after `lost` attempts lost in a row.
@@ -258,7 +300,8 @@ pub async fn handle(
         // a while, and the message must not go to another worker meanwhile.
         let work = async {
             let record = read_record(&worker, &shard).await;
-            match plan(delivered, &shard, record.as_ref(), worker.max_lost) {
+            let now = Utc::now();
+            match plan(delivered, &shard, record.as_ref(), worker.max_lost, now) {
                 Plan::Finished { run_id, state } => {
                     info!(
                         run_id,
@@ -290,7 +333,32 @@ pub async fn handle(
                         lost,
                         delivered, "crash loop: ending the shard as dead without running it"
                     );
-                    end_crash_loop(&worker, &shard, attempt, lost, stream_seq, &hand_back).await
+                    let ended = Unrun {
+                        status: RunStatus::Failed,
+                        error: crash_loop_error(lost),
+                        at: Utc::now(),
+                    };
+                    end_unrun(
+                        &worker, &shard, attempt, lost, stream_seq, ended, &hand_back,
+                    )
+                    .await
+                }
+                Plan::Expired { attempt, lost } => {
+                    Span::current().record("attempt", attempt);
+                    warn!(
+                        delivered,
+                        expires_at = ?shard.expires_at,
+                        "past its deadline: ending the shard as expired without running it"
+                    );
+                    let ended = Unrun {
+                        status: RunStatus::Expired,
+                        error: expired_error(&shard, now),
+                        at: now,
+                    };
+                    end_unrun(
+                        &worker, &shard, attempt, lost, stream_seq, ended, &hand_back,
+                    )
+                    .await
                 }
             }
         };
@@ -381,18 +449,31 @@ async fn run_and_report(
     report(worker, shard, &result, how, lost, hand_back).await
 }
 
-/// Ends a shard whose last `lost` attempts died with their workers, as
-/// attempt `attempt`, without running it: reported and settled like a
-/// last failed attempt.
-async fn end_crash_loop(
+/// How a shard ends without running: failed after a crash loop, or expired.
+#[derive(Debug)]
+struct Unrun {
+    status: RunStatus,
+    error: String,
+    /// When it was decided.
+    at: DateTime<Utc>,
+}
+
+/// Ends a shard without running it, as attempt `attempt`: reported and
+/// settled like a last failed attempt (an expired one with an `expired`
+/// event in place of the `dead` one).
+async fn end_unrun(
     worker: &Worker,
     shard: &ShardMessage,
     attempt: u32,
     lost: u32,
     stream_seq: u64,
+    ended: Unrun,
     hand_back: &CancellationToken,
 ) -> Option<Settle> {
-    let now = Utc::now();
+    let how = match ended.status {
+        RunStatus::Expired => Settle::Expired,
+        _ => Settle::Dead,
+    };
     let result = RunResult {
         job: shard.job.clone(),
         instant: shard.instant,
@@ -400,24 +481,25 @@ async fn end_crash_loop(
         shards: shard.shards,
         attempt,
         run_id: nuid::next().to_string(),
-        status: RunStatus::Failed,
+        status: ended.status,
         worker: worker.id.clone(),
-        started_at: now,
-        finished_at: now,
+        started_at: ended.at,
+        finished_at: ended.at,
         exit_code: None,
         output: String::new(),
         output_truncated: false,
-        error: Some(crash_loop_error(lost)),
+        error: Some(ended.error),
         will_retry: false,
         epoch: shard.epoch,
         stream_seq: Some(stream_seq),
     };
-    report(worker, shard, &result, Settle::Dead, lost, hand_back).await
+    report(worker, shard, &result, how, lost, hand_back).await
 }
 
 /// Stores what became of an attempt, in this order: its result, the `dead`
-/// event when `how` is dead, its final shard record. `None` when the result
-/// or the event could not be stored and the message must stay unacked.
+/// or `expired` event when `how` is dead or expired, its final shard
+/// record. `None` when the result or the event could not be stored and the
+/// message must stay unacked.
 async fn report(
     worker: &Worker,
     shard: &ShardMessage,
@@ -430,33 +512,59 @@ async fn report(
         error!(error = %e, "cannot store the result");
         return None;
     }
-    // The dead event goes before the final record: a final record stops
-    // every later delivery from running, so it must come last.
-    if how == Settle::Dead {
-        let event = Event::now(EventBody::Dead {
-            job: result.job.clone(),
-            instant: result.instant,
-            shard: result.shard,
-            attempts: result.attempt,
-            status: result.status,
-            run_id: result.run_id.clone(),
-            worker: result.worker.clone(),
-            error: result.error.clone(),
-        });
-        let id = dead_msg_id(&result.job, result.instant, result.shard);
-        if let Err(e) = worker.reporter.dead(&event, id, hand_back).await {
-            error!(error = %e, "cannot store the dead event");
+    // The event goes before the final record: a final record stops every
+    // later delivery from running, so it must come last.
+    if let Some((event, id)) = ending_event(shard, result, how) {
+        if let Err(e) = worker.reporter.event(&event, id, hand_back).await {
+            error!(error = %e, kind = event.kind(), "cannot store the event");
             return None;
         }
         warn!(
             attempts = result.attempt,
             error = result.error.as_deref(),
-            "shard is dead: no attempt follows"
+            "shard is {}: no attempt follows",
+            event.kind()
         );
     }
     let end = record::finished(result, lost);
     write_record(worker, shard.record_key().as_deref(), &end).await;
     Some(how)
+}
+
+/// The event that tells a shard ended for good without success, with its
+/// dedup id: `dead` after its last failed attempt, `expired` past its
+/// deadline; none for any other ending.
+fn ending_event(shard: &ShardMessage, result: &RunResult, how: Settle) -> Option<(Event, String)> {
+    let (job, instant, n) = (&result.job, result.instant, result.shard);
+    match how {
+        Settle::Dead => Some((
+            Event::now(EventBody::Dead {
+                job: job.clone(),
+                instant,
+                shard: n,
+                attempts: result.attempt,
+                status: result.status,
+                run_id: result.run_id.clone(),
+                worker: result.worker.clone(),
+                error: result.error.clone(),
+            }),
+            dead_msg_id(job, instant, n),
+        )),
+        Settle::Expired => Some((
+            Event::now(EventBody::Expired {
+                job: job.clone(),
+                instant,
+                shard: n,
+                attempt: result.attempt,
+                run_id: result.run_id.clone(),
+                worker: result.worker.clone(),
+                expires_at: shard.expires_at.unwrap_or(instant),
+                late_ms: (result.started_at - instant).num_milliseconds(),
+            }),
+            expired_msg_id(job, instant, n),
+        )),
+        _ => None,
+    }
 }
 
 /// The shard record the message names, as it is before this delivery
@@ -568,6 +676,7 @@ mod tests {
             "-NAK {\"delay\":200000000}"
         );
         assert_eq!(ack_bytes(Settle::Dead), "+TERM");
+        assert_eq!(ack_bytes(Settle::Expired), "+TERM");
         assert_eq!(ack_bytes(Settle::Malformed), "+TERM");
         assert_eq!(ack_bytes(Settle::HandedBack), "-NAK");
         assert_eq!(ack_bytes(Settle::AlreadyFinished), "+ACK");
@@ -636,7 +745,7 @@ mod tests {
     }
 
     fn plan(delivered: u32, shard: &ShardMessage, record: Option<&ShardRecord>) -> Plan {
-        super::plan(delivered, shard, record, MAX_LOST)
+        super::plan(delivered, shard, record, MAX_LOST, shard.instant)
     }
 
     #[test]
@@ -701,10 +810,13 @@ mod tests {
             }
         );
         // The same record with a higher limit runs again.
-        assert_eq!(super::plan(4, &shard, Some(&third), 4), run(4, 3));
+        assert_eq!(
+            super::plan(4, &shard, Some(&third), 4, shard.instant),
+            run(4, 3)
+        );
         // A limit of 1 ends a shard at its first lost attempt.
         assert_eq!(
-            super::plan(2, &shard, Some(&first), 1),
+            super::plan(2, &shard, Some(&first), 1, shard.instant),
             Plan::CrashLoop {
                 attempt: 2,
                 lost: 1
@@ -826,5 +938,135 @@ mod tests {
             ..left(&shard, 1, ShardState::Succeeded, false)
         };
         assert_eq!(plan(1, &shard, Some(&other_job)), run(1, 0));
+    }
+
+    /// `recorded_shard` with a deadline of `secs` after its instant.
+    fn due_within(secs: i64) -> ShardMessage {
+        let mut shard = recorded_shard();
+        shard.expires_at = Some(shard.instant + chrono::Duration::seconds(secs));
+        shard
+    }
+
+    #[test]
+    fn a_delivery_past_the_deadline_expires_whatever_its_attempt() {
+        let shard = due_within(10);
+        let at = |secs: i64| shard.instant + chrono::Duration::seconds(secs);
+        let expired = |attempt, lost| Plan::Expired { attempt, lost };
+        let plan_at = |delivered, record: Option<&ShardRecord>, now| {
+            super::plan(delivered, &shard, record, MAX_LOST, now)
+        };
+        // Up to the deadline itself the shard runs.
+        assert_eq!(plan_at(1, None, at(0)), run(1, 0));
+        assert_eq!(plan_at(1, None, at(10)), run(1, 0));
+        assert_eq!(plan_at(1, None, at(11)), expired(1, 0));
+        // A retry after a failure, and a redelivery after a lost attempt,
+        // count from the same instant.
+        let retrying = left(&shard, 1, ShardState::Failed, true);
+        assert_eq!(plan_at(2, Some(&retrying), at(5)), run(2, 0));
+        assert_eq!(plan_at(2, Some(&retrying), at(30)), expired(2, 0));
+        let lost = left(&shard, 1, ShardState::Running, false);
+        assert_eq!(plan_at(2, Some(&lost), at(30)), expired(2, 1));
+        // A shard that already ended stays ended; a crash loop still ends dead.
+        let done = left(&shard, 1, ShardState::Succeeded, false);
+        assert_eq!(
+            plan_at(2, Some(&done), at(30)),
+            Plan::Finished {
+                run_id: "RUN1".into(),
+                state: ShardState::Succeeded
+            }
+        );
+        let looping = ShardRecord {
+            lost: MAX_LOST - 1,
+            ..lost.clone()
+        };
+        assert_eq!(
+            plan_at(5, Some(&looping), at(30)),
+            Plan::CrashLoop {
+                attempt: 5,
+                lost: MAX_LOST
+            }
+        );
+        // An expired record is final: a repeat delivery is acked.
+        let ended = left(&shard, 2, ShardState::Expired, false);
+        assert_eq!(
+            plan_at(3, Some(&ended), at(30)),
+            Plan::Finished {
+                run_id: "RUN1".into(),
+                state: ShardState::Expired
+            }
+        );
+        // Without a deadline nothing expires.
+        let mut open = shard.clone();
+        open.expires_at = None;
+        assert_eq!(
+            super::plan(1, &open, None, MAX_LOST, at(86_400 * 365)),
+            run(1, 0)
+        );
+    }
+
+    #[test]
+    fn the_expired_error_says_how_late_the_shard_came() {
+        let shard = due_within(2);
+        let now = shard.instant + chrono::Duration::milliseconds(3250);
+        assert_eq!(
+            expired_error(&shard, now),
+            "not started within its deadline (2s after its instant): delivered 3s 250ms after \
+             it; not run"
+        );
+    }
+
+    fn ended_with(shard: &ShardMessage, status: RunStatus, attempt: u32) -> RunResult {
+        RunResult {
+            job: shard.job.clone(),
+            instant: shard.instant,
+            shard: shard.shard,
+            shards: shard.shards,
+            attempt,
+            run_id: "RUN9".into(),
+            status,
+            worker: "w1".into(),
+            started_at: shard.instant + chrono::Duration::seconds(5),
+            finished_at: shard.instant + chrono::Duration::seconds(5),
+            exit_code: None,
+            output: String::new(),
+            output_truncated: false,
+            error: Some("why".into()),
+            will_retry: false,
+            epoch: 7,
+            stream_seq: Some(3),
+        }
+    }
+
+    #[test]
+    fn a_dead_or_expired_shard_has_its_event_and_no_other_ending_has_one() {
+        let shard = due_within(2);
+        let ms = shard.instant.timestamp_millis();
+        let expired = ended_with(&shard, RunStatus::Expired, 2);
+        let (event, id) = ending_event(&shard, &expired, Settle::Expired).unwrap();
+        assert_eq!(id, format!("expired:sync:{ms}:2"));
+        assert_eq!(
+            event.body,
+            EventBody::Expired {
+                job: "sync".into(),
+                instant: shard.instant,
+                shard: 2,
+                attempt: 2,
+                run_id: "RUN9".into(),
+                worker: "w1".into(),
+                expires_at: shard.instant + chrono::Duration::seconds(2),
+                late_ms: 5000,
+            }
+        );
+        let failed = ended_with(&shard, RunStatus::Failed, 3);
+        let (event, id) = ending_event(&shard, &failed, Settle::Dead).unwrap();
+        assert_eq!((event.kind(), id), ("dead", format!("dead:sync:{ms}:2")));
+        for how in [
+            Settle::Succeeded,
+            Settle::Retry(Duration::from_secs(1)),
+            Settle::HandedBack,
+            Settle::AlreadyFinished,
+        ] {
+            assert!(ending_event(&shard, &failed, how).is_none(), "{how:?}");
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!   the payload file.
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
 //! - [`output`]: the bounded tail of a run's output.
-//! - [`report`]: publishes results and `dead` events through JetStream.
+//! - [`report`]: publishes results and `dead` and `expired` events through
+//!   JetStream.
 //! - [`record`]: shard records (run history) in the runs bucket.
 //! - [`heartbeat`]: this worker's liveness key in the workers bucket.
 //! - [`shutdown`]: stop pulling, let runs finish, hand back the rest.
@@ -22,15 +23,16 @@
 //! [`consume`] pulls it into a free slot -> [`attempt`] decodes it and
 //! reads its shard record ([`record`]): a shard that already finished for
 //! good is acked without running, one whose last attempts all died with
-//! their workers ends dead without running, any other gets its attempt
+//! their workers ends dead without running, one delivered past its
+//! deadline ends expired without running, any other gets its attempt
 //! number ->
 //! [`attempt`] marks the record `running` and runs the shard with
 //! [`execute`] in the [`environment`] it builds (acking progress
-//! meanwhile) -> [`report`] stores the
-//! `RunResult` on `jetcron.results.<job>` (and a `dead` event after the
-//! last failed attempt) -> [`record`] writes the outcome into the shard
-//! record -> [`attempt`] settles the message: ack, nak with the retry
-//! delay, or term.
+//! meanwhile) -> [`report`] stores the `RunResult` on
+//! `jetcron.results.<job>` (and a `dead` event after the last failed
+//! attempt, an `expired` one for a shard past its deadline) -> [`record`]
+//! writes the outcome into the shard record -> [`attempt`] settles the
+//! message: ack, nak with the retry delay, or term.
 //!
 //! Beside it, [`heartbeat`] keeps `<group>.<id>` fresh in the workers bucket
 //! from start to exit, with the number of shards running.

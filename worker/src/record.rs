@@ -105,7 +105,7 @@ impl Recorder {
 /// run again for the same fire.
 pub fn is_final(record: &ShardRecord) -> bool {
     match record.state {
-        ShardState::Succeeded => true,
+        ShardState::Succeeded | ShardState::Expired => true,
         ShardState::Failed | ShardState::TimedOut => !record.will_retry,
         ShardState::Pending | ShardState::Running => false,
     }
@@ -255,6 +255,7 @@ mod tests {
         assert!(is_final(&with(ShardState::Succeeded, false)));
         assert!(is_final(&with(ShardState::Failed, false)));
         assert!(is_final(&with(ShardState::TimedOut, false)));
+        assert!(is_final(&with(ShardState::Expired, false)));
         assert!(!is_final(&with(ShardState::Failed, true)));
         assert!(!is_final(&with(ShardState::TimedOut, true)));
         assert!(!is_final(&with(ShardState::Running, false)));

@@ -1,9 +1,10 @@
 //! Publishes what became of an attempt: its [`RunResult`] on the results
-//! stream and, after the last failed attempt, a `dead` event.
+//! stream and, after the last failed attempt, a `dead` event (an `expired`
+//! one for a shard delivered past its deadline).
 //!
 //! Both go through JetStream and wait for the stream's ack, with a
-//! `Nats-Msg-Id` naming the execution (or the dead shard), so that a publish
-//! retried after a lost ack is stored once.
+//! `Nats-Msg-Id` naming the execution (or the dead or expired shard), so
+//! that a publish retried after a lost ack is stored once.
 //!
 //! A result's id ends with the run id, not just the attempt: after a server
 //! crash the same attempt number can be executed twice (the server may
@@ -57,6 +58,11 @@ pub fn dead_msg_id(job: &str, instant: DateTime<Utc>, shard: u32) -> String {
     format!("dead:{job}:{}:{shard}", instant.timestamp_millis())
 }
 
+/// Dedup id of a shard's expired event: `expired:<job>:<instant ms>:<shard>`.
+pub fn expired_msg_id(job: &str, instant: DateTime<Utc>, shard: u32) -> String {
+    format!("expired:{job}:{}:{shard}", instant.timestamp_millis())
+}
+
 /// Publishes results and events of one worker.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -86,15 +92,16 @@ impl Reporter {
         .await
     }
 
-    /// Stores a `dead` event on `jetcron.events.dead.<job>`.
-    pub async fn dead(
+    /// Stores `event` (`dead` or `expired`) on `jetcron.events.<kind>.<job>`,
+    /// with dedup id `id`.
+    pub async fn event(
         &self,
         event: &Event,
         id: String,
         give_up: &CancellationToken,
     ) -> Result<(), ReportError> {
         self.publish(
-            "dead event",
+            event.kind(),
             self.names.event_subject(event.kind(), event.job()),
             id,
             event.encode(),
@@ -180,6 +187,10 @@ mod tests {
         let ms = at.timestamp_millis();
         assert_eq!(result_msg_id(&r), format!("sync:{ms}:2:4:r"));
         assert_eq!(dead_msg_id("sync", at, 2), format!("dead:sync:{ms}:2"));
+        assert_eq!(
+            expired_msg_id("sync", at, 2),
+            format!("expired:sync:{ms}:2")
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! `job.retry`: run again the shards of one fire that ended failed or timed
-//! out (after all their attempts), as a new manual fire of the job.
+//! `job.retry`: run again the shards of one fire that ended failed, timed
+//! out (after all their attempts) or expired, as a new manual fire of the
+//! job.
+//!
+//! The new fire's instant is now, so a job with a `deadline` gives its
+//! shards the whole deadline again, counted from that instant.
 //!
 //! The new fire is made like a `job.trigger` of those shards (same record
 //! ring, same `triggered` event, with `retry_of` naming the fire retried),
@@ -42,14 +46,19 @@ pub(super) async fn retry(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let failed: Vec<u32> = run
         .shards
         .iter()
-        .filter(|s| matches!(s.state, ShardState::Failed | ShardState::TimedOut))
+        .filter(|s| {
+            matches!(
+                s.state,
+                ShardState::Failed | ShardState::TimedOut | ShardState::Expired
+            )
+        })
         .map(|s| s.shard)
         .collect();
     if failed.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!(
-                "fire {} has no failed or timed-out shard to retry ({})",
+                "fire {} has no failed, timed-out or expired shard to retry ({})",
                 req.fire_id,
                 tally(&run.shards)
             ),

@@ -13,9 +13,10 @@
 //! last attempt failed with another to follow.
 //!
 //! A fire's state is `succeeded` when every dispatched shard succeeded, else
-//! the worst shard state, worst first: `failed`, `timed_out`, `running`,
-//! `pending`. A fire with a failed shard reads `failed` even while others
-//! still run: what an operator must look at comes first.
+//! the worst shard state, worst first: `failed`, `timed_out`, `expired`
+//! (not started within the job's deadline), `running`, `pending`. A fire
+//! with a failed shard reads `failed` even while others still run: what an
+//! operator must look at comes first.
 
 use std::collections::HashMap;
 
@@ -220,8 +221,9 @@ fn severity(s: ShardState) -> u8 {
         ShardState::Succeeded => 0,
         ShardState::Pending => 1,
         ShardState::Running => 2,
-        ShardState::TimedOut => 3,
-        ShardState::Failed => 4,
+        ShardState::Expired => 3,
+        ShardState::TimedOut => 4,
+        ShardState::Failed => 5,
     }
 }
 
@@ -276,6 +278,9 @@ mod tests {
         assert_eq!(fire_state([Succeeded, Succeeded].into_iter()), Succeeded);
         assert_eq!(fire_state([Succeeded, Pending].into_iter()), Pending);
         assert_eq!(fire_state([Pending, Running].into_iter()), Running);
+        assert_eq!(fire_state([Running, Expired].into_iter()), Expired);
+        assert_eq!(fire_state([Expired, Succeeded].into_iter()), Expired);
+        assert_eq!(fire_state([Expired, TimedOut].into_iter()), TimedOut);
         assert_eq!(fire_state([Running, TimedOut].into_iter()), TimedOut);
         assert_eq!(
             fire_state([TimedOut, Failed, Succeeded].into_iter()),

@@ -630,7 +630,8 @@ async fn retry_runs_again_only_the_failed_and_timed_out_shards_of_a_fire() {
     };
     assert_eq!(code, ErrorCode::Conflict);
     assert!(
-        message.contains("no failed or timed-out shard") && message.contains("2 succeeded"),
+        message.contains("no failed, timed-out or expired shard")
+            && message.contains("2 succeeded"),
         "{message}"
     );
     // Unknown fire, unknown job, empty fire id.
