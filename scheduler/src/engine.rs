@@ -521,11 +521,18 @@ impl Engine {
                 let Some(term) = self.term.as_mut().filter(|t| t.ready) else {
                     return;
                 };
+                // Its waiting shard messages go too (see crate::deletion);
+                // a batch in flight may be storing some, so it goes first.
                 if term.in_flight.contains(&id) {
                     term.removed.insert(id);
-                } else if known && had_state {
-                    info!(job = %id, "job deleted; forgetting its fire state");
-                    self.purge(id);
+                } else if known {
+                    info!(job = %id, "job deleted; forgetting its fire state and waiting shards");
+                    let state = if had_state {
+                        StateWrite::Purge
+                    } else {
+                        StateWrite::Stored
+                    };
+                    self.forget(id, state);
                 }
             }
             CatalogEvent::Invalid { id, .. } => {
@@ -536,11 +543,19 @@ impl Engine {
         }
     }
 
+    /// Forgets a deleted job: its fire state and its shard messages still
+    /// in the work stream.
     fn purge(&mut self, id: String) {
+        self.forget(id, StateWrite::Purge);
+    }
+
+    /// Purges a deleted job's shard messages still in the work stream,
+    /// with `state` as its state write.
+    fn forget(&mut self, id: String, state: StateWrite) {
         let item = Item {
             job: id,
-            state: StateWrite::Purge,
-            action: Action::None,
+            state,
+            action: Action::Forget,
         };
         self.spawn_batch(vec![item], Utc::now(), false);
     }

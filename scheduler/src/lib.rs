@@ -13,6 +13,8 @@
 //!   shard messages, then events and fire records.
 //! - [`dispatch`]: a fire and its shard messages (and the unfenced
 //!   publisher of manual fires).
+//! - [`deletion`]: purges a deleted job's shard messages from the work
+//!   stream, and why that is enough.
 //! - [`state`]: per-job fire state (the write-ahead record of each
 //!   decision) and the leader's checkpoint.
 //! - [`mirror`]: a standby's copy of every fire state, kept current so
@@ -33,6 +35,7 @@ pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod decide;
+pub mod deletion;
 pub mod dispatch;
 pub mod engine;
 pub mod events;

@@ -7,7 +7,8 @@
 //! 1. fire states (write-ahead: the decision is durable before any of its
 //!    effects, see [`crate::state`]): those of fires together in tick
 //!    records, skips and removals under the job's key;
-//! 2. shard messages (`Nats-Msg-Id` `<job>:<instant ms>:<shard>`);
+//! 2. shard messages (`Nats-Msg-Id` `<job>:<instant ms>:<shard>`), and
+//!    the purge of a deleted job's waiting ones ([`crate::deletion`]);
 //! 3. `fired` / `misfired` / `skipped` events, once no
 //!    batch is storing shards any more (waiting at most [`REPORTS_WAIT`]),
 //!    so that a crowd's work is stored first and its reports after.
@@ -34,8 +35,9 @@ use jetcron_shared::runs;
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::deletion;
 use crate::dispatch::Fire;
 use crate::fence::{FenceError, Fences, Target};
 use crate::state::{Checkpoint, FireState, TickState};
@@ -79,7 +81,8 @@ pub enum StateWrite {
     Put(FireState),
     /// The job was deleted: forget its state.
     Purge,
-    /// Stored already: the item finishes a decision of an earlier leader.
+    /// Nothing to write: stored already (the item finishes a decision of an
+    /// earlier leader), or a deleted job that had no state.
     Stored,
 }
 
@@ -92,8 +95,9 @@ pub enum Action {
         count: u64,
         reason: String,
     },
-    /// Nothing beyond the state write.
-    None,
+    /// The job was deleted: purge its shard messages still waiting in the
+    /// work stream.
+    Forget,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +212,12 @@ impl Persist {
             for (items, s) in members.into_iter().zip(&stored[single..]) {
                 for n in items {
                     ticks[n] = s.seq;
+                }
+            }
+
+            for item in &batch.items {
+                if let Action::Forget = item.action {
+                    self.forget(&item.job).await;
                 }
             }
 
@@ -333,6 +343,27 @@ impl Persist {
             Ok(Ok(r)) => Ok(r.purged),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer in time".into()),
+        }
+    }
+
+    /// Purges a deleted job's waiting shard messages. Not fenced (a purge
+    /// is no publish) and not a reason to stop leading: a failure is
+    /// logged, and the job's messages stay until their max age.
+    async fn forget(&self, job: &str) {
+        let purged = match self.js.get_stream_no_info(self.names.work_stream()).await {
+            Ok(work) => deletion::purge_work(&work, &self.names, job)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match purged {
+            Ok(0) => debug!(job, "deleted job: no shard message waiting"),
+            Ok(n) => info!(
+                job,
+                purged = n,
+                "deleted job: its waiting shard messages removed"
+            ),
+            Err(e) => warn!(job, error = %e, "deleted job: its waiting shard messages stay"),
         }
     }
 
@@ -466,7 +497,7 @@ impl Persist {
                     id,
                 )]
             }
-            Action::None => Vec::new(),
+            Action::Forget => Vec::new(),
         }
     }
 

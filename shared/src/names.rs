@@ -197,6 +197,12 @@ impl Names {
         format!("{}.work.{group}.{job}", self.prefix)
     }
 
+    /// `jetcron.work.*.<job>`: a job's shard messages, in whatever group
+    /// they were dispatched to.
+    pub fn work_job(&self, job: &str) -> String {
+        format!("{}.work.*.{job}", self.prefix)
+    }
+
     /// Durable pull consumer shared by every worker of a group.
     pub fn work_consumer(&self, group: &str) -> String {
         format!("{}-{group}", self.prefix)
@@ -274,6 +280,7 @@ mod tests {
             n.work_subject("billing", "nightly"),
             "jetcron.work.billing.nightly"
         );
+        assert_eq!(n.work_job("nightly"), "jetcron.work.*.nightly");
         assert_eq!(n.results_subject("nightly"), "jetcron.results.nightly");
         assert_eq!(n.event_subject("dead", Some("x")), "jetcron.events.dead.x");
         assert_eq!(n.event_subject("leader", None), "jetcron.events.leader");

@@ -210,6 +210,31 @@ impl Env {
         }
     }
 
+    /// Shard messages of `job` the work stream holds now.
+    async fn work_of(&self, job: &str) -> usize {
+        harness::stream_messages(&self.client, &self.names.work_stream())
+            .await
+            .iter()
+            .filter(|m| m.subject.rsplit('.').next() == Some(job))
+            .count()
+    }
+
+    /// Waits until the work stream holds no shard message of `job`.
+    async fn wait_work_of_gone(&self, job: &str) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = self.work_of(job).await;
+            if left == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} shard messages of {job} left in the work stream"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn wait_work_empty(&self) {
         let deadline = Instant::now() + LIMIT;
         loop {
@@ -1414,6 +1439,81 @@ async fn a_retry_that_would_start_past_the_deadline_expires() {
         events.snapshot()
     );
     stop_worker(worker).await;
+}
+
+/// Shards of a deleted job still waiting in the work stream never run:
+/// `job.delete` purges them, and so does the leader when a definition is
+/// deleted straight from the jobs bucket (as `nats kv del` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_shards_of_a_deleted_job_never_run() {
+    let env = Env::start().await;
+    let events = harness::events(&env.client, &env.names).await;
+    let mut watch = env.watch().await;
+    let scheduler = harness::Scheduler::start(&env.server.url(), "s1");
+    let api = harness::api(&env.client, &env.names).await;
+    let dir = tempfile::tempdir().unwrap();
+    let def = |id: &str, schedule: &str| {
+        json!({
+            "id": id,
+            "schedule": schedule,
+            "paused": true,
+            "shards": 3,
+            "run": {"shell": format!("touch {}/{id}.$JETCRON_SHARD", dir.path().display())},
+        })
+    };
+    // `by-kv` is paused on a one-second schedule: its `skipped` event says
+    // the leader is deciding.
+    for (id, schedule) in [
+        ("by-api", "@yearly"),
+        ("by-kv", "@every 1s"),
+        ("kept", "@yearly"),
+    ] {
+        api.put_raw(def(id, schedule).to_string().into())
+            .await
+            .unwrap();
+    }
+    events
+        .wait_for("the leader to skip by-kv", LIMIT, |es| {
+            es.iter()
+                .any(|e| matches!(&e.body, EventBody::Skipped { job, .. } if job == "by-kv"))
+        })
+        .await;
+    let trigger = |id: &str| TriggerRequest {
+        id: id.into(),
+        shards: None,
+        payload: None,
+    };
+    for id in ["by-api", "by-kv"] {
+        api.trigger(&trigger(id)).await.unwrap();
+        assert_eq!(env.work_of(id).await, 3, "{id}");
+    }
+
+    api.delete("by-api").await.unwrap();
+    assert_eq!(env.work_of("by-api").await, 0);
+    env.resources.jobs.delete("by-kv").await.unwrap();
+    env.wait_work_of_gone("by-kv").await;
+
+    // A worker comes back: only what is left runs.
+    let worker = start_worker(env.config("w1"));
+    let kept = api.trigger(&trigger("kept")).await.unwrap();
+    let results = watch.results(3).await;
+    assert!(
+        results.iter().all(|r| r.job == "kept"
+            && r.instant == kept.instant
+            && r.status == RunStatus::Succeeded),
+        "{results:?}"
+    );
+    watch.no_more_results(Duration::from_secs(2)).await;
+    let touched: BTreeSet<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        touched,
+        BTreeSet::from(["kept.0".into(), "kept.1".into(), "kept.2".into()])
+    );
+    stop_worker(worker).await;
+    scheduler.stop().await;
 }
 
 /// Any payload a job may hold runs. One of 200 KiB, many small values that

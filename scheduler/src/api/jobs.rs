@@ -8,6 +8,9 @@
 //! revision otherwise, so of two concurrent edits from the same revision only
 //! one applies. A definition is stored indented unless that would make it
 //! too large to load; one too large even compact is refused.
+//!
+//! A delete also purges the job's shard messages still waiting in the work
+//! stream (see [`crate::deletion`]).
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
@@ -19,9 +22,10 @@ use jetcron_shared::api::{
 use jetcron_shared::job::MAX_DEFINITION_BYTES;
 use jetcron_shared::wire::{Event, EventBody};
 use jetcron_shared::{Job, JobError};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Ctx, ID_SHAPE, check_id, load_job, not_found, parse, unavailable};
+use crate::deletion::purge_work;
 
 /// Raw stored definitions shown by `job.get` are cut to this many characters.
 const RAW_LIMIT: usize = 4096;
@@ -184,6 +188,13 @@ pub(super) async fn delete(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         .delete(id.as_str())
         .await
         .map_err(|e| unavailable("jobs bucket", e))?;
+    // The job is gone either way; the leader purges again when its watch
+    // sees the delete.
+    match purge_work(&ctx.work, &ctx.names, &id).await {
+        Ok(0) => {}
+        Ok(n) => info!(job = %id, purged = n, "deleted job: its waiting shard messages removed"),
+        Err(e) => warn!(error = %e, "deleted job: its waiting shard messages stay for the leader"),
+    }
     Ok(encode_ok(&DeleteReply { id }))
 }
 

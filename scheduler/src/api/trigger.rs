@@ -9,13 +9,14 @@
 //! shard records belong to.
 //!
 //! A payload may be as large as one a definition can hold
-//! ([`MAX_PAYLOAD_BYTES`]).
+//! ([`MAX_PAYLOAD_BYTES`]). A job deleted while its fire is being
+//! dispatched has the shards just stored purged (see [`crate::deletion`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use jetcron_shared::api::{ApiError, ErrorCode, TriggerReply, TriggerRequest, encode_ok};
@@ -23,10 +24,11 @@ use jetcron_shared::job::MAX_PAYLOAD_BYTES;
 use jetcron_shared::runs::{self, FireRecord};
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
 use jetcron_shared::{Job, Schedule};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::status::leader;
 use super::{Ctx, bad_request, check_id, load_job, parse, scan, unavailable, valid_job};
+use crate::deletion::purge_work;
 use crate::dispatch::{Fire, FireJob};
 
 /// Tries to claim a history slot against concurrent triggers.
@@ -111,6 +113,15 @@ pub(super) async fn fire_now(ctx: &Ctx, m: Manual) -> Result<TriggerReply, ApiEr
         Ok(_) => {}
         Err(e) => return Err(unavailable("work stream", e)),
     }
+    if deleted_meanwhile(ctx, &id).await {
+        if let Err(e) = purge_work(&ctx.work, &ctx.names, &id).await {
+            warn!(error = %e, "job deleted while triggered: its shards stay");
+        }
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("job '{id}' was deleted while it was being triggered; its shards were removed"),
+        ));
+    }
     info!(job = %id, %instant, shards = ?m.shards, retry_of = ?m.retry_of, "triggered");
     let event = Event::now(EventBody::Triggered {
         job: id.clone(),
@@ -128,6 +139,18 @@ pub(super) async fn fire_now(ctx: &Ctx, m: Manual) -> Result<TriggerReply, ApiEr
         instant,
         shards: m.shards,
     })
+}
+
+/// Whether the job's definition is gone now; false when the bucket does not
+/// answer (the purges of the delete itself then remain).
+async fn deleted_meanwhile(ctx: &Ctx, id: &str) -> bool {
+    match ctx.jobs.entry(id).await {
+        Ok(entry) => entry.is_none_or(|e| e.operation != Operation::Put),
+        Err(e) => {
+            warn!(job = %id, error = %e, "cannot check that the job still exists");
+            false
+        }
+    }
 }
 
 /// Refuses a payload larger than a definition could hold.
