@@ -131,11 +131,14 @@ fn job(id: String, schedule: &str, shards: u32, kind: JobKind, log: &Path) -> Ch
             group: "default".to_string(),
             run: Run::Shell(command(log, kind.body())),
             timeout: Some(timeout.to_string()),
+            deadline: None,
             retry,
             payload: None,
             description: Some("chaos suite".to_string()),
             paused: false,
             history: None,
+            misfire: Default::default(),
+            misfire_limit: None,
         },
     }
 }

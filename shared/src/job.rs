@@ -41,6 +41,10 @@ const MAX_PARAM_BYTES: usize = 4096;
 pub const DEFAULT_HISTORY: u32 = 20;
 /// Most fires a job's run history may keep.
 pub const MAX_HISTORY: u32 = 1000;
+/// Late instants `misfire: fire_all` fires when the definition does not say.
+pub const DEFAULT_MISFIRE_LIMIT: u32 = 100;
+/// Most late instants `misfire: fire_all` may fire.
+pub const MAX_MISFIRE_LIMIT: u32 = 1000;
 
 /// Why a definition was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -106,6 +110,12 @@ pub struct JobSpec {
     /// Fires kept in the job's run history (`job.runs`). Default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<u32>,
+    /// What late instants become (scheduler downtime, a takeover).
+    #[serde(default, skip_serializing_if = "Misfire::is_fire_once")]
+    pub misfire: Misfire,
+    /// Most late instants `misfire: fire_all` fires; only with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire_limit: Option<u32>,
 }
 
 fn default_timezone() -> String {
@@ -114,6 +124,48 @@ fn default_timezone() -> String {
 
 fn default_group() -> String {
     "default".to_string()
+}
+
+/// What instants the leader could not fire on time become. An instant is
+/// late when it is decided more than the scheduler's misfire threshold
+/// after it (no leader, all schedulers down, a takeover).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Misfire {
+    /// One late fire, of the latest instant due, stands for all of them.
+    #[default]
+    FireOnce,
+    /// None of them fires; the job goes on with its first instant that is
+    /// not late.
+    Skip,
+    /// Each fires as itself, oldest first, up to `misfire_limit` of the
+    /// newest; older ones are skipped.
+    FireAll,
+}
+
+impl Misfire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Misfire::FireOnce => "fire_once",
+            Misfire::Skip => "skip",
+            Misfire::FireAll => "fire_all",
+        }
+    }
+
+    pub fn is_fire_once(&self) -> bool {
+        *self == Misfire::FireOnce
+    }
+}
+
+impl TryFrom<String> for Misfire {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Misfire, String> {
+        [Misfire::FireOnce, Misfire::Skip, Misfire::FireAll]
+            .into_iter()
+            .find(|m| m.as_str() == text)
+            .ok_or_else(|| format!("{} is not one of fire_once, skip, fire_all", quote(&text)))
+    }
 }
 
 /// How a fire is split: a count, or one shard per listed parameter.
@@ -320,6 +372,15 @@ impl Job {
         self.spec.paused
     }
 
+    pub fn misfire(&self) -> Misfire {
+        self.spec.misfire
+    }
+
+    /// Most late instants `fire_all` fires.
+    pub fn misfire_limit(&self) -> u32 {
+        self.spec.misfire_limit.unwrap_or(DEFAULT_MISFIRE_LIMIT)
+    }
+
     /// What only a definition being put must pass, on top of [`Job::validate`]: an `@at`
     /// instant must still be ahead of `now`. A stored job whose instant has passed stays
     /// valid, so this is not part of decoding.
@@ -398,6 +459,24 @@ impl Job {
                 format!("must be 1-{MAX_HISTORY}, found {h}"),
             ));
         }
+        if let Some(n) = spec.misfire_limit {
+            if !(1..=MAX_MISFIRE_LIMIT).contains(&n) {
+                return Err(JobError::field(
+                    "misfire_limit",
+                    format!("must be 1-{MAX_MISFIRE_LIMIT}, found {n}"),
+                ));
+            }
+            // A setting that does nothing is refused, as an unknown field is.
+            if spec.misfire != Misfire::FireAll {
+                return Err(JobError::field(
+                    "misfire_limit",
+                    format!(
+                        "applies only to misfire fire_all, and this job's misfire is {}",
+                        spec.misfire.as_str()
+                    ),
+                ));
+            }
+        }
         let max = spec.retry.max_attempts;
         if !(1..=MAX_ATTEMPTS).contains(&max) {
             return Err(JobError::field(
@@ -448,6 +527,8 @@ pub struct Definition {
     shards: u32,
     history: u32,
     paused: bool,
+    misfire: Misfire,
+    misfire_limit: u16,
 }
 
 impl Definition {
@@ -461,6 +542,8 @@ impl Definition {
             shards: job.shard_count(),
             history: job.history(),
             paused: job.paused(),
+            misfire: job.misfire(),
+            misfire_limit: u16::try_from(job.misfire_limit()).unwrap_or(u16::MAX),
             schedule: job.schedule,
         })
     }
@@ -504,6 +587,15 @@ impl Definition {
 
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    pub fn misfire(&self) -> Misfire {
+        self.misfire
+    }
+
+    /// Most late instants `fire_all` fires.
+    pub fn misfire_limit(&self) -> u32 {
+        u32::from(self.misfire_limit)
     }
 }
 
@@ -561,7 +653,8 @@ fn missing_or_unknown(e: &serde_json::Error) -> JobError {
                 "is required".to_string()
             } else {
                 "unknown field (known: id, schedule, timezone, shards, group, run, timeout, \
-                 deadline, retry, payload, description, paused, history)"
+                 deadline, retry, payload, description, paused, history, misfire, \
+                 misfire_limit)"
                     .to_string()
             };
             return JobError::field(clip(field), reason);
@@ -752,6 +845,82 @@ mod tests {
         let (f, _) =
             field_err(r#"{"id":"x","schedule":"@daily","run":{"shell":"t"},"deadline":600}"#);
         assert_eq!(f, "deadline");
+    }
+
+    #[test]
+    fn misfire_defaults_to_fire_once_and_its_limit_only_goes_with_fire_all() {
+        let with = |extra: &str| {
+            job(&format!(
+                r#"{{"id":"x","schedule":"@every 1s","run":{{"shell":"t"}}{extra}}}"#
+            ))
+        };
+        let plain = with("").unwrap();
+        assert_eq!(
+            (plain.misfire(), plain.misfire_limit()),
+            (Misfire::FireOnce, 100)
+        );
+        assert!(
+            !String::from_utf8(plain.spec.encode())
+                .unwrap()
+                .contains("misfire")
+        );
+        for (text, policy) in [
+            ("fire_once", Misfire::FireOnce),
+            ("skip", Misfire::Skip),
+            ("fire_all", Misfire::FireAll),
+        ] {
+            let j = with(&format!(r#","misfire":"{text}""#)).unwrap();
+            assert_eq!((j.misfire(), policy.as_str()), (policy, text));
+            let d = Definition::decode(&j.spec.encode(), Some("x")).unwrap();
+            assert_eq!((d.misfire(), d.misfire_limit()), (policy, 100));
+        }
+        for n in [1, 2, 1000] {
+            let j = with(&format!(r#","misfire":"fire_all","misfire_limit":{n}"#)).unwrap();
+            assert_eq!(j.misfire_limit(), n);
+            let d = Definition::decode(&j.spec.encode(), Some("x")).unwrap();
+            assert_eq!(d.misfire_limit(), n);
+            assert_eq!(JobSpec::decode(&j.spec.encode()).unwrap(), j.spec);
+        }
+
+        let (f, r) = field_err(
+            r#"{"id":"x","schedule":"@every 1s","run":{"shell":"t"},"misfire":"fire_twice"}"#,
+        );
+        assert_eq!(
+            (f.as_str(), r.as_str()),
+            (
+                "misfire",
+                "'fire_twice' is not one of fire_once, skip, fire_all"
+            )
+        );
+        let (f, r) =
+            field_err(r#"{"id":"x","schedule":"@every 1s","run":{"shell":"t"},"misfire":1}"#);
+        assert_eq!(
+            (f.as_str(), r.as_str()),
+            ("misfire", "invalid type: integer `1`, expected a string")
+        );
+        for (n, reason) in [
+            ("0", "must be 1-1000, found 0"),
+            ("1001", "must be 1-1000, found 1001"),
+        ] {
+            let err = with(&format!(r#","misfire":"fire_all","misfire_limit":{n}"#)).unwrap_err();
+            assert_eq!(err, JobError::field("misfire_limit", reason));
+        }
+        let (f, _) = field_err(
+            r#"{"id":"x","schedule":"@every 1s","run":{"shell":"t"},"misfire":"fire_all","misfire_limit":-1}"#,
+        );
+        assert_eq!(f, "misfire_limit");
+        for (policy, extra) in [
+            ("skip", r#","misfire":"skip","misfire_limit":5"#),
+            ("fire_once", r#","misfire_limit":5"#),
+        ] {
+            assert_eq!(
+                with(extra).unwrap_err(),
+                JobError::field(
+                    "misfire_limit",
+                    format!("applies only to misfire fire_all, and this job's misfire is {policy}")
+                )
+            );
+        }
     }
 
     #[test]
@@ -1011,7 +1180,7 @@ mod tests {
                 format!(
                     "unknown field `{}`, expected one of `id`, `schedule`, `timezone`, `shards`, \
                      `group`, `run`, `timeout`, `deadline`, `retry`, `payload`, `description`, \
-                     `paused`, `history`",
+                     `paused`, `history`, `misfire`, `misfire_limit`",
                     cut("a")
                 ),
             ),
