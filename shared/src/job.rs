@@ -85,6 +85,12 @@ pub struct JobSpec {
     pub schedule: String,
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// No instant before this one (RFC 3339, inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
+    /// No instant after this one (RFC 3339, inclusive): the job ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<String>,
     #[serde(default)]
     pub shards: Shards,
     #[serde(default = "default_group")]
@@ -387,7 +393,17 @@ impl Job {
     pub fn check_put(&self, now: DateTime<Utc>) -> Result<(), JobError> {
         self.schedule
             .check_upcoming(now)
-            .map_err(|e| JobError::field("schedule", e))
+            .map_err(|e| JobError::field("schedule", e))?;
+        match self.schedule.end() {
+            Some(end) if self.schedule.next_after(now).is_none() => Err(JobError::field(
+                "end_at",
+                format!(
+                    "never fires: no instant of the schedule is left before {}",
+                    end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks every field; the first problem found is returned.
@@ -407,6 +423,7 @@ impl Job {
         })?;
         let schedule =
             Schedule::parse(&spec.schedule, tz).map_err(|e| JobError::field("schedule", e))?;
+        let schedule = bound(schedule, spec.start_at.as_deref(), spec.end_at.as_deref())?;
         match &spec.shards {
             Shards::Count(n) if !(1..=MAX_SHARDS).contains(n) => {
                 return Err(JobError::field(
@@ -754,6 +771,59 @@ pub fn parse_flag_duration(text: &str) -> Result<Duration, String> {
             clip_quoted_runs(&e.to_string())
         )
     })
+}
+
+/// The schedule bounded by `start_at` and `end_at`; refused when one is not
+/// an instant, when they are out of order, or when no instant lies between.
+fn bound(
+    schedule: Schedule,
+    start_at: Option<&str>,
+    end_at: Option<&str>,
+) -> Result<Schedule, JobError> {
+    let instant = |field: &'static str, text: Option<&str>| -> Result<_, JobError> {
+        text.map(|t| {
+            DateTime::parse_from_rfc3339(t.trim())
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| {
+                    JobError::field(
+                        field,
+                        format!(
+                            "{} is not an RFC 3339 instant (such as 2026-12-01T09:00:00+01:00)",
+                            quote(t)
+                        ),
+                    )
+                })
+        })
+        .transpose()
+    };
+    let start = instant("start_at", start_at)?;
+    let end = instant("end_at", end_at)?;
+    if let (Some(s), Some(e)) = (start, end)
+        && e < s
+    {
+        return Err(JobError::field(
+            "end_at",
+            format!(
+                "{} is before start_at {}",
+                e.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                s.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+        ));
+    }
+    let bounded = schedule.bounded(start, end);
+    if let (Some(s), Some(_)) = (start, end) {
+        let before_start = s.checked_sub_signed(chrono::TimeDelta::nanoseconds(1));
+        if before_start.and_then(|b| bounded.next_after(b)).is_none() {
+            return Err(JobError::field(
+                "schedule",
+                format!(
+                    "{}: never fires between start_at and end_at",
+                    quote(bounded.expression())
+                ),
+            ));
+        }
+    }
+    Ok(bounded)
 }
 
 #[cfg(test)]
@@ -1197,5 +1267,67 @@ mod tests {
                 cut("a")
             )
         );
+    }
+
+    #[test]
+    fn start_and_end_bound_the_schedule_and_are_checked() {
+        let j = job(r#"{"id":"w","schedule":"@every 1h","run":{"shell":"true"},
+                "start_at":"2026-05-01T12:00:00+02:00","end_at":"2026-05-01T13:00:00Z"}"#)
+        .unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(
+            j.schedule.upcoming(at("2026-01-01T00:00:00Z"), 5),
+            vec![
+                at("2026-05-01T10:00:00Z"),
+                at("2026-05-01T11:00:00Z"),
+                at("2026-05-01T12:00:00Z"),
+                at("2026-05-01T13:00:00Z")
+            ]
+        );
+        let d = Definition::decode(
+            br#"{"id":"w","schedule":"@every 1h","run":{"shell":"true"},"end_at":"2026-05-01T13:00:00Z"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.schedule().next_after(at("2026-05-01T13:00:00Z")), None);
+        // Put after the end: refused; stored, it still loads (and never fires).
+        assert_eq!(
+            d.job().unwrap().check_put(at("2026-05-01T12:30:00Z")),
+            Ok(())
+        );
+        let e = d
+            .job()
+            .unwrap()
+            .check_put(at("2026-05-01T13:00:00Z"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "end_at: never fires: no instant of the schedule is left before 2026-05-01T13:00:00Z"
+        );
+        for (extra, field, reason) in [
+            (
+                r#""start_at":"tomorrow""#,
+                "start_at",
+                "'tomorrow' is not an RFC 3339 instant (such as 2026-12-01T09:00:00+01:00)",
+            ),
+            (
+                r#""start_at":"2026-05-02T00:00:00Z","end_at":"2026-05-01T00:00:00Z""#,
+                "end_at",
+                "2026-05-01T00:00:00Z is before start_at 2026-05-02T00:00:00Z",
+            ),
+            (
+                r#""start_at":"2026-05-01T10:01:00Z","end_at":"2026-05-01T10:59:00Z""#,
+                "schedule",
+                "'@every 1h': never fires between start_at and end_at",
+            ),
+        ] {
+            let body =
+                format!(r#"{{"id":"w","schedule":"@every 1h","run":{{"shell":"true"}},{extra}}}"#);
+            assert_eq!(
+                field_err(&body),
+                (field.to_string(), reason.to_string()),
+                "{extra}"
+            );
+        }
     }
 }

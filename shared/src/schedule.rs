@@ -73,14 +73,20 @@ pub struct Schedule {
     expr: String,
     tz: Tz,
     kind: Kind,
+    /// No instant before this one ([`Schedule::bounded`]).
+    start: Option<DateTime<Utc>>,
+    /// No instant after this one.
+    end: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Cron(CronSpec),
-    /// Fires at every multiple of the period since the Unix epoch.
+    /// Fires at every multiple of the period since the Unix epoch, plus the
+    /// offset (less than the period).
     Every {
         period_ms: u64,
+        offset_ms: u64,
     },
     /// Fires once.
     At(DateTime<Utc>),
@@ -245,6 +251,9 @@ pub enum ScheduleError {
     #[error("{}: interval must be a whole number of milliseconds", quote(.expr))]
     IntervalNotWholeMillis { expr: String },
 
+    #[error("{}: offset {reason}", quote(.expr))]
+    BadOffset { expr: String, reason: String },
+
     #[error("{}: invalid RFC 3339 instant {}", quote(.expr), quote(.text))]
     BadInstant { expr: String, text: String },
 
@@ -281,17 +290,48 @@ impl Schedule {
             expr: expr.to_owned(),
             tz,
             kind,
+            start: None,
+            end: None,
         })
+    }
+
+    /// The same schedule firing only at instants from `start` through `end`
+    /// (each inclusive, either open).
+    pub fn bounded(self, start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Schedule {
+        Schedule { start, end, ..self }
+    }
+
+    /// The first instant it may fire at, if bounded.
+    pub fn start(&self) -> Option<DateTime<Utc>> {
+        self.start
+    }
+
+    /// The last instant it may fire at, if bounded.
+    pub fn end(&self) -> Option<DateTime<Utc>> {
+        self.end
     }
 
     /// First fire instant strictly after `after`, or `None` when the schedule has no more fires
     /// (an `@at` instant that is not after `after`). A cron expression that can never match,
     /// such as `0 0 30 2 *`, does not parse.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match &self.kind {
-            Kind::Cron(spec) => spec.next_after(self.tz, after),
-            Kind::Every { period_ms } => next_interval(*period_ms, after),
-            Kind::At(at) => (*at > after).then_some(*at),
+        // Before the start, search from just before it, so that the start
+        // itself may be an instant.
+        let from = match self.start {
+            Some(start) if after < start => start.checked_sub_signed(TimeDelta::nanoseconds(1))?,
+            _ => after,
+        };
+        let next = match &self.kind {
+            Kind::Cron(spec) => spec.next_after(self.tz, from),
+            Kind::Every {
+                period_ms,
+                offset_ms,
+            } => next_interval(*period_ms, *offset_ms, from),
+            Kind::At(at) => (*at > from).then_some(*at),
+        }?;
+        match self.end {
+            Some(end) if next > end => None,
+            _ => Some(next),
         }
     }
 
@@ -374,6 +414,11 @@ fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
             example: "@every 5m",
         });
     }
+    // `@every 10m offset 2m`: at 00:02, 00:12, 00:22, ...
+    let (arg, offset) = match arg.split_once(" offset ") {
+        Some((period, offset)) => (period.trim(), Some(offset.trim())),
+        None => (arg, None),
+    };
     let period = humantime::parse_duration(arg).map_err(|e| ScheduleError::BadDuration {
         expr: expr.to_owned(),
         text: arg.to_owned(),
@@ -396,7 +441,42 @@ fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
             expr: expr.to_owned(),
         });
     }
-    Ok(Kind::Every { period_ms })
+    let offset_ms = match offset {
+        None => 0,
+        Some(text) => parse_offset(expr, text, period_ms)?,
+    };
+    Ok(Kind::Every {
+        period_ms,
+        offset_ms,
+    })
+}
+
+/// The offset of `@every <period> offset <offset>`: whole milliseconds, less
+/// than the period.
+fn parse_offset(expr: &str, text: &str, period_ms: u64) -> Result<u64, ScheduleError> {
+    let bad = |reason: String| ScheduleError::BadOffset {
+        expr: expr.to_owned(),
+        reason,
+    };
+    let offset = humantime::parse_duration(text).map_err(|e| {
+        bad(format!(
+            "{} is not a duration: {}",
+            quote(text),
+            clip_quoted_runs(&e.to_string())
+        ))
+    })?;
+    if offset.subsec_nanos() % 1_000_000 != 0 {
+        return Err(bad("must be a whole number of milliseconds".into()));
+    }
+    let offset_ms = u64::try_from(offset.as_millis()).unwrap_or(u64::MAX);
+    if offset_ms >= period_ms {
+        return Err(bad(format!(
+            "must be less than the interval ({} is not less than {})",
+            humantime::format_duration(offset),
+            humantime::format_duration(std::time::Duration::from_millis(period_ms))
+        )));
+    }
+    Ok(offset_ms)
 }
 
 fn parse_at(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
@@ -414,13 +494,14 @@ fn parse_at(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
     Ok(Kind::At(at.with_timezone(&Utc)))
 }
 
-/// Smallest `k * period` (since the Unix epoch) strictly after `after`.
-fn next_interval(period_ms: u64, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// Smallest `k * period + offset` (since the Unix epoch) strictly after `after`.
+fn next_interval(period_ms: u64, offset_ms: u64, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let period_ns = i128::from(period_ms) * NANOS_PER_MILLI;
+    let offset_ns = i128::from(offset_ms) * NANOS_PER_MILLI;
     let after_ns =
         i128::from(after.timestamp()) * NANOS_PER_SEC + i128::from(after.timestamp_subsec_nanos());
-    let k = after_ns.div_euclid(period_ns) + 1;
-    let next_ns = k.checked_mul(period_ns)?;
+    let k = (after_ns - offset_ns).div_euclid(period_ns) + 1;
+    let next_ns = k.checked_mul(period_ns)?.checked_add(offset_ns)?;
     let secs = i64::try_from(next_ns.div_euclid(NANOS_PER_SEC)).ok()?;
     let nanos = u32::try_from(next_ns.rem_euclid(NANOS_PER_SEC)).ok()?;
     DateTime::from_timestamp(secs, nanos)
@@ -2254,6 +2335,76 @@ mod tests {
     }
 
     // ---- @every and @at ----
+
+    #[test]
+    fn schedule_every_with_an_offset_is_shifted_by_it() {
+        let s = sched("@every 10m offset 2m", Berlin);
+        assert_eq!(
+            walk("@every 10m offset 2m", Berlin, "2026-05-01T10:02:00Z", 3),
+            instants(&[
+                "2026-05-01T10:12:00Z",
+                "2026-05-01T10:22:00Z",
+                "2026-05-01T10:32:00Z"
+            ])
+        );
+        assert_eq!(
+            s.next_after(utc("2026-05-01T10:01:59.999Z")),
+            Some(utc("2026-05-01T10:02:00Z"))
+        );
+        assert_eq!(
+            walk("@every 1d offset 6h", UTC, "2026-05-01T07:00:00Z", 2),
+            instants(&["2026-05-02T06:00:00Z", "2026-05-03T06:00:00Z"])
+        );
+        let t = utc("2026-05-01T10:00:00.5Z");
+        assert_eq!(
+            sched("@every 1s offset 0s", UTC).upcoming(t, 3),
+            sched("@every 1s", UTC).upcoming(t, 3)
+        );
+        for (expr, message) in [
+            (
+                "@every 10m offset 10m",
+                "'@every 10m offset 10m': offset must be less than the interval (10m is not less than 10m)",
+            ),
+            (
+                "@every 10m offset 1.5ms",
+                "'@every 10m offset 1.5ms': offset must be a whole number of milliseconds",
+            ),
+            (
+                "@every 10m offset soon",
+                "'@every 10m offset soon': offset 'soon' is not a duration: ",
+            ),
+        ] {
+            let e = err(expr).to_string();
+            assert!(e.starts_with(message), "{expr}: {e}");
+        }
+    }
+
+    #[test]
+    fn schedule_bounds_keep_instants_between_start_and_end_inclusive() {
+        let s = sched("@every 1h", UTC).bounded(
+            Some(utc("2026-05-01T10:00:00Z")),
+            Some(utc("2026-05-01T12:00:00Z")),
+        );
+        assert_eq!(
+            s.upcoming(utc("2026-04-01T00:00:00Z"), 10),
+            instants(&[
+                "2026-05-01T10:00:00Z",
+                "2026-05-01T11:00:00Z",
+                "2026-05-01T12:00:00Z"
+            ])
+        );
+        assert_eq!(s.next_after(utc("2026-05-01T12:00:00Z")), None);
+        // A start between instants: the first instant after it.
+        let late = sched("0 30 * * * *", Berlin).bounded(Some(utc("2026-05-01T10:31:00Z")), None);
+        assert_eq!(
+            late.next_after(utc("2020-01-01T00:00:00Z")),
+            Some(utc("2026-05-01T11:30:00Z"))
+        );
+        assert_eq!(
+            (late.start(), late.end()),
+            (Some(utc("2026-05-01T10:31:00Z")), None)
+        );
+    }
 
     #[test]
     fn schedule_every_is_anchored_to_epoch() {
