@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jetcron_shared::connect::ConnectArgs;
+use jetcron_shared::job::Misfire;
 use jetcron_shared::wire::{Cause, Event, EventBody, RunResult};
 
 use crate::{Failure, Output, connect};
@@ -125,13 +126,18 @@ pub fn event_line(e: &Event) -> String {
             first_missed,
             last_missed,
             fired,
+            policy,
             ..
         } => format!(
-            "{job} missed {missed} instant{} ({} .. {}), fired once, late, for {}",
+            "{job} missed {missed} instant{} ({} .. {}), {}",
             if *missed == 1 { "" } else { "s" },
             utc(*first_missed),
             utc(*last_missed),
-            utc(*fired)
+            match (fired, policy) {
+                (Some(f), _) => format!("fired once, late, for {}", utc(*f)),
+                (None, Misfire::FireAll) => "not fired: older than the newest misfire_limit".into(),
+                (None, _) => "not fired (misfire skip)".into(),
+            }
         ),
         EventBody::Dead {
             job,
@@ -314,6 +320,35 @@ mod tests {
             }),
             "21:30:05.000 expired   a 2026-11-24T21:30:05Z shard 1 expired, not run: due to start \
              by 2026-11-24T21:30:07Z, came 3400ms after its instant on w1"
+        );
+    }
+
+    #[test]
+    fn a_misfired_event_says_what_fired_for_the_missed_instants() {
+        let misfired = |fired: Option<DateTime<Utc>>, policy: Misfire| {
+            event(EventBody::Misfired {
+                job: "a".into(),
+                missed: 3,
+                first_missed: at(),
+                last_missed: at() + chrono::Duration::seconds(2),
+                fired,
+                epoch: 4,
+                policy,
+            })
+        };
+        let head = "21:30:05.000 misfired  a missed 3 instants (2026-11-24T21:30:05Z .. \
+                    2026-11-24T21:30:07Z), ";
+        assert_eq!(
+            misfired(Some(at() + chrono::Duration::seconds(2)), Misfire::FireOnce),
+            format!("{head}fired once, late, for 2026-11-24T21:30:07Z")
+        );
+        assert_eq!(
+            misfired(None, Misfire::Skip),
+            format!("{head}not fired (misfire skip)")
+        );
+        assert_eq!(
+            misfired(None, Misfire::FireAll),
+            format!("{head}not fired: older than the newest misfire_limit")
         );
     }
 

@@ -1,19 +1,30 @@
 //! What the leader decides, apart from any I/O: the next instant of a job,
-//! what a due instant becomes (a fire, a late fire standing for several
-//! missed instants, or a skip while paused), and what a successor redoes of
-//! a predecessor's last decision.
+//! what a due instant becomes, and what a successor redoes of a
+//! predecessor's last decision.
+//!
+//! A due instant fires, or is skipped while the job is paused. A late one
+//! (decided more than the misfire threshold after it) goes by the job's
+//! `misfire` policy: `fire_once` fires the latest instant due once, standing
+//! for every instant missed; `skip` skips every late instant at once;
+//! `fire_all` fires the late instants one decision at a time, oldest first,
+//! and skips those older than the newest `misfire_limit`. Each decision is
+//! one write-ahead state naming what it decided, so a successor redoes
+//! exactly it ([`finish`]); a `fire_all` catch-up is a run of ordinary
+//! decisions, each planned at once after the one before is stored.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use jetcron_shared::job::Misfire;
 use jetcron_shared::wire::Cause;
 use jetcron_shared::{Definition, Job, Names, Schedule};
 
 use crate::dispatch::{Fire, FireJob};
 use crate::persist::{Action, Item, StateWrite};
-use crate::state::{Decided, Decision, FireState};
+use crate::state::{self, Decided, Decision, FireState};
 
-/// Most instants examined when coalescing a misfire.
+/// Most instants examined when coalescing a misfire, or counting late
+/// instants in one decision.
 const MAX_COALESCE: u64 = 100_000;
 
 /// A job definition as the engine knows it.
@@ -35,6 +46,15 @@ pub struct Decider<'a> {
     pub misfire_threshold: chrono::Duration,
 }
 
+/// Instants let pass in one decision.
+#[derive(Debug, Clone, Copy)]
+struct Skip {
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    count: u64,
+    reason: &'static str,
+}
+
 impl Decider<'_> {
     /// What `at`, the job's first due instant, becomes: the fire (or skip)
     /// and the state that records it. `full` is the decoded job if at
@@ -47,67 +67,103 @@ impl Decider<'_> {
         at: DateTime<Utc>,
         full: Option<Arc<Job>>,
     ) -> Item {
-        let (names, now, epoch) = (self.names, self.now, self.epoch);
-        let (instant, missed) = coalesce(k.job.schedule(), at, now);
-        let next = k.job.schedule().next_after(instant);
+        let schedule = k.job.schedule();
         if k.job.paused() {
             // One skip per pause (or per change while paused), then no
             // timer until the definition changes: a paused job costs no
             // write and no event per instant. `job.resume` counts the
             // instants that passed since ([`skipped_since`]).
-            let reason = "paused".to_string();
-            let state = FireState {
-                job_revision: k.revision,
-                next_instant: None,
-                last_instant: prev.and_then(|p| p.last_instant),
-                last_fired_at: prev.and_then(|p| p.last_fired_at),
-                epoch,
-                fires: prev.map_or(0, |p| p.fires),
-                paused_skipped: prev.map_or(0, |p| p.paused_skipped) + missed,
-                decision: Some(Decision {
-                    at: now,
-                    what: Decided::Skipped {
-                        instant,
-                        count: missed,
-                        reason: reason.clone(),
-                    },
-                }),
+            let (last, count) = coalesce(schedule, at, self.now);
+            let skip = Skip {
+                first: at,
+                last,
+                count,
+                reason: state::PAUSED,
             };
-            return Item {
-                job: id.to_string(),
-                state: StateWrite::Put(state),
-                action: Action::Skip {
-                    instant,
-                    count: missed,
-                    reason,
-                },
-            };
+            return self.skip(id, k, prev, skip, None);
         }
+        match k.job.misfire() {
+            Misfire::FireOnce => {
+                let (instant, missed) = coalesce(schedule, at, self.now);
+                let cause = if missed > 1 || self.late(instant) {
+                    Cause::Misfire
+                } else {
+                    Cause::Schedule
+                };
+                self.fire(id, k, prev, (at, instant, missed), cause, full)
+            }
+            Misfire::Skip if self.late(at) => {
+                let (last, count) = late_run(schedule, at, self.late_before());
+                let skip = Skip {
+                    first: at,
+                    last,
+                    count,
+                    reason: state::MISFIRE,
+                };
+                self.skip(id, k, prev, skip, schedule.next_after(last))
+            }
+            Misfire::FireAll if self.late(at) => {
+                let limit = u64::from(k.job.misfire_limit());
+                match beyond_limit(schedule, at, self.late_before(), limit) {
+                    Some((last, count)) => {
+                        let skip = Skip {
+                            first: at,
+                            last,
+                            count,
+                            reason: state::MISFIRE_LIMIT,
+                        };
+                        self.skip(id, k, prev, skip, schedule.next_after(last))
+                    }
+                    None => self.fire(id, k, prev, (at, at, 1), Cause::Misfire, full),
+                }
+            }
+            // On time: each instant fires as itself.
+            Misfire::Skip | Misfire::FireAll => {
+                self.fire(id, k, prev, (at, at, 1), Cause::Schedule, full)
+            }
+        }
+    }
 
-        let cause = if missed > 1 || now - instant > self.misfire_threshold {
-            Cause::Misfire
-        } else {
-            Cause::Schedule
-        };
+    /// Instants before this are late.
+    fn late_before(&self) -> DateTime<Utc> {
+        self.now - self.misfire_threshold
+    }
+
+    fn late(&self, instant: DateTime<Utc>) -> bool {
+        instant < self.late_before()
+    }
+
+    /// A fire of `instant` standing for `missed` instants from `first`
+    /// (`span` is first, instant, missed), and the state recording it.
+    fn fire(
+        &self,
+        id: &str,
+        k: &Known,
+        prev: Option<&FireState>,
+        span: (DateTime<Utc>, DateTime<Utc>, u64),
+        cause: Cause,
+        full: Option<Arc<Job>>,
+    ) -> Item {
+        let (first_missed, instant, missed) = span;
         let fires = prev.map_or(0, |s| s.fires);
         // History is a ring of slots per job: fire n goes to slot n % history.
         let slot = fires % u64::from(k.job.history());
-        let record = Some(names.run_fire_key(id, &format!("s{slot}")));
+        let record = Some(self.names.run_fire_key(id, &format!("s{slot}")));
         let state = FireState {
             job_revision: k.revision,
-            next_instant: next,
+            next_instant: k.job.schedule().next_after(instant),
             last_instant: Some(instant),
-            last_fired_at: Some(now),
-            epoch,
+            last_fired_at: Some(self.now),
+            epoch: self.epoch,
             fires: fires + 1,
             paused_skipped: 0,
             decision: Some(Decision {
-                at: now,
+                at: self.now,
                 what: Decided::Fired {
                     instant,
                     cause,
                     missed,
-                    first_missed: at,
+                    first_missed,
                     record: record.clone(),
                 },
             }),
@@ -121,7 +177,7 @@ impl Decider<'_> {
             instant,
             cause,
             missed,
-            first_missed: at,
+            first_missed,
             shards: None,
             payload: None,
             record,
@@ -132,7 +188,53 @@ impl Decider<'_> {
             action: Action::Fire(fire),
         }
     }
+
+    /// A skip, the state recording it, and the job's next instant after
+    /// it (None: not woken until the definition changes).
+    fn skip(
+        &self,
+        id: &str,
+        k: &Known,
+        prev: Option<&FireState>,
+        skip: Skip,
+        next: Option<DateTime<Utc>>,
+    ) -> Item {
+        let paused_skipped = if skip.reason == state::PAUSED {
+            prev.map_or(0, |p| p.paused_skipped) + skip.count
+        } else {
+            0
+        };
+        let state = FireState {
+            job_revision: k.revision,
+            next_instant: next,
+            last_instant: prev.and_then(|p| p.last_instant),
+            last_fired_at: prev.and_then(|p| p.last_fired_at),
+            epoch: self.epoch,
+            fires: prev.map_or(0, |p| p.fires),
+            paused_skipped,
+            decision: Some(Decision {
+                at: self.now,
+                what: Decided::Skipped {
+                    instant: skip.last,
+                    count: skip.count,
+                    reason: skip.reason.to_string(),
+                    first: Some(skip.first),
+                },
+            }),
+        };
+        Item {
+            job: id.to_string(),
+            state: StateWrite::Put(state),
+            action: Action::Skip {
+                first: skip.first,
+                instant: skip.last,
+                count: skip.count,
+                reason: skip.reason.to_string(),
+            },
+        }
+    }
 }
+
 /// A predecessor's last decision, to be stored again in full.
 #[derive(Debug)]
 pub struct Redo {
@@ -170,7 +272,9 @@ pub fn finish(k: &Known, state: &FireState) -> Option<Redo> {
             instant,
             count,
             reason,
+            first,
         } => Action::Skip {
+            first: first.unwrap_or(*instant),
             instant: *instant,
             count: *count,
             reason: reason.clone(),
@@ -208,12 +312,19 @@ pub const MAX_SKIPPED_COUNT: u64 = 100_000;
 /// them), counting at most [`MAX_SKIPPED_COUNT`].
 pub fn skipped_since(schedule: &Schedule, state: &FireState, now: DateTime<Utc>) -> u64 {
     let Some(Decision {
-        what: Decided::Skipped { instant, .. },
+        what: Decided::Skipped {
+            instant, reason, ..
+        },
         ..
     }) = &state.decision
     else {
         return state.paused_skipped;
     };
+    // A misfire skip is followed by more decisions: nothing after it was
+    // skipped for a pause.
+    if reason != state::PAUSED {
+        return state.paused_skipped;
+    }
     let mut count = state.paused_skipped;
     let mut t = *instant;
     while count < MAX_SKIPPED_COUNT {
@@ -247,6 +358,65 @@ pub fn coalesce(
         }
     }
     (instant, count)
+}
+
+/// From `at`, itself late, the run of instants before `late_before`: its
+/// last instant and length, counting at most [`MAX_COALESCE`] (the next
+/// decision goes on from there).
+pub fn late_run(
+    schedule: &Schedule,
+    at: DateTime<Utc>,
+    late_before: DateTime<Utc>,
+) -> (DateTime<Utc>, u64) {
+    let mut last = at;
+    let mut count = 1;
+    while count < MAX_COALESCE {
+        match schedule.next_after(last) {
+            Some(n) if n < late_before => {
+                last = n;
+                count += 1;
+            }
+            _ => break,
+        }
+    }
+    (last, count)
+}
+
+/// Of the run of late instants from `at` (see [`late_run`]), those older
+/// than the newest `limit`, as (last, count); None when the run is no
+/// longer than `limit`. The newest fire; the stale ones matter least.
+///
+/// A trailing cursor `limit` instants behind the walk marks the last one
+/// beyond the limit, so one pass with no buffer finds it. A run within the
+/// limit is walked to its end, no more than `limit` instants: a catch-up
+/// in progress costs at most that per decision.
+pub fn beyond_limit(
+    schedule: &Schedule,
+    at: DateTime<Utc>,
+    late_before: DateTime<Utc>,
+    limit: u64,
+) -> Option<(DateTime<Utc>, u64)> {
+    let limit = limit.max(1);
+    let mut cursor = at;
+    let mut count = 1;
+    let mut beyond: Option<DateTime<Utc>> = None;
+    while count < MAX_COALESCE {
+        match schedule.next_after(cursor) {
+            Some(n) if n < late_before => {
+                cursor = n;
+                count += 1;
+            }
+            _ => break,
+        }
+        if count > limit {
+            // The (count - limit)th instant of the run.
+            beyond = match beyond {
+                None => Some(at),
+                Some(b) => Some(schedule.next_after(b)?),
+            };
+        }
+    }
+    beyond.map(|last| (last, count - limit))
 }
 
 #[cfg(test)]
@@ -357,6 +527,24 @@ mod tests {
             (Some(t(10, 0, 4)), 2, 9)
         );
         assert_eq!(f.record.as_deref(), Some("j.s1"));
+        // fire_once, the default: a misfired event names what it stands for.
+        let events = crate::persist::reports(&item, 9, late.now);
+        assert_eq!(
+            events[0],
+            (
+                jetcron_shared::wire::EventBody::Misfired {
+                    job: "j".into(),
+                    missed: 4,
+                    first_missed: t(10, 0, 1),
+                    last_missed: t(10, 0, 4),
+                    fired: Some(t(10, 0, 4)),
+                    epoch: 9,
+                    policy: Misfire::FireOnce,
+                },
+                format!("misfired:{}", fire_id(t(10, 0, 4)))
+            )
+        );
+        assert_eq!(events.len(), 2, "and its fired event: {events:?}");
         // The state names the decision, so a successor can redo it exactly.
         let redo = finish(&k, s).unwrap();
         let Action::Fire(again) = redo.item.action else {
@@ -399,6 +587,14 @@ mod tests {
             matches!(item.action, Action::Skip { count: 2, .. }),
             "{item:?}"
         );
+        assert!(
+            matches!(
+                &crate::persist::reports(&item, 9, decider.now)[..],
+                [(jetcron_shared::wire::EventBody::Skipped { reason, count: 2, .. }, _)]
+                    if reason == "paused"
+            ),
+            "a pause is reported as skipped"
+        );
         assert_eq!(
             (s.paused_skipped, s.fires, s.last_instant),
             (2, 1, Some(t(10, 0, 0)))
@@ -422,5 +618,399 @@ mod tests {
             finish(&k, &prev).is_none(),
             "no decision recorded, nothing to redo"
         );
+    }
+
+    fn known_misfire(extra: &str) -> Known {
+        let body =
+            format!(r#"{{"id":"j","schedule":"* * * * * *","run":{{"shell":"true"}}{extra}}}"#);
+        Known {
+            job: Arc::new(Definition::decode(body.as_bytes(), None).unwrap()),
+            revision: 4,
+            written: t(9, 0, 0),
+        }
+    }
+
+    /// The leader of epoch 9 deciding at `now`, threshold 1 s.
+    fn decider_at(names: &Names, now: DateTime<Utc>) -> Decider<'_> {
+        Decider {
+            names,
+            epoch: 9,
+            now,
+            misfire_threshold: chrono::Duration::seconds(1),
+        }
+    }
+
+    fn ms(at: DateTime<Utc>, ms: i64) -> DateTime<Utc> {
+        at + chrono::Duration::milliseconds(ms)
+    }
+
+    /// What the engine does from `state`: decide the due instant, store the
+    /// state, plan the next instant at once, until nothing is due at the
+    /// decider's `now`. Returns the items and the last state.
+    fn catch_up(d: &Decider, k: &Known, mut state: FireState) -> (Vec<Item>, FireState) {
+        let mut items = Vec::new();
+        while let Some(at) = next_instant(k, Some(&state)).filter(|at| *at <= d.now) {
+            let item = d.due("j", k, Some(&state), at, None);
+            let StateWrite::Put(s) = &item.state else {
+                panic!("no state write: {item:?}");
+            };
+            state = s.clone();
+            items.push(item);
+            assert!(items.len() < 1000, "never caught up");
+        }
+        (items, state)
+    }
+
+    /// The instant, cause and missed count of each fire, in order.
+    fn fires(items: &[Item]) -> Vec<(DateTime<Utc>, Cause, u64)> {
+        items
+            .iter()
+            .filter_map(|i| match &i.action {
+                Action::Fire(f) => Some((f.instant, f.cause, f.missed)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The first, last, count and reason of each skip, in order.
+    fn skips(items: &[Item]) -> Vec<(DateTime<Utc>, DateTime<Utc>, u64, String)> {
+        items
+            .iter()
+            .filter_map(|i| match &i.action {
+                Action::Skip {
+                    first,
+                    instant,
+                    count,
+                    reason,
+                } => Some((*first, *instant, *count, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn decision(item: &Item) -> &Decided {
+        let StateWrite::Put(s) = &item.state else {
+            panic!("no state write: {item:?}");
+        };
+        &s.decision.as_ref().expect("a decision").what
+    }
+
+    fn fire_id(instant: DateTime<Utc>) -> String {
+        jetcron_shared::wire::fire_id("j", instant)
+    }
+
+    #[test]
+    fn skip_lets_every_late_instant_pass_with_one_misfired_event_and_goes_on_on_time() {
+        use jetcron_shared::wire::EventBody;
+        let k = known_misfire(r#","misfire":"skip""#);
+        let names = Names::default();
+        let prev = state(4, Some(t(10, 0, 0)), Some(t(10, 0, 1)));
+        // Back at 10:00:04.5: 01, 02 and 03 are late; 04 is not (0.5 s).
+        let d = decider_at(&names, ms(t(10, 0, 4), 500));
+        let item = d.due("j", &k, Some(&prev), t(10, 0, 1), None);
+        assert_eq!(
+            skips(std::slice::from_ref(&item)),
+            [(t(10, 0, 1), t(10, 0, 3), 3, "misfire".to_string())]
+        );
+        let StateWrite::Put(s) = &item.state else {
+            panic!("no state write");
+        };
+        assert_eq!(
+            s.decision.as_ref().unwrap().what,
+            Decided::Skipped {
+                instant: t(10, 0, 3),
+                count: 3,
+                reason: "misfire".into(),
+                first: Some(t(10, 0, 1)),
+            }
+        );
+        // Nothing dispatched: last instant and fire count stay; next is 04.
+        assert_eq!(
+            (
+                s.next_instant,
+                s.last_instant,
+                s.fires,
+                s.epoch,
+                s.paused_skipped
+            ),
+            (Some(t(10, 0, 4)), Some(t(10, 0, 0)), 1, 9, 0)
+        );
+        let misfired = EventBody::Misfired {
+            job: "j".into(),
+            missed: 3,
+            first_missed: t(10, 0, 1),
+            last_missed: t(10, 0, 3),
+            fired: None,
+            epoch: 9,
+            policy: Misfire::Skip,
+        };
+        let id = format!("misfired:{}", fire_id(t(10, 0, 3)));
+        assert_eq!(
+            crate::persist::reports(&item, 9, d.now),
+            [(misfired.clone(), id.clone())]
+        );
+        // Cut off after its state: the successor stores the same event again.
+        let redo = finish(&k, s).unwrap();
+        assert!(matches!(redo.item.state, StateWrite::Stored));
+        assert_eq!(redo.at, d.now);
+        assert_eq!(
+            crate::persist::reports(&redo.item, 9, d.now),
+            [(misfired, id)]
+        );
+        // Not a pause: resuming counts nothing from it.
+        assert_eq!(skipped_since(k.job.schedule(), s, t(10, 1, 0)), 0);
+
+        // The engine plans 04 at once: on time, it fires as scheduled.
+        let (items, last) = catch_up(&d, &k, prev.clone());
+        assert_eq!(items.len(), 2);
+        assert_eq!(fires(&items), [(t(10, 0, 4), Cause::Schedule, 1)]);
+        assert_eq!(
+            (last.next_instant, last.last_instant, last.fires),
+            (Some(t(10, 0, 5)), Some(t(10, 0, 4)), 2)
+        );
+        // Every instant due is late (threshold 0.5 s, back at 10:00:06.6):
+        // all skipped, none fired, the job goes on at its next instant.
+        let all_late = Decider {
+            misfire_threshold: chrono::Duration::milliseconds(500),
+            ..decider_at(&names, ms(t(10, 0, 6), 600))
+        };
+        let (items, last) = catch_up(&all_late, &k, prev.clone());
+        assert_eq!(
+            skips(&items),
+            [(t(10, 0, 1), t(10, 0, 6), 6, "misfire".to_string())]
+        );
+        assert!(fires(&items).is_empty());
+        assert_eq!(last.next_instant, Some(t(10, 0, 7)));
+        // On time, skip changes nothing.
+        let on_time = decider_at(&names, ms(t(10, 0, 1), 200));
+        let (items, _) = catch_up(&on_time, &k, prev);
+        assert_eq!(fires(&items), [(t(10, 0, 1), Cause::Schedule, 1)]);
+        assert!(
+            crate::persist::reports(&items[0], 9, on_time.now)
+                .iter()
+                .all(|(e, _)| matches!(e, EventBody::Fired { .. }))
+        );
+    }
+
+    #[test]
+    fn fire_all_fires_each_late_instant_as_its_own_decision_in_order() {
+        use jetcron_shared::wire::EventBody;
+        let k = known_misfire(r#","misfire":"fire_all","misfire_limit":5"#);
+        let names = Names::default();
+        let prev = state(4, Some(t(10, 0, 0)), Some(t(10, 0, 1)));
+        let d = decider_at(&names, ms(t(10, 0, 4), 500));
+        let (items, last) = catch_up(&d, &k, prev.clone());
+        assert_eq!(
+            fires(&items),
+            [
+                (t(10, 0, 1), Cause::Misfire, 1),
+                (t(10, 0, 2), Cause::Misfire, 1),
+                (t(10, 0, 3), Cause::Misfire, 1),
+                (t(10, 0, 4), Cause::Schedule, 1),
+            ]
+        );
+        assert!(skips(&items).is_empty());
+        assert_eq!(
+            (last.next_instant, last.last_instant, last.fires),
+            (Some(t(10, 0, 5)), Some(t(10, 0, 4)), 5)
+        );
+        // Each is recorded as its own decision, with its own history slot.
+        for (n, item) in items.iter().enumerate() {
+            let Decided::Fired {
+                instant,
+                missed,
+                first_missed,
+                record,
+                ..
+            } = decision(item)
+            else {
+                panic!("not a fire: {item:?}");
+            };
+            assert_eq!((*missed, first_missed), (1, instant));
+            assert_eq!(record.as_deref(), Some(format!("j.s{}", n + 1).as_str()));
+        }
+        // Each has its own shard message id; a late one is told by its
+        // fired event's cause, with no misfired event: it fired as itself.
+        let mut ids = std::collections::HashSet::new();
+        for item in &items {
+            let Action::Fire(f) = &item.action else {
+                panic!("not a fire");
+            };
+            for m in f.messages(9).unwrap() {
+                assert!(ids.insert(m.msg_id()), "{} twice", m.msg_id());
+            }
+            let events = crate::persist::reports(item, 9, d.now);
+            assert_eq!(events.len(), 1, "{events:?}");
+            let (EventBody::Fired { instant, cause, .. }, id) = &events[0] else {
+                panic!("not a fired event: {events:?}");
+            };
+            assert_eq!((*instant, *cause), (f.instant, f.cause));
+            assert_eq!(*id, format!("fired:{}", fire_id(f.instant)));
+        }
+        assert_eq!(ids.len(), 4);
+
+        // Cut off after the state of 02: the successor redoes 02 exactly,
+        // then goes on from 03 at its own now.
+        let StateWrite::Put(s2) = &items[1].state else {
+            panic!("no state write");
+        };
+        let redo = finish(&k, s2).unwrap();
+        let Action::Fire(again) = &redo.item.action else {
+            panic!("redo is not a fire");
+        };
+        assert_eq!(
+            (
+                again.instant,
+                again.cause,
+                again.missed,
+                again.record.as_deref()
+            ),
+            (t(10, 0, 2), Cause::Misfire, 1, Some("j.s2"))
+        );
+        assert_eq!(
+            crate::persist::reports(&redo.item, 9, d.now),
+            crate::persist::reports(&items[1], 9, d.now)
+        );
+        let successor = decider_at(&names, ms(t(10, 0, 5), 500));
+        let (rest, _) = catch_up(&successor, &k, s2.clone());
+        assert_eq!(
+            fires(&rest),
+            [
+                (t(10, 0, 3), Cause::Misfire, 1),
+                (t(10, 0, 4), Cause::Misfire, 1),
+                (t(10, 0, 5), Cause::Schedule, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn fire_all_skips_what_is_older_than_its_newest_limit_with_a_misfired_event() {
+        use jetcron_shared::wire::EventBody;
+        let k = known_misfire(r#","misfire":"fire_all","misfire_limit":2"#);
+        let names = Names::default();
+        let prev = state(4, Some(t(10, 0, 0)), Some(t(10, 0, 1)));
+        // Back at 10:00:06.5: 01-05 are late, the newest 2 of them fire.
+        let d = decider_at(&names, ms(t(10, 0, 6), 500));
+        let (items, last) = catch_up(&d, &k, prev.clone());
+        assert_eq!(
+            skips(&items),
+            [(t(10, 0, 1), t(10, 0, 3), 3, "misfire_limit".to_string())]
+        );
+        assert_eq!(
+            fires(&items),
+            [
+                (t(10, 0, 4), Cause::Misfire, 1),
+                (t(10, 0, 5), Cause::Misfire, 1),
+                (t(10, 0, 6), Cause::Schedule, 1),
+            ]
+        );
+        assert_eq!(last.next_instant, Some(t(10, 0, 7)));
+        // The skip is decided first, on its own, and recorded.
+        assert_eq!(
+            *decision(&items[0]),
+            Decided::Skipped {
+                instant: t(10, 0, 3),
+                count: 3,
+                reason: "misfire_limit".into(),
+                first: Some(t(10, 0, 1)),
+            }
+        );
+        let StateWrite::Put(s) = &items[0].state else {
+            panic!("no state write");
+        };
+        assert_eq!(
+            (s.next_instant, s.last_instant, s.fires),
+            (Some(t(10, 0, 4)), Some(t(10, 0, 0)), 1)
+        );
+        let misfired = (
+            EventBody::Misfired {
+                job: "j".into(),
+                missed: 3,
+                first_missed: t(10, 0, 1),
+                last_missed: t(10, 0, 3),
+                fired: None,
+                epoch: 9,
+                policy: Misfire::FireAll,
+            },
+            format!("misfired:{}", fire_id(t(10, 0, 3))),
+        );
+        let redo = finish(&k, s).unwrap();
+        for item in [&items[0], &redo.item] {
+            assert_eq!(
+                crate::persist::reports(item, 9, d.now),
+                std::slice::from_ref(&misfired)
+            );
+        }
+        // Every instant from 01 to 06 fired or was named skipped, never both.
+        let fired: Vec<_> = fires(&items).into_iter().map(|f| f.0).collect();
+        let mut all: Vec<_> = (1..=3).map(|s| t(10, 0, s)).collect();
+        all.extend(&fired);
+        assert_eq!(all, (1..=6).map(|s| t(10, 0, s)).collect::<Vec<_>>());
+
+        // Falling behind again during a catch-up keeps the bound: from 05,
+        // decided at 10:00:09.5, 05-08 are late and only 07 and 08 fire.
+        let StateWrite::Put(after_04) = &items[1].state else {
+            panic!("no state write");
+        };
+        let later = decider_at(&names, ms(t(10, 0, 9), 500));
+        let (rest, _) = catch_up(&later, &k, after_04.clone());
+        assert_eq!(
+            skips(&rest),
+            [(t(10, 0, 5), t(10, 0, 6), 2, "misfire_limit".to_string())]
+        );
+        assert_eq!(
+            fires(&rest),
+            [
+                (t(10, 0, 7), Cause::Misfire, 1),
+                (t(10, 0, 8), Cause::Misfire, 1),
+                (t(10, 0, 9), Cause::Schedule, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_late_run_is_handled_in_bounded_steps() {
+        let every = Schedule::parse("@every 1s", chrono_tz::UTC).unwrap();
+        let at = t(0, 0, 0);
+        let late_before = at + chrono::Duration::days(3);
+        let n = MAX_COALESCE as i64;
+        assert_eq!(
+            late_run(&every, at, late_before),
+            (at + chrono::Duration::seconds(n - 1), MAX_COALESCE)
+        );
+        // The walk stops at the bound; what is beyond the limit within it is
+        // skipped, and the next decision goes on from the instants kept.
+        assert_eq!(
+            beyond_limit(&every, at, late_before, 3),
+            Some((at + chrono::Duration::seconds(n - 4), MAX_COALESCE - 3))
+        );
+        // Within the limit, or a run of one: nothing beyond it.
+        let short = at + chrono::Duration::milliseconds(2500);
+        assert_eq!(late_run(&every, at, short), (t(0, 0, 2), 3));
+        assert_eq!(beyond_limit(&every, at, short, 3), None);
+        assert_eq!(beyond_limit(&every, at, short, 2), Some((at, 1)));
+        assert_eq!(beyond_limit(&every, at, short, 1), Some((t(0, 0, 1), 2)));
+        assert_eq!(beyond_limit(&every, at, at, 1), None);
+    }
+
+    #[test]
+    fn a_skip_recorded_without_its_first_instant_is_redone_from_its_last() {
+        let k = known_misfire(r#","misfire":"skip""#);
+        let mut s = state(4, Some(t(10, 0, 0)), Some(t(10, 0, 4)));
+        s.decision = Some(Decision {
+            at: t(10, 0, 3),
+            what: Decided::Skipped {
+                instant: t(10, 0, 3),
+                count: 3,
+                reason: "misfire".into(),
+                first: None,
+            },
+        });
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("first"), "{json}");
+        let Action::Skip { first, instant, .. } = finish(&k, &s).unwrap().item.action else {
+            panic!("not a skip");
+        };
+        assert_eq!((first, instant), (t(10, 0, 3), t(10, 0, 3)));
     }
 }

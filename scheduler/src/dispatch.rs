@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use jetcron_shared::job::Misfire;
 use jetcron_shared::wire::{Cause, ShardMessage};
 use jetcron_shared::{Definition, Job, JobError, Names};
 use thiserror::Error;
@@ -73,6 +74,14 @@ impl FireJob {
             (Some(def), _) => def.shard_count(),
             (None, Some(job)) => job.shard_count(),
             (None, None) => 0,
+        }
+    }
+
+    pub fn misfire(&self) -> Misfire {
+        match (&self.stored, self.full.get()) {
+            (Some(def), _) => def.misfire(),
+            (None, Some(job)) => job.misfire(),
+            (None, None) => Misfire::default(),
         }
     }
 }

@@ -11,8 +11,11 @@
 //! decides everything due (fire, or skip while paused), and hands the
 //! decisions to a batch that stores them while the loop goes on; a job with
 //! a batch in flight is planned again when its batch is done. Instants
-//! missed while nobody could fire are coalesced into one late fire with a
-//! `misfired` event.
+//! missed while nobody could fire go by the job's `misfire` policy
+//! ([`crate::decide`]): one late fire with a `misfired` event, a skip with
+//! one, or each fired in turn: a `fire_all` catch-up is one decision per
+//! instant, each planned again (already due) as soon as the one before is
+//! stored, so a job never has more than one batch in flight.
 //!
 //! A leader whose writes the server refuses (a newer leader fenced it), or
 //! whose lease lapsed under a batch, resigns: it gives the lease back and

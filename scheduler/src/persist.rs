@@ -31,6 +31,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use jetcron_shared::Names;
+use jetcron_shared::job::Misfire;
 use jetcron_shared::runs;
 use jetcron_shared::wire::{self, Cause, Event, EventBody};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -40,7 +41,7 @@ use tracing::{debug, error, info, warn};
 use crate::deletion;
 use crate::dispatch::Fire;
 use crate::fence::{FenceError, Fences, Target};
-use crate::state::{Checkpoint, FireState, TickState};
+use crate::state::{self, Checkpoint, FireState, TickState};
 
 /// Longest wait for the client to take one publish.
 pub const SEND_LIMIT: Duration = Duration::from_millis(500);
@@ -89,8 +90,10 @@ pub enum StateWrite {
 #[derive(Debug, Clone)]
 pub enum Action {
     Fire(Fire),
-    /// `count` instants up to `instant` were let pass, for `reason`.
+    /// `count` instants, `first` to `instant`, were let pass, for `reason`
+    /// (see [`crate::state::Decided::Skipped`]).
     Skip {
+        first: DateTime<Utc>,
         instant: DateTime<Utc>,
         count: u64,
         reason: String,
@@ -429,10 +432,6 @@ impl Persist {
             .collect()
     }
 
-    fn event(&self, body: EventBody, msg_id: String) -> Write {
-        self.event_at(Utc::now(), body, msg_id)
-    }
-
     fn event_at(&self, at: DateTime<Utc>, body: EventBody, msg_id: String) -> Write {
         let event = Event { at, body };
         let mut headers = HeaderMap::new();
@@ -445,60 +444,11 @@ impl Persist {
         }
     }
 
-    /// Events that tell what an item did. A fire's `fired` event is also
-    /// its run-history entry (see [`crate::api`]'s `job.runs`).
     fn reports(&self, item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<Write> {
-        let job = item.job.clone();
-        match &item.action {
-            Action::Fire(f) => {
-                let fire_id = wire::fire_id(&job, f.instant);
-                let mut out = Vec::with_capacity(2);
-                if f.cause == Cause::Misfire {
-                    out.push(self.event(
-                        EventBody::Misfired {
-                            job: job.clone(),
-                            missed: f.missed,
-                            first_missed: f.first_missed,
-                            last_missed: f.instant,
-                            fired: f.instant,
-                            epoch,
-                        },
-                        format!("misfired:{fire_id}"),
-                    ));
-                }
-                out.push(self.event_at(
-                    at,
-                    EventBody::Fired {
-                        job,
-                        instant: f.instant,
-                        shards: f.job.shard_count(),
-                        epoch,
-                        cause: f.cause,
-                        late_ms: (at - f.instant).num_milliseconds(),
-                        record: f.record.clone(),
-                    },
-                    format!("fired:{fire_id}"),
-                ));
-                out
-            }
-            Action::Skip {
-                instant,
-                count,
-                reason,
-            } => {
-                let id = format!("skipped:{}", wire::fire_id(&job, *instant));
-                vec![self.event(
-                    EventBody::Skipped {
-                        job,
-                        instant: *instant,
-                        reason: reason.clone(),
-                        count: *count,
-                    },
-                    id,
-                )]
-            }
-            Action::Forget => Vec::new(),
-        }
+        reports(item, epoch, at)
+            .into_iter()
+            .map(|(body, id)| self.event_at(at, body, id))
+            .collect()
     }
 
     /// Stores every write, sending again what failed, until all are stored
@@ -662,6 +612,87 @@ impl Persist {
             );
         }
         failed
+    }
+}
+
+/// The events that tell what an item did, stored at `at`, each with its
+/// message id (the same when a successor redoes the decision). A fire's
+/// `fired` event is also its run-history entry (see [`crate::api`]'s
+/// `job.runs`). Every late instant that does not fire as itself is named by
+/// a `misfired` event: those a `fire_once` fire stands for, and those
+/// skipped under `skip` or beyond the limit of `fire_all`. A late fire of
+/// `fire_all` is its own instant; its `fired` event (cause `misfire`) says
+/// it was late.
+pub fn reports(item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<(EventBody, String)> {
+    let job = item.job.clone();
+    match &item.action {
+        Action::Fire(f) => {
+            let fire_id = wire::fire_id(&job, f.instant);
+            let mut out = Vec::with_capacity(2);
+            if f.cause == Cause::Misfire && f.job.misfire() == Misfire::FireOnce {
+                out.push((
+                    EventBody::Misfired {
+                        job: job.clone(),
+                        missed: f.missed,
+                        first_missed: f.first_missed,
+                        last_missed: f.instant,
+                        fired: Some(f.instant),
+                        epoch,
+                        policy: Misfire::FireOnce,
+                    },
+                    format!("misfired:{fire_id}"),
+                ));
+            }
+            out.push((
+                EventBody::Fired {
+                    job,
+                    instant: f.instant,
+                    shards: f.job.shard_count(),
+                    epoch,
+                    cause: f.cause,
+                    late_ms: (at - f.instant).num_milliseconds(),
+                    record: f.record.clone(),
+                },
+                format!("fired:{fire_id}"),
+            ));
+            out
+        }
+        Action::Skip {
+            first,
+            instant,
+            count,
+            reason,
+        } => {
+            let policy = match reason.as_str() {
+                state::MISFIRE => Some(Misfire::Skip),
+                state::MISFIRE_LIMIT => Some(Misfire::FireAll),
+                _ => None,
+            };
+            let body = match policy {
+                Some(policy) => EventBody::Misfired {
+                    job: job.clone(),
+                    missed: *count,
+                    first_missed: *first,
+                    last_missed: *instant,
+                    fired: None,
+                    epoch,
+                    policy,
+                },
+                None => EventBody::Skipped {
+                    job: job.clone(),
+                    instant: *instant,
+                    reason: reason.clone(),
+                    count: *count,
+                },
+            };
+            let kind = if policy.is_some() {
+                "misfired"
+            } else {
+                "skipped"
+            };
+            vec![(body, format!("{kind}:{}", wire::fire_id(&job, *instant)))]
+        }
+        Action::Forget => Vec::new(),
     }
 }
 

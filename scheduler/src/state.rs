@@ -19,7 +19,8 @@
 //! job that fires every second is never compacted; its newest tick is
 //! always recent. Reading the bucket in stream order (the mirror, a cold
 //! start) gives every job its latest state, whichever record holds it.
-//! Skips (paused jobs) and removals are written under the job's key.
+//! Skips (paused jobs, instants skipped as misfires) and removals are
+//! written under the job's key.
 
 use async_nats::jetstream::kv::{self, Operation};
 use chrono::{DateTime, Utc};
@@ -76,13 +77,24 @@ pub enum Decided {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         record: Option<String>,
     },
-    /// `count` instants up to `instant` passed unfired, for `reason`.
+    /// `count` instants up to `instant` passed unfired, for `reason`
+    /// ([`PAUSED`], [`MISFIRE`], [`MISFIRE_LIMIT`]).
     Skipped {
         instant: DateTime<Utc>,
         count: u64,
         reason: String,
+        /// The first of them (records written before it was kept lack it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first: Option<DateTime<Utc>>,
     },
 }
+
+/// Skipped because the job is paused.
+pub const PAUSED: &str = "paused";
+/// Late, under `misfire: skip`.
+pub const MISFIRE: &str = "misfire";
+/// Late and older than the newest `misfire_limit`, under `misfire: fire_all`.
+pub const MISFIRE_LIMIT: &str = "misfire_limit";
 
 /// One record of the fire states of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

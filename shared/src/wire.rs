@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::job::{Job, RetryPolicy, Run};
+use crate::job::{Job, Misfire, RetryPolicy, Run};
 
 /// Header carrying the leader epoch (lease revision at takeover) of the dispatch.
 pub const HEADER_EPOCH: &str = "Jetcron-Epoch";
@@ -46,7 +46,8 @@ pub fn shard_msg_id(job: &str, instant: DateTime<Utc>, shard: u32) -> String {
 pub enum Cause {
     /// On time, from the schedule.
     Schedule,
-    /// Late: the instant was missed (leader takeover, scheduler down) and is fired once now.
+    /// Late: fired more than the misfire threshold after its instant
+    /// (leader takeover, scheduler down), as the job's `misfire` says.
     Misfire,
     /// Outside the schedule, by `job.trigger`.
     Manual,
@@ -269,14 +270,21 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         record: Option<String>,
     },
-    /// Instants were missed; `fired` is the one fired in their place.
+    /// `missed` late instants, `first_missed` to `last_missed`, did not
+    /// fire as themselves: `fired` is the one fired in their place
+    /// (`fire_once`); without it none of them fired (`skip`, or beyond the
+    /// limit of `fire_all`).
     Misfired {
         job: String,
         missed: u64,
         first_missed: DateTime<Utc>,
         last_missed: DateTime<Utc>,
-        fired: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fired: Option<DateTime<Utc>>,
         epoch: u64,
+        /// The job's misfire policy that decided it.
+        #[serde(default)]
+        policy: Misfire,
     },
     /// A shard failed its last attempt.
     Dead {
@@ -539,5 +547,35 @@ mod tests {
             serde_json::to_value(RunStatus::Expired).unwrap(),
             RunStatus::Expired.as_str()
         );
+    }
+
+    #[test]
+    fn a_misfired_event_says_what_fired_in_place_of_the_missed_instants_if_anything() {
+        let t = |s: u32| Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, s).unwrap();
+        let skipped = Event::now(EventBody::Misfired {
+            job: "x".into(),
+            missed: 3,
+            first_missed: t(1),
+            last_missed: t(3),
+            fired: None,
+            epoch: 4,
+            policy: Misfire::Skip,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&skipped.encode()).unwrap();
+        assert_eq!(
+            (v["kind"].as_str(), v["policy"].as_str()),
+            (Some("misfired"), Some("skip"))
+        );
+        assert!(v.get("fired").is_none(), "{v}");
+        assert_eq!(Event::decode(&skipped.encode()).unwrap(), skipped);
+        // As written before policies: fire_once, with the fire in their place.
+        let old = r#"{"at":"2026-01-02T03:04:09Z","kind":"misfired","job":"x","missed":3,
+            "first_missed":"2026-01-02T03:04:01Z","last_missed":"2026-01-02T03:04:03Z",
+            "fired":"2026-01-02T03:04:03Z","epoch":4}"#;
+        let EventBody::Misfired { fired, policy, .. } = Event::decode(old.as_bytes()).unwrap().body
+        else {
+            panic!("not a misfired event");
+        };
+        assert_eq!((fired, policy), (Some(t(3)), Misfire::FireOnce));
     }
 }

@@ -76,7 +76,7 @@ async fn check_instants(
         {
             let mut t = first_missed;
             while t <= last_missed {
-                if t != fired {
+                if Some(t) != fired {
                     missed.insert(t);
                 }
                 t += chrono::Duration::seconds(1);

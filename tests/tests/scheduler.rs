@@ -177,7 +177,7 @@ async fn killed_leader_is_replaced_within_5s_and_nothing_is_dispatched_twice() {
         })
         .collect();
     assert_eq!(misfired.len(), 1, "{misfired:?}");
-    assert_eq!(misfired[0].0, first_new.msg.instant);
+    assert_eq!(misfired[0].0, Some(first_new.msg.instant));
     assert!(misfired[0].1 >= 1);
     let last_old = *before.last().unwrap();
     assert!(first_new.msg.instant > last_old);

@@ -87,14 +87,14 @@ fn one_job(
                 ..
             } => {
                 for i in instants(&job.schedule, *first_missed, *last_missed) {
-                    if i != *in_place {
+                    if Some(i) != *in_place {
                         named.entry(i).or_insert_with(|| {
                             format!(
                                 "misfired event at {} epoch {epoch}: {} ..= {}, fired {}",
                                 ts(ev.at),
                                 ts(*first_missed),
                                 ts(*last_missed),
-                                ts(*in_place)
+                                in_place.map_or_else(|| "none".to_string(), ts)
                             )
                         });
                     }
@@ -242,8 +242,9 @@ mod tests {
                 missed: (last - first + 1) as u64,
                 first_missed: t(first),
                 last_missed: t(last),
-                fired: t(last),
+                fired: Some(t(last)),
                 epoch: 2,
+                policy: Default::default(),
             },
         }
     }
