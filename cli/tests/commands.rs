@@ -262,6 +262,15 @@ async fn workers_lists_live_workers() {
     d.stop().await;
 }
 
+/// Kills a child process when dropped; forgotten once it was waited for.
+struct Reap(nix::unistd::Pid);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// `watch JOB` shows that job's events (and no other job's), one line each,
 /// and Ctrl-C ends it with exit code 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,6 +288,10 @@ async fn watch_follows_one_job_until_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    // A failed assertion must not leave the watcher running: it holds the
+    // test's output pipe open and the test run would never end.
+    let reap = Reap(pid);
     let stdout = child.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -330,7 +343,6 @@ async fn watch_follows_one_job_until_ctrl_c() {
         "{line}"
     );
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = tokio::time::timeout(
         Duration::from_secs(10),
@@ -340,6 +352,8 @@ async fn watch_follows_one_job_until_ctrl_c() {
     .expect("watch did not stop on Ctrl-C")
     .unwrap()
     .unwrap();
+    // Waited for: its pid may be reused from here on.
+    std::mem::forget(reap);
     assert_eq!(status.code(), Some(0));
     while let Ok(line) = rx.try_recv() {
         assert!(!line.contains("other"), "{line}");
