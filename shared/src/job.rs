@@ -669,8 +669,8 @@ fn missing_or_unknown(e: &serde_json::Error) -> JobError {
             let reason = if marker.starts_with("missing") {
                 "is required".to_string()
             } else {
-                "unknown field (known: id, schedule, timezone, shards, group, run, timeout, \
-                 deadline, retry, payload, description, paused, history, misfire, \
+                "unknown field (known: id, schedule, timezone, start_at, end_at, shards, group, \
+                 run, timeout, deadline, retry, payload, description, paused, history, misfire, \
                  misfire_limit)"
                     .to_string()
             };
@@ -1248,9 +1248,10 @@ mod tests {
                 format!(r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"t"}},"{long}":1}}"#),
                 &cut("a"),
                 format!(
-                    "unknown field `{}`, expected one of `id`, `schedule`, `timezone`, `shards`, \
-                     `group`, `run`, `timeout`, `deadline`, `retry`, `payload`, `description`, \
-                     `paused`, `history`, `misfire`, `misfire_limit`",
+                    "unknown field `{}`, expected one of `id`, `schedule`, `timezone`, \
+                     `start_at`, `end_at`, `shards`, `group`, `run`, `timeout`, `deadline`, \
+                     `retry`, `payload`, `description`, `paused`, `history`, `misfire`, \
+                     `misfire_limit`",
                     cut("a")
                 ),
             ),
