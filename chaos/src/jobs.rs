@@ -127,6 +127,8 @@ fn job(id: String, schedule: &str, shards: u32, kind: JobKind, log: &Path) -> Ch
             id,
             schedule: schedule.to_string(),
             timezone: "UTC".to_string(),
+            start_at: None,
+            end_at: None,
             shards: Shards::Count(shards),
             group: "default".to_string(),
             run: Run::Shell(command(log, kind.body())),
