@@ -325,18 +325,37 @@ pub fn skipped_since(schedule: &Schedule, state: &FireState, now: DateTime<Utc>)
     if reason != state::PAUSED {
         return state.paused_skipped;
     }
-    let mut count = state.paused_skipped;
-    let mut t = *instant;
-    while count < MAX_SKIPPED_COUNT {
-        match schedule.next_after(t) {
-            Some(n) if n <= now => {
-                t = n;
+    walk(
+        schedule,
+        *instant,
+        state.paused_skipped,
+        MAX_SKIPPED_COUNT,
+        |n| n <= now,
+    )
+    .1
+}
+
+/// From `from`, already counted in `count`, the instants after it while
+/// `within` holds them, until `count` reaches `cap`: the last one reached
+/// and the count.
+fn walk(
+    schedule: &Schedule,
+    from: DateTime<Utc>,
+    mut count: u64,
+    cap: u64,
+    within: impl Fn(DateTime<Utc>) -> bool,
+) -> (DateTime<Utc>, u64) {
+    let mut last = from;
+    while count < cap {
+        match schedule.next_after(last) {
+            Some(n) if within(n) => {
+                last = n;
                 count += 1;
             }
             _ => break,
         }
     }
-    count
+    (last, count)
 }
 
 /// From the first due instant `at`, the latest instant due by `now` and how
@@ -346,18 +365,7 @@ pub fn coalesce(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> (DateTime<Utc>, u64) {
-    let mut instant = at;
-    let mut count = 1;
-    while count < MAX_COALESCE {
-        match schedule.next_after(instant) {
-            Some(n) if n <= now => {
-                instant = n;
-                count += 1;
-            }
-            _ => break,
-        }
-    }
-    (instant, count)
+    walk(schedule, at, 1, MAX_COALESCE, |n| n <= now)
 }
 
 /// From `at`, itself late, the run of instants before `late_before`: its
@@ -368,18 +376,7 @@ pub fn late_run(
     at: DateTime<Utc>,
     late_before: DateTime<Utc>,
 ) -> (DateTime<Utc>, u64) {
-    let mut last = at;
-    let mut count = 1;
-    while count < MAX_COALESCE {
-        match schedule.next_after(last) {
-            Some(n) if n < late_before => {
-                last = n;
-                count += 1;
-            }
-            _ => break,
-        }
-    }
-    (last, count)
+    walk(schedule, at, 1, MAX_COALESCE, |n| n < late_before)
 }
 
 /// Of the run of late instants from `at` (see [`late_run`]), those older
