@@ -39,6 +39,10 @@ const MAX_ATTEMPTS: u32 = 100;
 const MAX_PARAM_BYTES: usize = 4096;
 /// Fires kept in a job's run history when the definition does not say.
 pub const DEFAULT_HISTORY: u32 = 20;
+/// Longest `run.shell` command line: `sh -c` takes it as one argument,
+/// and Linux refuses an argument of 128 KiB or more (`MAX_ARG_STRLEN`,
+/// counting its terminating NUL).
+pub const MAX_SHELL_BYTES: usize = 128 * 1024 - 1;
 /// Most fires a job's run history may keep.
 pub const MAX_HISTORY: u32 = 1000;
 /// Late instants `misfire: fire_all` fires when the definition does not say.
@@ -456,6 +460,16 @@ impl Job {
         match &spec.run {
             Run::Shell(cmd) if cmd.trim().is_empty() => {
                 return Err(JobError::field("run.shell", "command is empty"));
+            }
+            Run::Shell(cmd) if cmd.len() > MAX_SHELL_BYTES => {
+                return Err(JobError::field(
+                    "run.shell",
+                    format!(
+                        "{} bytes is more than a process takes in one argument (at most \
+                         {MAX_SHELL_BYTES}); put the script in a file on the workers and run that",
+                        cmd.len()
+                    ),
+                ));
             }
             Run::Shell(cmd) => check_no_nul("run.shell", cmd)?,
         }
@@ -1330,5 +1344,23 @@ mod tests {
                 "{extra}"
             );
         }
+    }
+
+    #[test]
+    fn a_command_too_long_for_one_argument_is_refused() {
+        let body = |n: usize| {
+            format!(
+                r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"{}"}}}}"#,
+                "x".repeat(n)
+            )
+        };
+        assert!(job(&body(MAX_SHELL_BYTES)).is_ok());
+        let (field, reason) = field_err(&body(MAX_SHELL_BYTES + 1));
+        assert_eq!(field, "run.shell");
+        assert_eq!(
+            reason,
+            "131072 bytes is more than a process takes in one argument (at most 131071); \
+             put the script in a file on the workers and run that"
+        );
     }
 }

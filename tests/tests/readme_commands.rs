@@ -175,3 +175,38 @@ async fn every_documented_request_succeeds_as_a_raw_nats_request() {
     }
     sched.stop().await;
 }
+
+/// Every job in the README's job reference (a fenced `json` block holding
+/// an object with an `id`) is a valid definition: the examples cannot drift
+/// from the job model.
+#[test]
+fn every_example_job_in_the_job_reference_is_valid() {
+    let readme = std::fs::read_to_string(README).expect("README.md");
+    let start = readme.find("\n## Job definition").expect("a job reference");
+    let rest = &readme[start + 1..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    let mut checked = 0;
+    let mut block: Option<String> = None;
+    for line in rest[..end].lines() {
+        match (&mut block, line.trim()) {
+            (None, "```json") => block = Some(String::new()),
+            (Some(text), "```") => {
+                let value: Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("a json block that is not JSON ({e}):\n{text}"));
+                if value.get("id").is_some() {
+                    if let Err(e) = jetcron_shared::Job::decode(text.as_bytes(), None) {
+                        panic!("an example job that does not validate: {e}\n{text}");
+                    }
+                    checked += 1;
+                }
+                block = None;
+            }
+            (Some(text), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(checked >= 3, "only {checked} example jobs found");
+}
