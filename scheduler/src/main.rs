@@ -5,7 +5,7 @@ use clap::Parser;
 use jetcron_scheduler::SchedulerConfig;
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::job::parse_flag_duration;
-use jetcron_shared::setup::{SetupOptions, parse_flag_bytes};
+use jetcron_shared::setup::{RetentionArgs, SetupOptions};
 use tokio_util::sync::CancellationToken;
 
 /// A fire makes many small short-lived allocations (subjects, headers,
@@ -33,20 +33,8 @@ struct Args {
     /// A fire dispatched later than this after its instant is reported as a misfire.
     #[arg(long, default_value = "1s", value_parser = parse_flag_duration)]
     misfire_threshold: Duration,
-    /// How long results are kept, used when the results stream is created.
-    #[arg(long, env = "JETCRON_RESULTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
-    results_max_age: Duration,
-    /// Most bytes of results kept (oldest dropped first; -1: no limit), used
-    /// when the results stream is created.
-    #[arg(long, env = "JETCRON_RESULTS_MAX_BYTES", default_value = "4GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
-    results_max_bytes: i64,
-    /// How long events are kept, used when the events stream is created.
-    #[arg(long, env = "JETCRON_EVENTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
-    events_max_age: Duration,
-    /// Most bytes of events kept (oldest dropped first; -1: no limit), used
-    /// when the events stream is created.
-    #[arg(long, env = "JETCRON_EVENTS_MAX_BYTES", default_value = "1GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
-    events_max_bytes: i64,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[tokio::main]
@@ -71,15 +59,11 @@ fn config(args: Args) -> SchedulerConfig {
         id: args
             .id
             .unwrap_or_else(jetcron_scheduler::config::default_id),
-        setup: SetupOptions {
+        setup: args.retention.apply(SetupOptions {
             replicas: args.replicas,
             lease_ttl: args.lease_ttl,
-            results_max_age: args.results_max_age,
-            results_max_bytes: args.results_max_bytes,
-            events_max_age: args.events_max_age,
-            events_max_bytes: args.events_max_bytes,
             ..SetupOptions::default()
-        },
+        }),
         misfire_threshold: args.misfire_threshold,
         ..SchedulerConfig::default()
     }

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, kv, stream};
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::job::MAX_HISTORY;
+use crate::job::{MAX_HISTORY, parse_flag_duration};
 use crate::names::Names;
 
 /// Settings of newly created resources.
@@ -204,6 +204,51 @@ pub async fn ensure(
         results,
         events,
     })
+}
+
+/// How long and how much the results and events streams keep, as flags of
+/// every binary that may create them (the scheduler and the worker).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct RetentionArgs {
+    /// How long results are kept, used when the results stream is created.
+    #[arg(long, env = "JETCRON_RESULTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
+    pub results_max_age: Duration,
+    /// Most bytes of results kept (oldest dropped first; -1: no limit), used
+    /// when the results stream is created.
+    #[arg(long, env = "JETCRON_RESULTS_MAX_BYTES", default_value = "4GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
+    pub results_max_bytes: i64,
+    /// How long events are kept, used when the events stream is created.
+    #[arg(long, env = "JETCRON_EVENTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
+    pub events_max_age: Duration,
+    /// Most bytes of events kept (oldest dropped first; -1: no limit), used
+    /// when the events stream is created.
+    #[arg(long, env = "JETCRON_EVENTS_MAX_BYTES", default_value = "1GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
+    pub events_max_bytes: i64,
+}
+
+impl Default for RetentionArgs {
+    fn default() -> Self {
+        let d = SetupOptions::default();
+        RetentionArgs {
+            results_max_age: d.results_max_age,
+            results_max_bytes: d.results_max_bytes,
+            events_max_age: d.events_max_age,
+            events_max_bytes: d.events_max_bytes,
+        }
+    }
+}
+
+impl RetentionArgs {
+    /// `opts` with these limits.
+    pub fn apply(&self, opts: SetupOptions) -> SetupOptions {
+        SetupOptions {
+            results_max_age: self.results_max_age,
+            results_max_bytes: self.results_max_bytes,
+            events_max_age: self.events_max_age,
+            events_max_bytes: self.events_max_bytes,
+            ..opts
+        }
+    }
 }
 
 /// Parses a size flag: bytes (`1048576`), or a number with a unit: `KB`,

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use jetcron_shared::connect::ConnectArgs;
+use jetcron_shared::setup::RetentionArgs;
 use thiserror::Error;
 
 /// Group served when none is given.
@@ -98,6 +99,10 @@ pub struct WorkerConfig {
     /// and a `dead` event.
     #[arg(long, env = "JETCRON_MAX_LOST_ATTEMPTS", default_value_t = DEFAULT_MAX_LOST_ATTEMPTS)]
     pub max_lost_attempts: u32,
+
+    /// The results and events streams' limits, when this worker creates them.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 impl Default for WorkerConfig {
@@ -115,6 +120,7 @@ impl Default for WorkerConfig {
             replicas: DEFAULT_REPLICAS,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_lost_attempts: DEFAULT_MAX_LOST_ATTEMPTS,
+            retention: RetentionArgs::default(),
         }
     }
 }
@@ -218,6 +224,11 @@ mod tests {
         assert_eq!(parsed.heartbeat_interval, d.heartbeat_interval);
         assert_eq!(parsed.max_lost_attempts, d.max_lost_attempts);
         assert_eq!(d.max_lost_attempts, 5);
+        assert_eq!(parsed.retention, d.retention);
+        assert_eq!(
+            (d.retention.results_max_bytes, d.retention.events_max_bytes),
+            (4 << 30, 1 << 30)
+        );
         assert!(d.validate().is_ok());
     }
 
@@ -246,6 +257,10 @@ mod tests {
             "2s",
             "--max-lost-attempts",
             "2",
+            "--events-max-bytes",
+            "-1",
+            "--results-max-age",
+            "1d",
             "--nats-url",
             "nats://example:4222",
         ])
@@ -262,6 +277,8 @@ mod tests {
         assert_eq!(c.replicas, 3);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.max_lost_attempts, 2);
+        assert_eq!(c.retention.events_max_bytes, -1);
+        assert_eq!(c.retention.results_max_age, Duration::from_secs(86_400));
         assert_eq!(c.connect.nats_url, "nats://example:4222");
         assert!(c.validate().is_ok());
     }

@@ -74,17 +74,14 @@ impl Source {
         names: Names,
         group: String,
         ack_wait: Duration,
-        replicas: usize,
+        setup: SetupOptions,
     ) -> Source {
         Source {
             js,
             names,
             group,
             ack_wait,
-            setup: SetupOptions {
-                replicas,
-                ..SetupOptions::default()
-            },
+            setup,
         }
     }
 

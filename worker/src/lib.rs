@@ -56,6 +56,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::Utc;
 use jetcron_shared::connect::Patience;
+use jetcron_shared::setup::SetupOptions;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         names.clone(),
         config.group.clone(),
         config.ack_wait,
-        config.replicas,
+        config.retention.apply(SetupOptions {
+            replicas: config.replicas,
+            ..SetupOptions::default()
+        }),
     );
     let Some((consumer, resources)) = source.start(&shutdown).await else {
         info!("stopped before the consumer was ready");
