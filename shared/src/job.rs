@@ -17,6 +17,13 @@ use thiserror::Error;
 use crate::quote::{clip, clip_quoted_runs, quote};
 use crate::schedule::Schedule;
 
+mod check;
+mod definition;
+
+pub use check::{MAX_ID_LEN, is_valid_id, parse_duration, parse_flag_duration};
+use check::{bound, check_name, check_no_nul};
+pub use definition::Definition;
+
 /// Largest number of shards one fire may have.
 pub const MAX_SHARDS: u32 = 1000;
 /// Largest encoded definition accepted.
@@ -545,91 +552,6 @@ impl Job {
     }
 }
 
-/// A valid definition as a scheduler replica keeps it, possibly for a
-/// million jobs at once: the bytes as stored and what planning needs (about
-/// half the memory of a decoded [`Job`]). The full job is decoded from the
-/// bytes when a fire or an API reply needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Definition {
-    raw: Box<[u8]>,
-    schedule: Schedule,
-    id: Box<str>,
-    group: Box<str>,
-    shards: u32,
-    history: u32,
-    paused: bool,
-    misfire: Misfire,
-    misfire_limit: u16,
-}
-
-impl Definition {
-    /// Decodes and validates, like [`Job::decode`].
-    pub fn decode(bytes: &[u8], key: Option<&str>) -> Result<Definition, JobError> {
-        let job = Job::decode(bytes, key)?;
-        Ok(Definition {
-            raw: bytes.into(),
-            id: job.spec.id.as_str().into(),
-            group: job.spec.group.as_str().into(),
-            shards: job.shard_count(),
-            history: job.history(),
-            paused: job.paused(),
-            misfire: job.misfire(),
-            misfire_limit: u16::try_from(job.misfire_limit()).unwrap_or(u16::MAX),
-            schedule: job.schedule,
-        })
-    }
-
-    /// The full job. The bytes were valid when this was made, so this fails
-    /// only if validation itself changed since.
-    pub fn job(&self) -> Result<Job, JobError> {
-        Job::decode(&self.raw, Some(&self.id))
-    }
-
-    /// The definition as written, without validating it again.
-    pub fn spec(&self) -> Result<JobSpec, JobError> {
-        JobSpec::decode(&self.raw)
-    }
-
-    /// The bytes as stored.
-    pub fn raw(&self) -> &[u8] {
-        &self.raw
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn group(&self) -> &str {
-        &self.group
-    }
-
-    pub fn schedule(&self) -> &Schedule {
-        &self.schedule
-    }
-
-    pub fn shard_count(&self) -> u32 {
-        self.shards
-    }
-
-    /// Fires kept in the run history.
-    pub fn history(&self) -> u32 {
-        self.history
-    }
-
-    pub fn paused(&self) -> bool {
-        self.paused
-    }
-
-    pub fn misfire(&self) -> Misfire {
-        self.misfire
-    }
-
-    /// Most late instants `fire_all` fires.
-    pub fn misfire_limit(&self) -> u32 {
-        u32::from(self.misfire_limit)
-    }
-}
-
 impl JobSpec {
     /// Decodes JSON; type errors name the path of the offending field.
     pub fn decode(bytes: &[u8]) -> Result<JobSpec, JobError> {
@@ -700,144 +622,6 @@ fn strip_position(e: &serde_json::Error) -> String {
         Some(i) => text[..i].to_string(),
         None => text,
     }
-}
-
-/// Longest job id.
-pub const MAX_ID_LEN: usize = 128;
-
-/// Whether `id` can be a job id: 1-128 of `A-Z a-z 0-9 _ -`, so that it is
-/// one subject token and one KV key token.
-pub fn is_valid_id(id: &str) -> bool {
-    is_name(id, MAX_ID_LEN)
-}
-
-fn is_name(value: &str, max: usize) -> bool {
-    !value.is_empty()
-        && value.len() <= max
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-fn check_name(field: &str, value: &str, max: usize) -> Result<(), JobError> {
-    if is_name(value, max) {
-        Ok(())
-    } else {
-        Err(JobError::field(
-            field,
-            format!(
-                "{} must be 1-{max} characters of A-Z, a-z, 0-9, '_' or '-'",
-                quote(value)
-            ),
-        ))
-    }
-}
-
-/// Refuses a NUL byte. Ids, groups, shard parameters and command lines reach a process as
-/// arguments or environment, and neither can hold one.
-fn check_no_nul(field: &str, value: &str) -> Result<(), JobError> {
-    if value.contains('\0') {
-        return Err(JobError::field(
-            field,
-            "contains a NUL byte, which a process cannot take in its arguments or environment",
-        ));
-    }
-    Ok(())
-}
-
-/// Parses a duration such as `30s`, `5m`, `1h30m`, `250ms`.
-pub fn parse_duration(
-    field: &str,
-    text: &str,
-    min: Duration,
-    max: Duration,
-) -> Result<Duration, JobError> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| {
-        JobError::field(
-            field,
-            format!(
-                "{} is not a duration ({}); use e.g. 30s, 5m, 1h30m",
-                quote(text),
-                clip_quoted_runs(&e.to_string())
-            ),
-        )
-    })?;
-    if d < min || d > max {
-        return Err(JobError::field(
-            field,
-            format!(
-                "{} must be between {} and {}",
-                quote(text),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ),
-        ));
-    }
-    Ok(d)
-}
-
-/// Parses a duration command-line flag such as `3s` or `500ms` (for clap's `value_parser`).
-pub fn parse_flag_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!(
-            "{} is not a duration ({}); use e.g. 500ms, 3s, 5m",
-            quote(text),
-            clip_quoted_runs(&e.to_string())
-        )
-    })
-}
-
-/// The schedule bounded by `start_at` and `end_at`; refused when one is not
-/// an instant, when they are out of order, or when no instant lies between.
-fn bound(
-    schedule: Schedule,
-    start_at: Option<&str>,
-    end_at: Option<&str>,
-) -> Result<Schedule, JobError> {
-    let instant = |field: &'static str, text: Option<&str>| -> Result<_, JobError> {
-        text.map(|t| {
-            DateTime::parse_from_rfc3339(t.trim())
-                .map(|d| d.with_timezone(&Utc))
-                .map_err(|_| {
-                    JobError::field(
-                        field,
-                        format!(
-                            "{} is not an RFC 3339 instant (such as 2026-12-01T09:00:00+01:00)",
-                            quote(t)
-                        ),
-                    )
-                })
-        })
-        .transpose()
-    };
-    let start = instant("start_at", start_at)?;
-    let end = instant("end_at", end_at)?;
-    if let (Some(s), Some(e)) = (start, end)
-        && e < s
-    {
-        return Err(JobError::field(
-            "end_at",
-            format!(
-                "{} is before start_at {}",
-                e.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                s.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-            ),
-        ));
-    }
-    let bounded = schedule.bounded(start, end);
-    if let (Some(s), Some(_)) = (start, end) {
-        let before_start = s.checked_sub_signed(chrono::TimeDelta::nanoseconds(1));
-        if before_start.and_then(|b| bounded.next_after(b)).is_none() {
-            return Err(JobError::field(
-                "schedule",
-                format!(
-                    "{}: never fires between start_at and end_at",
-                    quote(bounded.expression())
-                ),
-            ));
-        }
-    }
-    Ok(bounded)
 }
 
 #[cfg(test)]
