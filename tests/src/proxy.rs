@@ -92,29 +92,47 @@ async fn pipe(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // Hold back while paused: the bytes stay in the kernel's buffers.
-        while *paused.borrow_and_update() {
-            tokio::select! {
-                r = paused.changed() => if r.is_err() { return },
-                _ = generation.changed() => {}
-            }
-            if *generation.borrow() != born {
-                return;
-            }
+        if !hold(&mut paused, &mut generation, born).await {
+            return;
         }
         let n = tokio::select! {
-            r = from.read(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            },
+            biased;
             _ = paused.changed() => continue,
             _ = generation.changed() => {
                 if *generation.borrow() != born { return }
                 continue;
             }
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
         };
+        // Bytes read as a pause came are held back too: a paused link
+        // forwards nothing, however the wake-ups were ordered.
+        if !hold(&mut paused, &mut generation, born).await {
+            return;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
+}
+
+/// Waits while paused (the bytes stay in the kernel's buffers); false when
+/// the connection's generation was cut meanwhile.
+async fn hold(
+    paused: &mut watch::Receiver<bool>,
+    generation: &mut watch::Receiver<u64>,
+    born: u64,
+) -> bool {
+    while *paused.borrow_and_update() {
+        tokio::select! {
+            r = paused.changed() => if r.is_err() { return false },
+            _ = generation.changed() => {}
+        }
+        if *generation.borrow() != born {
+            return false;
+        }
+    }
+    true
 }
