@@ -20,7 +20,17 @@ cleanup() {
 trap cleanup EXIT
 trap "exit 130" INT TERM
 
-.tools/nats-server/bin/nats-server -a 127.0.0.1 -p "$port" -js -sd "$run/store" >"$run/nats.log" 2>&1 &
+# max_file_store is set: left out, the server lets its streams reserve at
+# most 75% of the disk's free space and refuses jetcron's bounded streams on
+# a nearly full disk.
+cat >"$run/nats.conf" <<EOF
+listen: "127.0.0.1:$port"
+jetstream {
+  store_dir: "$run/store"
+  max_file_store: 64GB
+}
+EOF
+.tools/nats-server/bin/nats-server -c "$run/nats.conf" >"$run/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

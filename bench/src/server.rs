@@ -63,18 +63,18 @@ impl Server {
                 .prefix("jetcron-bench-nats-")
                 .tempdir()
                 .map_err(|e| BenchError::io("creating a store directory", e))?;
-            let args: Vec<String> = [
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-js",
-                "-sd",
-                &dir.path().join("store").to_string_lossy(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            // A set file-store ceiling: by default the server allows its
+            // streams to reserve 75% of the disk's free space at most, and
+            // jetcron's bounded streams are refused on a nearly full disk.
+            let store = dir.path().join("store");
+            let config = dir.path().join("nats-server.conf");
+            let text = format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1TB\n}}\n",
+                store = store.to_string_lossy(),
+            );
+            std::fs::write(&config, text)
+                .map_err(|e| BenchError::io(format!("writing {}", config.display()), e))?;
+            let args = vec!["-c".to_string(), config.to_string_lossy().into_owned()];
             let log = logs.join(format!("{port}-nats-server.log"));
             let proc = Proc::spawn("nats-server", &bin, &args, log)?;
             let mut server = Server {

@@ -52,9 +52,9 @@ impl Default for SetupOptions {
             worker_ttl: Duration::from_secs(15),
             work_max_age: Duration::from_secs(7 * 24 * 3600),
             results_max_age: Duration::from_secs(7 * 24 * 3600),
-            results_max_bytes: 4 * GIB,
+            results_max_bytes: GIB,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
-            events_max_bytes: GIB,
+            events_max_bytes: GIB / 2,
             events_per_subject: i64::from(MAX_HISTORY),
             duplicate_window: Duration::from_secs(10 * 60),
         }
@@ -98,6 +98,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        None,
     )
     .await?;
     let state = ensure_bucket(
@@ -109,6 +110,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        None,
     )
     .await?;
     let lease = ensure_bucket(
@@ -121,6 +123,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        None,
     )
     .await?;
     let workers = ensure_bucket(
@@ -133,6 +136,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        None,
     )
     .await?;
     let runs = ensure_bucket(
@@ -146,6 +150,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        Some("--results-max-bytes"),
     )
     .await?;
     let work = ensure_stream(
@@ -160,6 +165,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        None,
     )
     .await?;
     let results = ensure_stream(
@@ -174,6 +180,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        Some("--results-max-bytes"),
     )
     .await?;
     let events = ensure_stream(
@@ -191,6 +198,7 @@ pub async fn ensure(
             num_replicas: opts.replicas,
             ..Default::default()
         },
+        Some("--events-max-bytes"),
     )
     .await?;
     Ok(Resources {
@@ -215,14 +223,14 @@ pub struct RetentionArgs {
     pub results_max_age: Duration,
     /// Most bytes of results kept (oldest dropped first; -1: no limit), used
     /// when the results stream is created.
-    #[arg(long, env = "JETCRON_RESULTS_MAX_BYTES", default_value = "4GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
+    #[arg(long, env = "JETCRON_RESULTS_MAX_BYTES", default_value = "1GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
     pub results_max_bytes: i64,
     /// How long events are kept, used when the events stream is created.
     #[arg(long, env = "JETCRON_EVENTS_MAX_AGE", default_value = "7days", value_parser = parse_flag_duration)]
     pub events_max_age: Duration,
     /// Most bytes of events kept (oldest dropped first; -1: no limit), used
     /// when the events stream is created.
-    #[arg(long, env = "JETCRON_EVENTS_MAX_BYTES", default_value = "1GiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
+    #[arg(long, env = "JETCRON_EVENTS_MAX_BYTES", default_value = "512MiB", value_parser = parse_flag_bytes, allow_hyphen_values = true)]
     pub events_max_bytes: i64,
 }
 
@@ -281,8 +289,33 @@ pub fn parse_flag_bytes(text: &str) -> Result<i64, String> {
     }
 }
 
-async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, SetupError> {
+/// The flag that bounds a resource's bytes, named when the server cannot
+/// reserve them.
+type BoundFlag = Option<&'static str>;
+
+/// `reason` with a way out when the server refused the resource because its
+/// file store cannot reserve `max_bytes` more (error code 10047).
+fn explain(reason: String, max_bytes: i64, flag: BoundFlag) -> String {
+    if !reason.contains("10047") || max_bytes <= 0 {
+        return reason;
+    }
+    let way = match flag {
+        Some(flag) => format!("lower {flag} or raise"),
+        None => "raise".to_owned(),
+    };
+    format!(
+        "{reason}; the server's JetStream file store cannot reserve {max_bytes} more bytes for it: \
+         {way} max_file_store in the server's jetstream config (its default is 75% of the disk's free space)"
+    )
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    cfg: kv::Config,
+    flag: BoundFlag,
+) -> Result<kv::Store, SetupError> {
     let bucket = cfg.bucket.clone();
+    let max_bytes = cfg.max_bytes;
     let err = |reason: String| SetupError::Bucket {
         bucket: bucket.clone(),
         reason,
@@ -300,7 +333,7 @@ async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::S
                 warn!(bucket, %create, "bucket exists with other settings; using it as it is");
                 Ok(store)
             }
-            Err(_) => Err(err(create.to_string())),
+            Err(_) => Err(err(explain(create.to_string(), max_bytes, flag))),
         },
     }
 }
@@ -308,8 +341,10 @@ async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::S
 async fn ensure_stream(
     js: &jetstream::Context,
     cfg: stream::Config,
+    flag: BoundFlag,
 ) -> Result<stream::Stream, SetupError> {
     let name = cfg.name.clone();
+    let max_bytes = cfg.max_bytes;
     if let Ok(s) = js.get_stream(&name).await {
         return Ok(s);
     }
@@ -325,7 +360,7 @@ async fn ensure_stream(
             }
             Err(_) => Err(SetupError::Stream {
                 stream: name,
-                reason: create.to_string(),
+                reason: explain(create.to_string(), max_bytes, flag),
             }),
         },
     }

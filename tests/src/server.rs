@@ -7,7 +7,7 @@
 //! Every wait in here has a deadline; when one expires the helper panics with the tail of the
 //! server log(s), so a failing test says why the server was not usable.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -40,6 +40,9 @@ const LOG_TAIL_LINES: usize = 60;
 /// Pause between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Name of the throw-away stream used to prove a cluster can place R3 streams.
+/// The most a test server's streams may reserve on disk, set rather than
+/// derived from the disk's free space (see [`NatsServer::create`]).
+const MAX_FILE_STORE: &str = "1TB";
 const CLUSTER_PROBE_STREAM: &str = "JETCRON_TESTS_CLUSTER_PROBE";
 /// Cluster name used by [`NatsCluster`].
 const CLUSTER_NAME: &str = "jetcron-test";
@@ -246,13 +249,13 @@ pub struct NatsServer {
     bin: PathBuf,
     name: String,
     port: u16,
-    /// `Some` for cluster nodes: the server is started with `-c <config>`.
-    config: Option<PathBuf>,
+    /// The server is started with `-c <config>`; written when it is created.
+    config: PathBuf,
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     /// Holds store, log and config; removed when the server is dropped.
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -268,7 +271,7 @@ impl NatsServer {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port();
-            let mut server = NatsServer::create(bin.clone(), format!("jetcron-{port}"), port);
+            let mut server = NatsServer::create(bin.clone(), format!("jetcron-{port}"), port, "");
             server.spawn(&format!("start attempt {attempt} on port {port}"));
             match server.wait_ready(Instant::now() + READY_TIMEOUT).await {
                 Ok(()) => return server,
@@ -290,8 +293,10 @@ impl NatsServer {
         panic!("nats-server failed to start {START_ATTEMPTS} times:{failures}")
     }
 
-    /// A not yet running server with its own temporary directory.
-    fn create(bin: PathBuf, name: String, port: u16) -> NatsServer {
+    /// A not yet running server with its own temporary directory and a config
+    /// file for it: name, listen address, JetStream on the private store, and
+    /// `extra` (a cluster block for cluster nodes).
+    fn create(bin: PathBuf, name: String, port: u16, extra: &str) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("jetcron-nats-")
             .tempdir()
@@ -300,36 +305,37 @@ impl NatsServer {
         if let Err(e) = std::fs::create_dir_all(&store) {
             panic!("cannot create {}: {e}", store.display());
         }
+        // Without max_file_store the server takes 75% of the disk's free
+        // space as the most its streams may reserve, and refuses jetcron's
+        // bounded streams on a machine short of disk: the tests write little,
+        // so they should not depend on how full the disk is.
+        let text = format!(
+            "server_name: {name}\n\
+             listen: {listen}\n\
+             jetstream {{\n  store_dir: {store}\n  max_file_store: {MAX_FILE_STORE}\n}}\n{extra}",
+            name = conf_string(&name),
+            listen = conf_string(&format!("127.0.0.1:{port}")),
+            store = conf_string(&store.to_string_lossy()),
+        );
+        let config = dir.path().join("nats-server.conf");
+        if let Err(e) = std::fs::write(&config, text) {
+            panic!("cannot write {}: {e}", config.display());
+        }
         let log = dir.path().join("nats-server.log");
         NatsServer {
             bin,
             name,
             port,
-            config: None,
+            config,
             store,
             log,
             child: None,
-            dir,
+            _dir: dir,
         }
     }
 
     fn args(&self) -> Vec<OsString> {
-        match &self.config {
-            Some(config) => vec!["-c".into(), config.clone().into_os_string()],
-            None => {
-                let mut args: Vec<OsString> = Vec::new();
-                for arg in ["-a", "127.0.0.1", "-p"] {
-                    args.push(arg.into());
-                }
-                args.push(self.port.to_string().into());
-                args.push("-js".into());
-                args.push("-sd".into());
-                args.push(self.store.clone().into_os_string());
-                args.push("-n".into());
-                args.push(OsStr::new(&self.name).to_owned());
-                args
-            }
-        }
+        vec!["-c".into(), self.config.clone().into_os_string()]
     }
 
     /// Spawns the process, stdout and stderr appended to the log file.
@@ -630,8 +636,6 @@ impl NatsCluster {
         let (client_ports, cluster_ports) = ports.split_at(n);
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
-            let mut node =
-                NatsServer::create(bin.to_path_buf(), format!("n{}", i + 1), client_ports[i]);
             let routes: String = cluster_ports
                 .iter()
                 .enumerate()
@@ -643,22 +647,17 @@ impl NatsCluster {
                     )
                 })
                 .collect();
-            let config = format!(
-                "server_name: {name}\n\
-                 listen: {listen}\n\
-                 jetstream {{\n  store_dir: {store}\n}}\n\
-                 cluster {{\n  name: {cluster}\n  listen: {cluster_listen}\n  routes: [\n{routes}  ]\n}}\n",
-                name = conf_string(&node.name),
-                listen = conf_string(&format!("127.0.0.1:{}", client_ports[i])),
-                store = conf_string(&node.store.to_string_lossy()),
+            let cluster = format!(
+                "cluster {{\n  name: {cluster}\n  listen: {cluster_listen}\n  routes: [\n{routes}  ]\n}}\n",
                 cluster = conf_string(CLUSTER_NAME),
                 cluster_listen = conf_string(&format!("127.0.0.1:{}", cluster_ports[i])),
             );
-            let path = node.dir.path().join("nats-server.conf");
-            if let Err(e) = std::fs::write(&path, config) {
-                panic!("cannot write {}: {e}", path.display());
-            }
-            node.config = Some(path);
+            let node = NatsServer::create(
+                bin.to_path_buf(),
+                format!("n{}", i + 1),
+                client_ports[i],
+                &cluster,
+            );
             nodes.push(node);
         }
         NatsCluster { nodes }

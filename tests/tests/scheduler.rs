@@ -689,3 +689,42 @@ async fn a_paused_job_reports_one_skip_and_resumes_without_replay() {
     assert_unique_ids(&stored);
     a.stop().await;
 }
+
+/// Bounds the server's file store cannot reserve are refused by the server;
+/// the error names the resource, the bytes and the flag that bounds them, and
+/// the resources set up before it stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_the_server_cannot_reserve_are_refused_naming_the_flag() {
+    use jetcron_shared::setup::{self, SetupOptions};
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    // The test server's file store holds 1 TB at most.
+    let too_much = 2 * (1_i64 << 40);
+
+    let opts = SetupOptions {
+        results_max_bytes: too_much,
+        ..SetupOptions::default()
+    };
+    let err = setup::ensure(&js, &names(), &opts).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("jetcron_runs"), "{text}");
+    assert!(text.contains(&format!("{too_much} more bytes")), "{text}");
+    assert!(text.contains("lower --results-max-bytes"), "{text}");
+    assert!(text.contains("max_file_store"), "{text}");
+    js.get_key_value(names().jobs_bucket()).await.unwrap();
+
+    let opts = SetupOptions {
+        events_max_bytes: too_much,
+        ..SetupOptions::default()
+    };
+    let err = setup::ensure(&js, &names(), &opts).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("JETCRON_EVENTS"), "{text}");
+    assert!(text.contains("lower --events-max-bytes"), "{text}");
+
+    // With the defaults everything is created, next to what was.
+    setup::ensure(&js, &names(), &SetupOptions::default())
+        .await
+        .unwrap();
+}
