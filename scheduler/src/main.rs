@@ -98,7 +98,7 @@ mod tests {
         let d = parsed(&[]);
         assert_eq!(
             (d.results_max_bytes, d.events_max_bytes),
-            (4 << 30, 1 << 30)
+            (1 << 30, 512 << 20)
         );
         let week = Duration::from_secs(7 * 24 * 3600);
         assert_eq!((d.results_max_age, d.events_max_age), (week, week));

@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(parsed.retention, d.retention);
         assert_eq!(
             (d.retention.results_max_bytes, d.retention.events_max_bytes),
-            (4 << 30, 1 << 30)
+            (1 << 30, 512 << 20)
         );
         assert!(d.validate().is_ok());
     }
