@@ -363,7 +363,7 @@ async fn scheduled_runs_are_read_from_fired_events_newest_first_bounded_by_histo
             events.cached_info().config.max_bytes,
             results.cached_info().config.max_bytes
         ),
-        (1 << 30, 4 << 30),
+        (512 << 20, 1 << 30),
         "events and results are bounded in size"
     );
     for (id, every, history) in [("busy", "200ms", 3), ("calm", "1s", 20)] {
