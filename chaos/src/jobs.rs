@@ -141,6 +141,8 @@ fn job(id: String, schedule: &str, shards: u32, kind: JobKind, log: &Path) -> Ch
             history: None,
             misfire: Default::default(),
             misfire_limit: None,
+            overlap: Default::default(),
+            on_success: Vec::new(),
         },
     }
 }

@@ -396,6 +396,7 @@ fn cause(c: jetcron_shared::wire::Cause) -> &'static str {
         Cause::Schedule => "schedule",
         Cause::Misfire => "misfire",
         Cause::Manual => "manual",
+        Cause::Parent => "parent",
     }
 }
 
@@ -414,6 +415,7 @@ pub fn shard_summary(shards: &[ShardRun]) -> String {
         ShardState::Failed,
         ShardState::TimedOut,
         ShardState::Expired,
+        ShardState::Cancelled,
         ShardState::Running,
         ShardState::Pending,
     ];
@@ -463,6 +465,7 @@ fn shard_token(s: &ShardRun) -> String {
             None => "running".to_string(),
         },
         ShardState::Expired => "expired".to_string(),
+        ShardState::Cancelled => "cancelled".to_string(),
         ShardState::Pending => "pending".to_string(),
     }
 }
@@ -472,7 +475,11 @@ fn fire_duration(r: &FireRun, now: DateTime<Utc>) -> String {
     let done = r.shards.iter().all(|s| {
         matches!(
             s.state,
-            ShardState::Succeeded | ShardState::Failed | ShardState::TimedOut | ShardState::Expired
+            ShardState::Succeeded
+                | ShardState::Failed
+                | ShardState::TimedOut
+                | ShardState::Expired
+                | ShardState::Cancelled
         )
     });
     let last_end = r.shards.iter().filter_map(|s| s.finished_at).max();

@@ -114,6 +114,7 @@ pub fn event_line(e: &Event) -> String {
                 Cause::Schedule => String::new(),
                 Cause::Misfire => " (misfire)".to_string(),
                 Cause::Manual => " (manual)".to_string(),
+                Cause::Parent => " (on success of its parent)".to_string(),
             };
             format!(
                 "{job} {} shards={shards} late={late_ms}ms{cause}",
@@ -157,6 +158,13 @@ pub fn event_line(e: &Event) -> String {
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
+        ),
+        EventBody::Replaced {
+            job, instant, by, ..
+        } => format!(
+            "{job} {} replaced by the fire of {}: its shards are cancelled",
+            utc(*instant),
+            utc(*by)
         ),
         EventBody::Expired {
             job,

@@ -20,8 +20,8 @@ use crate::schedule::Schedule;
 mod check;
 mod definition;
 
-pub use check::{MAX_ID_LEN, is_valid_id, parse_duration, parse_flag_duration};
-use check::{bound, check_name, check_no_nul};
+pub use check::{MAX_CHILDREN, MAX_ID_LEN, is_valid_id, parse_duration, parse_flag_duration};
+use check::{bound, check_children, check_name, check_no_nul};
 pub use definition::Definition;
 
 /// Largest number of shards one fire may have.
@@ -133,6 +133,13 @@ pub struct JobSpec {
     /// Most late instants `misfire: fire_all` fires; only with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub misfire_limit: Option<u32>,
+    /// What an instant does while an earlier fire still has shards running
+    /// or waiting.
+    #[serde(default, skip_serializing_if = "Overlap::is_allow")]
+    pub overlap: Overlap,
+    /// Jobs fired once every shard of a fire of this one succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_success: Vec<String>,
 }
 
 fn default_timezone() -> String {
@@ -182,6 +189,61 @@ impl TryFrom<String> for Misfire {
             .into_iter()
             .find(|m| m.as_str() == text)
             .ok_or_else(|| format!("{} is not one of fire_once, skip, fire_all", quote(&text)))
+    }
+}
+
+/// What an instant of a job does while an earlier fire of it (scheduled,
+/// or by `on_success`) still has shards running or waiting, decided by the
+/// leader for the whole cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Overlap {
+    /// It fires anyway: fires may run side by side.
+    #[default]
+    Allow,
+    /// It is skipped (`skipped`, reason `overlap`).
+    Forbid,
+    /// It waits, and fires when the earlier fire ends; at most one waits,
+    /// later ones are skipped.
+    Queue,
+    /// The earlier fire is cancelled on whichever workers hold it, and this
+    /// one fires.
+    Replace,
+}
+
+impl Overlap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Allow => "allow",
+            Overlap::Forbid => "forbid",
+            Overlap::Queue => "queue",
+            Overlap::Replace => "replace",
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        *self == Overlap::Allow
+    }
+}
+
+impl TryFrom<String> for Overlap {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Overlap, String> {
+        [
+            Overlap::Allow,
+            Overlap::Forbid,
+            Overlap::Queue,
+            Overlap::Replace,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == text)
+        .ok_or_else(|| {
+            format!(
+                "{} is not one of allow, forbid, queue, replace",
+                quote(&text)
+            )
+        })
     }
 }
 
@@ -398,6 +460,23 @@ impl Job {
         self.spec.misfire_limit.unwrap_or(DEFAULT_MISFIRE_LIMIT)
     }
 
+    pub fn overlap(&self) -> Overlap {
+        self.spec.overlap
+    }
+
+    /// Jobs fired when every shard of a fire of this one succeeded.
+    pub fn on_success(&self) -> &[String] {
+        &self.spec.on_success
+    }
+
+    /// Whether the scheduler waits for each fire's end: an overlap policy
+    /// other than `allow`, an `@after` schedule, or `on_success` children.
+    pub fn tracked(&self) -> bool {
+        !self.spec.overlap.is_allow()
+            || self.schedule.fixed_delay().is_some()
+            || !self.spec.on_success.is_empty()
+    }
+
     /// What only a definition being put must pass, on top of [`Job::validate`]: an `@at`
     /// instant must still be ahead of `now`. A stored job whose instant has passed stays
     /// valid, so this is not part of decoding.
@@ -515,6 +594,7 @@ impl Job {
                 ));
             }
         }
+        check_children(&spec.id, &spec.on_success)?;
         let max = spec.retry.max_attempts;
         if !(1..=MAX_ATTEMPTS).contains(&max) {
             return Err(JobError::field(
@@ -607,7 +687,7 @@ fn missing_or_unknown(e: &serde_json::Error) -> JobError {
             } else {
                 "unknown field (known: id, schedule, timezone, start_at, end_at, shards, group, \
                  run, timeout, deadline, retry, payload, description, paused, history, misfire, \
-                 misfire_limit)"
+                 misfire_limit, overlap, on_success)"
                     .to_string()
             };
             return JobError::field(clip(field), reason);
@@ -1049,7 +1129,7 @@ mod tests {
                     "unknown field `{}`, expected one of `id`, `schedule`, `timezone`, \
                      `start_at`, `end_at`, `shards`, `group`, `run`, `timeout`, `deadline`, \
                      `retry`, `payload`, `description`, `paused`, `history`, `misfire`, \
-                     `misfire_limit`",
+                     `misfire_limit`, `overlap`, `on_success`",
                     cut("a")
                 ),
             ),

@@ -218,6 +218,31 @@ impl Names {
         format!("{}.results.{job}", self.prefix)
     }
 
+    /// Work-queue stream of the end notices of tracked fires' shards.
+    pub fn ends_stream(&self) -> String {
+        format!("{}_ENDS", self.upper())
+    }
+
+    /// `jetcron.ends.>`
+    pub fn ends_all(&self) -> String {
+        format!("{}.ends.>", self.prefix)
+    }
+
+    /// `jetcron.ends.<job>`
+    pub fn ends_subject(&self, job: &str) -> String {
+        format!("{}.ends.{job}", self.prefix)
+    }
+
+    /// Durable consumer of the ends stream, used by the leader.
+    pub fn ends_consumer(&self) -> String {
+        format!("{}-scheduler", self.prefix)
+    }
+
+    /// `jetcron.events.replaced.*`: the `replaced` events, one subject per job.
+    pub fn replaced_all(&self) -> String {
+        format!("{}.events.replaced.*", self.prefix)
+    }
+
     /// `jetcron.events.>`
     pub fn events_all(&self) -> String {
         format!("{}.events.>", self.prefix)

@@ -53,6 +53,8 @@ pub enum ShardState {
     TimedOut,
     /// Not started within the job's deadline; not run.
     Expired,
+    /// Replaced by a newer fire of the job (`overlap: replace`): killed, or not run.
+    Cancelled,
 }
 
 impl From<RunStatus> for ShardState {
@@ -62,6 +64,7 @@ impl From<RunStatus> for ShardState {
             RunStatus::Failed => ShardState::Failed,
             RunStatus::TimedOut => ShardState::TimedOut,
             RunStatus::Expired => ShardState::Expired,
+            RunStatus::Cancelled => ShardState::Cancelled,
         }
     }
 }
@@ -75,6 +78,7 @@ impl ShardState {
             ShardState::Failed => "failed",
             ShardState::TimedOut => "timed_out",
             ShardState::Expired => "expired",
+            ShardState::Cancelled => "cancelled",
         }
     }
 }

@@ -77,6 +77,11 @@ enum Kind {
     },
     /// Fires once.
     At(DateTime<Utc>),
+    /// Fixed delay: fires `delay_ms` after the previous fire ended (all its
+    /// shards); the scheduler passes that end to [`Schedule::next_after`].
+    After {
+        delay_ms: u64,
+    },
 }
 
 /// One field of a cron expression, used to name the culprit in errors.
@@ -206,7 +211,7 @@ pub enum ScheduleError {
     MisplacedQuestionMark { expr: String, field: CronField },
 
     #[error(
-        "{}: unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @at <RFC 3339 instant>)",
+        "{}: unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @after <duration>, @at <RFC 3339 instant>)",
         quote(.expr)
     )]
     UnknownMacro { expr: String },
@@ -315,6 +320,11 @@ impl Schedule {
                 offset_ms,
             } => next_interval(*period_ms, *offset_ms, from),
             Kind::At(at) => (*at > from).then_some(*at),
+            // The start itself is the first instant of a bounded one.
+            Kind::After { .. } if after < from => Some(from + TimeDelta::nanoseconds(1)),
+            Kind::After { delay_ms } => {
+                from.checked_add_signed(TimeDelta::milliseconds(i64::try_from(*delay_ms).ok()?))
+            }
         }?;
         match self.end {
             Some(end) if next > end => None,
@@ -337,6 +347,12 @@ impl Schedule {
 
     /// Up to `n` successive fire instants strictly after `after`, in increasing order.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        // A fixed delay's later instants depend on when each fire ends.
+        let n = if self.fixed_delay().is_some() {
+            n.min(1)
+        } else {
+            n
+        };
         let mut out = Vec::with_capacity(n.min(1024));
         let mut cursor = after;
         while out.len() < n {
@@ -354,6 +370,15 @@ impl Schedule {
     /// The schedule text exactly as given to [`Schedule::parse`].
     pub fn expression(&self) -> &str {
         &self.expr
+    }
+
+    /// The delay of an `@after` schedule: its next instant is this long
+    /// after the previous fire ended.
+    pub fn fixed_delay(&self) -> Option<std::time::Duration> {
+        match self.kind {
+            Kind::After { delay_ms } => Some(std::time::Duration::from_millis(delay_ms)),
+            _ => None,
+        }
     }
 
     /// The time zone cron schedules are evaluated in.
@@ -377,6 +402,7 @@ fn parse_macro(expr: &str, body: &str) -> Result<Kind, ScheduleError> {
         "minutely" => "0 * * * * *",
         "secondly" => "* * * * * *",
         "every" => return parse_every(expr, arg),
+        "after" => return parse_after(expr, arg),
         "at" => return parse_at(expr, arg),
         _ => {
             return Err(ScheduleError::UnknownMacro {
@@ -393,19 +419,24 @@ fn parse_macro(expr: &str, body: &str) -> Result<Kind, ScheduleError> {
     Ok(Kind::Cron(CronSpec::parse(expr, cron)?))
 }
 
-fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
+/// `@after <delay>`: the first instant `delay` after the job is stored (or
+/// at `start_at`), each later one `delay` after the fire before ended.
+fn parse_after(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
     if arg.is_empty() {
         return Err(ScheduleError::MissingArgument {
             expr: expr.to_owned(),
-            name: "@every",
-            example: "@every 5m",
+            name: "@after",
+            example: "@after 30s",
         });
     }
-    // `@every 10m offset 2m`: at 00:02, 00:12, 00:22, ...
-    let (arg, offset) = match arg.split_once(" offset ") {
-        Some((period, offset)) => (period.trim(), Some(offset.trim())),
-        None => (arg, None),
-    };
+    Ok(Kind::After {
+        delay_ms: parse_interval(expr, arg)?,
+    })
+}
+
+/// The period of `@every` or the delay of `@after`: whole milliseconds,
+/// 100 ms to 366 days.
+fn parse_interval(expr: &str, arg: &str) -> Result<u64, ScheduleError> {
     let period = humantime::parse_duration(arg).map_err(|e| ScheduleError::BadDuration {
         expr: expr.to_owned(),
         text: arg.to_owned(),
@@ -428,6 +459,23 @@ fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
             expr: expr.to_owned(),
         });
     }
+    Ok(period_ms)
+}
+
+fn parse_every(expr: &str, arg: &str) -> Result<Kind, ScheduleError> {
+    if arg.is_empty() {
+        return Err(ScheduleError::MissingArgument {
+            expr: expr.to_owned(),
+            name: "@every",
+            example: "@every 5m",
+        });
+    }
+    // `@every 10m offset 2m`: at 00:02, 00:12, 00:22, ...
+    let (arg, offset) = match arg.split_once(" offset ") {
+        Some((period, offset)) => (period.trim(), Some(offset.trim())),
+        None => (arg, None),
+    };
+    let period_ms = parse_interval(expr, arg)?;
     let offset_ms = match offset {
         None => 0,
         Some(text) => parse_offset(expr, text, period_ms)?,
@@ -686,7 +734,7 @@ mod tests {
             ),
             (
                 "@fortnightly",
-                "'@fortnightly': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @at <RFC 3339 instant>)",
+                "'@fortnightly': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @after <duration>, @at <RFC 3339 instant>)",
             ),
             ("@hourly 5", "'@hourly 5': @hourly takes no argument"),
             (

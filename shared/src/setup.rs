@@ -79,6 +79,7 @@ pub struct Resources {
     pub workers: kv::Store,
     pub runs: kv::Store,
     pub work: stream::Stream,
+    pub ends: stream::Stream,
     pub results: stream::Stream,
     pub events: stream::Stream,
 }
@@ -168,6 +169,23 @@ pub async fn ensure(
         None,
     )
     .await?;
+    let ends = ensure_stream(
+        js,
+        stream::Config {
+            name: names.ends_stream(),
+            description: Some(
+                "jetcron end notices: the last result of each shard of a tracked fire".into(),
+            ),
+            subjects: vec![names.ends_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_age: opts.work_max_age,
+            duplicate_window: opts.duplicate_window,
+            num_replicas: opts.replicas,
+            ..Default::default()
+        },
+        None,
+    )
+    .await?;
     let results = ensure_stream(
         js,
         stream::Config {
@@ -209,6 +227,7 @@ pub async fn ensure(
         workers,
         runs,
         work,
+        ends,
         results,
         events,
     })

@@ -40,6 +40,12 @@ pub fn shard_msg_id(job: &str, instant: DateTime<Utc>, shard: u32) -> String {
     format!("{job}:{}:{shard}", instant.timestamp_millis())
 }
 
+/// The JetStream deduplication id of a shard's end notice on the ends
+/// stream: `end:<job>:<instant unix ms>:<shard>`.
+pub fn end_msg_id(job: &str, instant: DateTime<Utc>, shard: u32) -> String {
+    format!("end:{job}:{}:{shard}", instant.timestamp_millis())
+}
+
 /// Why a fire happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +57,9 @@ pub enum Cause {
     Misfire,
     /// Outside the schedule, by `job.trigger`.
     Manual,
+    /// Every shard of a fire of a job that names this one in `on_success`
+    /// succeeded.
+    Parent,
 }
 
 /// One shard of one fire, as stored in the work stream. Carries everything a
@@ -83,6 +92,17 @@ pub struct ShardMessage {
     /// None: no deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The scheduler waits for this fire's end (the job's `overlap` policy,
+    /// an `@after` schedule, `on_success` children): the worker that ends
+    /// the shard for good (no attempt follows) publishes its last result on
+    /// the ends stream as well (`jetcron.ends.<job>`, dedup id
+    /// [`end_msg_id`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track: bool,
+    /// The fire of the parent job whose success fired this one
+    /// (`<job>:<instant unix ms>`), for a `parent` fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl ShardMessage {
@@ -113,6 +133,8 @@ impl ShardMessage {
                     .ok()
                     .and_then(|d| instant.checked_add_signed(d))
             }),
+            track: job.tracked(),
+            parent: None,
         }
     }
 
@@ -166,6 +188,9 @@ pub enum RunStatus {
     TimedOut,
     /// Not run: delivered past its deadline.
     Expired,
+    /// Stopped, or not run: a newer fire of the job replaced its fire
+    /// (`overlap: replace`).
+    Cancelled,
 }
 
 impl RunStatus {
@@ -175,6 +200,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::TimedOut => "timed_out",
             RunStatus::Expired => "expired",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -313,6 +339,18 @@ pub enum EventBody {
         /// When the worker got it, minus the instant.
         late_ms: i64,
     },
+    /// A fire of a job with `overlap: replace` was replaced by a newer one:
+    /// every shard of the job's fires with an instant before `by` is
+    /// cancelled (a running one killed, a waiting one not run), and ends
+    /// `cancelled`. Workers read the latest of these per job.
+    Replaced {
+        job: String,
+        /// The fire replaced.
+        instant: DateTime<Utc>,
+        /// The instant of the fire replacing it.
+        by: DateTime<Utc>,
+        epoch: u64,
+    },
     /// An instant passed without a fire, and why (e.g. `paused`).
     Skipped {
         job: String,
@@ -375,6 +413,7 @@ impl Event {
             EventBody::Paused { .. } => "paused",
             EventBody::Resumed { .. } => "resumed",
             EventBody::Triggered { .. } => "triggered",
+            EventBody::Replaced { .. } => "replaced",
         }
     }
 
@@ -388,7 +427,8 @@ impl Event {
             | EventBody::Skipped { job, .. }
             | EventBody::Paused { job, .. }
             | EventBody::Resumed { job, .. }
-            | EventBody::Triggered { job, .. } => Some(job),
+            | EventBody::Triggered { job, .. }
+            | EventBody::Replaced { job, .. } => Some(job),
             EventBody::Leader { .. } => None,
         }
     }

@@ -140,6 +140,9 @@ pub enum Settle {
     /// Delivered past its deadline, not run, expired event published:
     /// never again (`+TERM`).
     Expired,
+    /// Its fire was replaced by a newer one (`overlap: replace`): killed or
+    /// not run, never again (`+TERM`).
+    Cancelled,
     /// Not a shard message: running it again cannot help (`+TERM`).
     Malformed,
     /// Killed at shutdown: deliver again now, to another worker (`-NAK`).
@@ -154,7 +157,7 @@ impl Settle {
             Settle::Running => AckKind::Progress,
             Settle::Succeeded | Settle::AlreadyFinished => AckKind::Ack,
             Settle::Retry(delay) => AckKind::Nak(Some(delay)),
-            Settle::Dead | Settle::Expired | Settle::Malformed => AckKind::Term,
+            Settle::Dead | Settle::Expired | Settle::Cancelled | Settle::Malformed => AckKind::Term,
             Settle::HandedBack => AckKind::Nak(None),
         }
     }
@@ -168,6 +171,7 @@ impl Settle {
             }
             RunStatus::Failed | RunStatus::TimedOut => Settle::Dead,
             RunStatus::Expired => Settle::Expired,
+            RunStatus::Cancelled => Settle::Cancelled,
         }
     }
 }
@@ -225,9 +229,11 @@ pub fn plan(
         // Handed back at shutdown: not lost, and the row goes on.
         ShardState::Pending => record.lost,
         // It reported (a failure with a retry to follow).
-        ShardState::Failed | ShardState::TimedOut | ShardState::Succeeded | ShardState::Expired => {
-            0
-        }
+        ShardState::Failed
+        | ShardState::TimedOut
+        | ShardState::Succeeded
+        | ShardState::Expired
+        | ShardState::Cancelled => 0,
     };
     if lost > 0 && lost >= max_lost {
         Plan::CrashLoop { attempt, lost }

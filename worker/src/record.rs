@@ -105,7 +105,7 @@ impl Recorder {
 /// run again for the same fire.
 pub fn is_final(record: &ShardRecord) -> bool {
     match record.state {
-        ShardState::Succeeded | ShardState::Expired => true,
+        ShardState::Succeeded | ShardState::Expired | ShardState::Cancelled => true,
         ShardState::Failed | ShardState::TimedOut => !record.will_retry,
         ShardState::Pending | ShardState::Running => false,
     }

@@ -221,6 +221,7 @@ fn severity(s: ShardState) -> u8 {
         ShardState::Succeeded => 0,
         ShardState::Pending => 1,
         ShardState::Running => 2,
+        ShardState::Cancelled => 3,
         ShardState::Expired => 3,
         ShardState::TimedOut => 4,
         ShardState::Failed => 5,

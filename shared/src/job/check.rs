@@ -146,3 +146,42 @@ pub(super) fn bound(
     }
     Ok(bounded)
 }
+
+/// Most jobs one job may fire on success.
+pub const MAX_CHILDREN: usize = 32;
+
+/// `on_success`: job ids, each once, never the job itself, at most
+/// [`MAX_CHILDREN`]. Longer cycles need the other definitions: the API
+/// refuses them at `job.put`.
+pub(super) fn check_children(id: &str, children: &[String]) -> Result<(), JobError> {
+    if children.len() > MAX_CHILDREN {
+        return Err(JobError::field(
+            "on_success",
+            format!(
+                "names {} jobs, at most {MAX_CHILDREN} are allowed",
+                children.len()
+            ),
+        ));
+    }
+    for (i, child) in children.iter().enumerate() {
+        let field = format!("on_success[{i}]");
+        check_no_nul(&field, child)?;
+        check_name(&field, child, MAX_ID_LEN)?;
+        if child == id {
+            return Err(JobError::field(
+                field,
+                format!(
+                    "{} is this job: a job cannot fire itself on success",
+                    quote(child)
+                ),
+            ));
+        }
+        if children[..i].contains(child) {
+            return Err(JobError::field(
+                field,
+                format!("{} is named twice", quote(child)),
+            ));
+        }
+    }
+    Ok(())
+}

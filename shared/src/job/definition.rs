@@ -1,7 +1,7 @@
 //! [`Definition`]: the compact form of a valid job that every scheduler
 //! replica keeps for each job.
 
-use super::{Job, JobError, JobSpec, Misfire};
+use super::{Job, JobError, JobSpec, Misfire, Overlap};
 use crate::schedule::Schedule;
 
 /// A valid definition as a scheduler replica keeps it, possibly for a
@@ -19,6 +19,8 @@ pub struct Definition {
     paused: bool,
     misfire: Misfire,
     misfire_limit: u16,
+    overlap: Overlap,
+    on_success: Box<[Box<str>]>,
 }
 
 impl Definition {
@@ -34,6 +36,8 @@ impl Definition {
             paused: job.paused(),
             misfire: job.misfire(),
             misfire_limit: u16::try_from(job.misfire_limit()).unwrap_or(u16::MAX),
+            overlap: job.overlap(),
+            on_success: job.on_success().iter().map(|c| c.as_str().into()).collect(),
             schedule: job.schedule,
         })
     }
@@ -77,6 +81,22 @@ impl Definition {
 
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    pub fn overlap(&self) -> Overlap {
+        self.overlap
+    }
+
+    /// Jobs fired when every shard of a fire of this one succeeded.
+    pub fn on_success(&self) -> &[Box<str>] {
+        &self.on_success
+    }
+
+    /// Whether the scheduler waits for each fire's end (see [`Job::tracked`]).
+    pub fn tracked(&self) -> bool {
+        !self.overlap.is_allow()
+            || self.schedule.fixed_delay().is_some()
+            || !self.on_success.is_empty()
     }
 
     pub fn misfire(&self) -> Misfire {
