@@ -299,6 +299,7 @@ mod tests {
                 cause: Cause::Manual,
                 late_ms: 3,
                 record: None,
+                parent: None,
             }),
             "21:30:05.000 fired     a 2026-11-24T21:30:05Z shards=2 late=3ms (manual)"
         );

@@ -19,9 +19,14 @@ use jetcron_shared::job::Misfire;
 use jetcron_shared::wire::Cause;
 use jetcron_shared::{Definition, Job, Names, Schedule};
 
+use tracing::warn;
+
 use crate::dispatch::{Fire, FireJob};
 use crate::persist::{Action, Item, StateWrite};
-use crate::state::{self, Decided, Decision, FireState};
+use crate::state::{self, Decided, Decision, FireState, Running};
+
+mod overlap;
+pub use overlap::{Ended, Extra, MAX_CHAIN, MAX_RUNNING, ShardEnd, Success, waits_for_end};
 
 /// Most instants examined when coalescing a misfire, or counting late
 /// instants in one decision.
@@ -81,6 +86,9 @@ impl Decider<'_> {
                 reason: state::PAUSED,
             };
             return self.skip(id, k, prev, skip, None);
+        }
+        if let Some(item) = self.overlapping(id, k, prev, at, full.clone()) {
+            return item;
         }
         match k.job.misfire() {
             Misfire::FireOnce => {
@@ -144,14 +152,55 @@ impl Decider<'_> {
         cause: Cause,
         full: Option<Arc<Job>>,
     ) -> Item {
+        self.fire_with(id, k, prev, span, cause, full, Extra::default())
+    }
+
+    /// [`Decider::fire`] with what overlap, a queue or a parent adds.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fire_with(
+        &self,
+        id: &str,
+        k: &Known,
+        prev: Option<&FireState>,
+        span: (DateTime<Utc>, DateTime<Utc>, u64),
+        cause: Cause,
+        full: Option<Arc<Job>>,
+        extra: Extra,
+    ) -> Item {
         let (first_missed, instant, missed) = span;
         let fires = prev.map_or(0, |s| s.fires);
         // History is a ring of slots per job: fire n goes to slot n % history.
         let slot = fires % u64::from(k.job.history());
         let record = Some(self.names.run_fire_key(id, &format!("s{slot}")));
+        let schedule = k.job.schedule();
+        let tracked = k.job.tracked();
+        let mut running = prev.map(|p| p.running.clone()).unwrap_or_default();
+        if tracked {
+            if extra.replaces.is_some() {
+                running.clear();
+            }
+            running.push(Running::new(
+                instant,
+                k.job.shard_count(),
+                extra.parent.clone(),
+                extra.depth,
+            ));
+            if running.len() > MAX_RUNNING {
+                let dropped = running.remove(0);
+                warn!(job = id, instant = %dropped.instant, "more than {MAX_RUNNING} fires running at once; no longer waiting for the oldest");
+            }
+        } else {
+            running.clear();
+        }
+        // A fixed delay counts from the end of the fire, not known yet.
+        let next_instant = match extra.next {
+            Some(next) => next,
+            None if tracked && schedule.fixed_delay().is_some() => None,
+            None => schedule.next_after(instant),
+        };
         let state = FireState {
             job_revision: k.revision,
-            next_instant: k.job.schedule().next_after(instant),
+            next_instant,
             last_instant: Some(instant),
             last_fired_at: Some(self.now),
             epoch: self.epoch,
@@ -165,8 +214,14 @@ impl Decider<'_> {
                     missed,
                     first_missed,
                     record: record.clone(),
+                    replaces: extra.replaces,
+                    parent: extra.parent.clone(),
+                    skipped: extra.skipped,
                 },
             }),
+            running,
+            queued: None,
+            overlap_from: None,
         };
         let fire = Fire {
             job: match full {
@@ -181,6 +236,9 @@ impl Decider<'_> {
             shards: None,
             payload: None,
             record,
+            replaces: extra.replaces,
+            parent: extra.parent,
+            skipped: extra.skipped,
         };
         Item {
             job: id.to_string(),
@@ -221,6 +279,9 @@ impl Decider<'_> {
                     first: Some(skip.first),
                 },
             }),
+            running: prev.map(|p| p.running.clone()).unwrap_or_default(),
+            queued: prev.and_then(|p| p.queued),
+            overlap_from: prev.and_then(|p| p.overlap_from),
         };
         Item {
             job: id.to_string(),
@@ -257,6 +318,9 @@ pub fn finish(k: &Known, state: &FireState) -> Option<Redo> {
             missed,
             first_missed,
             record,
+            replaces,
+            parent,
+            skipped,
         } => Action::Fire(Fire {
             job: FireJob::stored(k.job.clone()),
             revision: k.revision,
@@ -267,6 +331,9 @@ pub fn finish(k: &Known, state: &FireState) -> Option<Redo> {
             shards: None,
             payload: None,
             record: record.clone(),
+            replaces: *replaces,
+            parent: parent.clone(),
+            skipped: *skipped,
         }),
         Decided::Skipped {
             instant,
@@ -295,6 +362,9 @@ pub fn next_instant(k: &Known, state: Option<&FireState>) -> Option<DateTime<Utc
     match state {
         // Same definition: continue exactly where the last leader stopped.
         Some(s) if s.job_revision == k.revision => s.next_instant,
+        // Asleep until a running fire ends: a fixed delay counts from its
+        // end, and a forbidden or queued instant waits for it.
+        Some(s) if waits_for_end(k, s) => None,
         // Changed definition: from the change on, never before the last fire.
         Some(s) => {
             let base = s.last_instant.map_or(k.written, |l| l.max(k.written));
@@ -448,6 +518,9 @@ mod tests {
             fires: 1,
             paused_skipped: 0,
             decision: None,
+            running: Vec::new(),
+            queued: None,
+            overlap_from: None,
         }
     }
 

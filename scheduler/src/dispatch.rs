@@ -18,6 +18,8 @@ use jetcron_shared::{Definition, Job, JobError, Names};
 use thiserror::Error;
 use tracing::debug;
 
+use crate::state::SkipSpan;
+
 /// Longest wait for a manual fire's acks.
 const ACK_LIMIT: Duration = Duration::from_secs(5);
 
@@ -105,6 +107,12 @@ pub struct Fire {
     /// Runs-bucket key of this fire's record; workers write their shard
     /// records under `<record>.<shard>`.
     pub record: Option<String>,
+    /// `overlap: replace`: the running fire this one replaces.
+    pub replaces: Option<DateTime<Utc>>,
+    /// An `on_success` fire: the parent's fire id.
+    pub parent: Option<String>,
+    /// A queued fire: the instants skipped while it waited.
+    pub skipped: Option<SkipSpan>,
 }
 
 impl Fire {
@@ -125,6 +133,9 @@ impl Fire {
             .map(move |shard| {
                 let mut msg = ShardMessage::new(&job, self.instant, shard, epoch, self.cause);
                 msg.record = self.record.clone();
+                // A trigger's fire is neither held back nor waited for.
+                msg.track &= self.cause != Cause::Manual;
+                msg.parent = self.parent.clone();
                 if let Some(p) = &self.payload {
                     msg.payload = Some(p.clone());
                 }

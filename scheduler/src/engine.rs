@@ -24,7 +24,7 @@
 //! Beside firing, the leader's [`upkeep`] stores checkpoints and compacts
 //! fire states out of tick records.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::catalog::CatalogEvent;
-use crate::decide::{self, Known, next_instant};
+use crate::decide::{self, Known, ShardEnd, next_instant};
+use crate::ends::EndFeed;
 use crate::fence::{FenceError, Fences, Target};
 use crate::lease::Leadership;
 use crate::mirror::{Mirror, Update};
@@ -48,7 +49,9 @@ use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
 use crate::state::Checkpoint;
 use crate::table::Table;
 
+mod tracking;
 mod upkeep;
+use tracking::After;
 use upkeep::Compacted;
 
 /// Longest sleep, so wall-clock jumps are noticed.
@@ -112,6 +115,9 @@ struct Term {
     /// Tick records below this sequence were purged (or asked to be).
     purged_below: u64,
     compacted_at: Option<Instant>,
+    /// What follows a batch once it is stored: end notices to ack, the
+    /// end of a fire to store after its children's fires.
+    after: HashMap<u64, After>,
 }
 
 #[derive(Debug)]
@@ -144,6 +150,10 @@ pub struct Engine {
     names: Names,
     /// The work stream's duplicate window.
     dedup_window: Duration,
+    /// End notices of tracked fires, while leading.
+    ends: Option<EndFeed>,
+    /// End notices waiting for their job's batch in flight, per job.
+    waiting_ends: HashMap<String, Vec<(ShardEnd, jetstream::Message)>>,
 }
 
 impl Engine {
@@ -175,6 +185,8 @@ impl Engine {
             res,
             names,
             dedup_window,
+            ends: None,
+            waiting_ends: HashMap::new(),
         }
     }
 
@@ -214,6 +226,7 @@ impl Engine {
                     }
                 }
                 Some(updates) = mirrored(&mut self.mirror) => self.on_mirror(updates),
+                Some(notice) = ended(&mut self.ends) => self.on_end(notice),
                 ev = catalog.recv() => match ev {
                     Some(ev) => self.on_catalog(ev),
                     None => break,
@@ -303,6 +316,9 @@ impl Engine {
         self.batches.abort_all();
         self.checkpoints.abort_all();
         self.compactions.abort_all();
+        // Notices not acked come back to the next leader.
+        self.ends = None;
+        self.waiting_ends.clear();
         for id in term.in_flight {
             self.plan(&id);
         }
@@ -323,7 +339,7 @@ impl Engine {
                     state: Some(s),
                     ..
                 } => {
-                    self.table.set_state(&job, s);
+                    self.table.set_state(&job, *s);
                     self.table.clear_ticked(&job);
                     self.plan(&job);
                 }
@@ -408,6 +424,7 @@ impl Engine {
             stored_through: fence,
             purged_below: 0,
             compacted_at: None,
+            after: HashMap::new(),
         });
         if self.mirrored >= fence {
             self.ready();
@@ -434,6 +451,7 @@ impl Engine {
         self.settings.states_current.store(true, Ordering::Release);
         let checkpoint = self.stored_checkpoint;
         self.finish_open(checkpoint.as_ref());
+        self.ends = Some(EndFeed::start(&self.res, &self.names));
         info!(
             epoch,
             states = self.table.states(),
@@ -614,12 +632,16 @@ impl Engine {
         self.spawn_batch(items, now, false);
     }
 
-    fn spawn_batch(&mut self, items: Vec<Item>, decided_at: DateTime<Utc>, finishing: bool) {
-        let Some(term) = self.term.as_mut() else {
-            return;
-        };
+    /// Starts storing `items`; the batch's id, None when nothing started.
+    fn spawn_batch(
+        &mut self,
+        items: Vec<Item>,
+        decided_at: DateTime<Utc>,
+        finishing: bool,
+    ) -> Option<u64> {
+        let term = self.term.as_mut()?;
         if items.is_empty() {
-            return;
+            return None;
         }
         self.next_batch += 1;
         let id = self.next_batch;
@@ -649,6 +671,7 @@ impl Engine {
                 )
                 .await
         });
+        Some(id)
     }
 
     async fn on_batch(&mut self, outcome: Outcome) {
@@ -658,6 +681,7 @@ impl Engine {
         let Some(open) = term.open.remove(&outcome.id) else {
             return;
         };
+        let after = term.after.remove(&outcome.id);
         if let Err(e) = &outcome.result {
             self.resign_term(e).await;
             return;
@@ -706,6 +730,18 @@ impl Engine {
         for id in purge {
             self.purge(id);
         }
+        if let Some(after) = after {
+            self.after_batch(after);
+        }
+        self.retry_ends();
+    }
+}
+
+/// The next end notice, while leading.
+async fn ended(feed: &mut Option<EndFeed>) -> Option<jetstream::Message> {
+    match feed {
+        Some(f) => f.notices.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -37,6 +37,7 @@ pub mod config;
 pub mod decide;
 pub mod deletion;
 pub mod dispatch;
+pub mod ends;
 pub mod engine;
 pub mod events;
 pub mod fence;

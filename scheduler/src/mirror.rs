@@ -38,7 +38,7 @@ pub enum Update {
     State {
         job: String,
         seq: u64,
-        state: Option<FireState>,
+        state: Option<Box<FireState>>,
     },
     /// A job's state was removed.
     Removed {
@@ -195,7 +195,7 @@ fn decode(names: &Names, key: String, seq: u64, op: Operation, value: &[u8]) -> 
     Update::State {
         job: key,
         seq,
-        state: serde_json::from_slice(value).ok(),
+        state: serde_json::from_slice(value).ok().map(Box::new),
     }
 }
 

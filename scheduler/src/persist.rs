@@ -77,6 +77,9 @@ pub struct Write {
 }
 
 /// What a batch item does to its job's fire state.
+// Nearly every item is a `Put`, and lives only while its batch is stored:
+// boxing it would cost an allocation per fire.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StateWrite {
     Put(FireState),
@@ -101,6 +104,9 @@ pub enum Action {
     /// The job was deleted: purge its shard messages still waiting in the
     /// work stream.
     Forget,
+    /// Only the state changes (a tracked fire's shards ended, an instant
+    /// waits or is counted while a fire runs): nothing else to store.
+    Track,
 }
 
 #[derive(Debug, Clone)]
@@ -643,6 +649,28 @@ pub fn reports(item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<(EventBody, St
                     format!("misfired:{fire_id}"),
                 ));
             }
+            if let Some(replaced) = f.replaces {
+                out.push((
+                    EventBody::Replaced {
+                        job: job.clone(),
+                        instant: replaced,
+                        by: f.instant,
+                        epoch,
+                    },
+                    format!("replaced:{fire_id}"),
+                ));
+            }
+            if let Some(span) = f.skipped {
+                out.push((
+                    EventBody::Skipped {
+                        job: job.clone(),
+                        instant: span.last,
+                        reason: state::OVERLAP.to_string(),
+                        count: span.count,
+                    },
+                    format!("skipped:{}", wire::fire_id(&job, span.last)),
+                ));
+            }
             out.push((
                 EventBody::Fired {
                     job,
@@ -652,6 +680,7 @@ pub fn reports(item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<(EventBody, St
                     cause: f.cause,
                     late_ms: (at - f.instant).num_milliseconds(),
                     record: f.record.clone(),
+                    parent: f.parent.clone(),
                 },
                 format!("fired:{fire_id}"),
             ));
@@ -692,7 +721,7 @@ pub fn reports(item: &Item, epoch: u64, at: DateTime<Utc>) -> Vec<(EventBody, St
             };
             vec![(body, format!("{kind}:{}", wire::fire_id(&job, *instant)))]
         }
-        Action::Forget => Vec::new(),
+        Action::Forget | Action::Track => Vec::new(),
     }
 }
 

@@ -53,6 +53,90 @@ pub struct FireState {
     /// The decision this write records, so that a successor can finish it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// Tracked fires (see [`crate::ends`]) that have not ended yet, oldest
+    /// first: one at most, unless the job's `overlap` is `allow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<Running>,
+    /// `overlap: queue`: the instant that fires when the running fire ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<DateTime<Utc>>,
+    /// `overlap: forbid` or `queue`: the first instant skipped while the
+    /// running fire runs. The job sleeps after it; the instants it slept
+    /// through are counted and reported when the fire ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_from: Option<DateTime<Utc>>,
+}
+
+/// A fire whose end the leader waits for: the shards that ended for good
+/// so far, from the end notices workers publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    pub instant: DateTime<Utc>,
+    /// Shards dispatched.
+    pub shards: u32,
+    /// Shards ended, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<u32>,
+    /// Some ended shard did not succeed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+    /// The latest finish among the ended shards' last results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_end: Option<DateTime<Utc>>,
+    /// The fire of the parent job that fired this one (`on_success`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Parents above it in a chain of `on_success` fires.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Running {
+    pub fn new(instant: DateTime<Utc>, shards: u32, parent: Option<String>, depth: u32) -> Running {
+        Running {
+            instant,
+            shards,
+            ended: Vec::new(),
+            failed: false,
+            last_end: None,
+            parent,
+            depth,
+        }
+    }
+
+    /// Records that `shard` ended (at `at`, succeeded or not); false when it
+    /// had already, or is no shard of this fire.
+    pub fn end(&mut self, shard: u32, succeeded: bool, at: DateTime<Utc>) -> bool {
+        if shard >= self.shards {
+            return false;
+        }
+        match self.ended.binary_search(&shard) {
+            Ok(_) => false,
+            Err(i) => {
+                self.ended.insert(i, shard);
+                self.failed |= !succeeded;
+                self.last_end = self.last_end.max(Some(at));
+                true
+            }
+        }
+    }
+
+    /// Every shard ended.
+    pub fn done(&self) -> bool {
+        self.ended.len() as u64 >= u64::from(self.shards)
+    }
+}
+
+/// Instants let pass in a row, `first` to `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipSpan {
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    pub count: u64,
 }
 
 /// What the leader decided for one job at one moment.
@@ -76,6 +160,15 @@ pub enum Decided {
         /// Runs-bucket key of the fire record.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         record: Option<String>,
+        /// `overlap: replace`: the running fire it replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<DateTime<Utc>>,
+        /// An `on_success` fire: the parent's fire id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<String>,
+        /// A queued fire: the instants skipped while it waited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skipped: Option<SkipSpan>,
     },
     /// `count` instants up to `instant` passed unfired, for `reason`
     /// ([`PAUSED`], [`MISFIRE`], [`MISFIRE_LIMIT`]).
@@ -95,6 +188,10 @@ pub const PAUSED: &str = "paused";
 pub const MISFIRE: &str = "misfire";
 /// Late and older than the newest `misfire_limit`, under `misfire: fire_all`.
 pub const MISFIRE_LIMIT: &str = "misfire_limit";
+/// An earlier fire still ran, under `overlap: forbid` or `queue`.
+pub const OVERLAP: &str = "overlap";
+/// An `on_success` fire of a child whose definition is missing or invalid.
+pub const NO_DEFINITION: &str = "no_definition";
 
 /// One record of the fire states of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,8 +310,14 @@ mod tests {
                     missed: 1,
                     first_missed: t(20),
                     record: Some("j.s2".into()),
+                    replaces: None,
+                    parent: None,
+                    skipped: None,
                 },
             }),
+            running: Vec::new(),
+            queued: None,
+            overlap_from: None,
         }
     }
 

@@ -253,6 +253,9 @@ mod tests {
             fires: 0,
             paused_skipped: 0,
             decision: None,
+            running: Vec::new(),
+            queued: None,
+            overlap_from: None,
         }
     }
 

@@ -295,6 +295,9 @@ pub enum EventBody {
         /// run history: `job.runs` joins them with those records.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         record: Option<String>,
+        /// A `parent` fire: the fire id of the parent whose success fired it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<String>,
     },
     /// `missed` late instants, `first_missed` to `last_missed`, did not
     /// fire as themselves: `fired` is the one fired in their place

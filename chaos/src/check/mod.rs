@@ -461,6 +461,7 @@ pub(crate) mod fixture {
                 cause: Cause::Schedule,
                 late_ms: (at - instant).num_milliseconds(),
                 record: None,
+                parent: None,
             },
         }
     }

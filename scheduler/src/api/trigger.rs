@@ -99,6 +99,9 @@ pub(super) async fn fire_now(ctx: &Ctx, m: Manual) -> Result<TriggerReply, ApiEr
         shards: Some(m.shards.clone()),
         payload: m.payload,
         record: Some(key),
+        replaces: None,
+        parent: None,
+        skipped: None,
     };
     match ctx.dispatcher.dispatch(&fire, epoch).await {
         Ok(d) if d.duplicates > 0 => {

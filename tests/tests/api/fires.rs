@@ -471,6 +471,7 @@ async fn runs_find_the_last_fired_events_among_many_others() {
                 cause: Cause::Schedule,
                 late_ms: 0,
                 record: Some(format!("gone.s{}", i % 5)),
+                parent: None,
             },
         };
         let mut acks = vec![
