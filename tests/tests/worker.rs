@@ -17,7 +17,7 @@ use jetcron_shared::api::TriggerRequest;
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::runs::{self, ShardRecord, ShardState, WorkerHeartbeat};
 use jetcron_shared::setup::{self, Resources, SetupOptions};
-use jetcron_shared::wire::{Cause, Event, EventBody, RunResult, RunStatus, ShardMessage};
+use jetcron_shared::wire::{self, Cause, Event, EventBody, RunResult, RunStatus, ShardMessage};
 use jetcron_shared::{Job, Names};
 use jetcron_tests::NatsServer;
 use jetcron_tests::harness;
@@ -1582,4 +1582,280 @@ async fn a_payload_too_large_for_the_environment_is_read_from_its_file() {
     watch.no_more_results(Duration::from_secs(1)).await;
     stop_worker(worker).await;
     scheduler.stop().await;
+}
+
+/// The end notices the ends stream holds now: (subject, dedup id, result).
+async fn end_notices(env: &Env) -> Vec<(String, String, RunResult)> {
+    harness::stream_messages(&env.client, &env.names.ends_stream())
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m.subject.to_string(),
+                harness::header(m, "Nats-Msg-Id").unwrap_or_default(),
+                RunResult::decode(&m.payload).expect("an end notice is a run result"),
+            )
+        })
+        .collect()
+}
+
+/// Publishes the leader's `replaced` event: the fire of `job` at
+/// `instant` is replaced by the fire of `by`.
+async fn publish_replaced(env: &Env, job: &str, instant: DateTime<Utc>, by: DateTime<Utc>) {
+    let event = Event::now(EventBody::Replaced {
+        job: job.into(),
+        instant,
+        by,
+        epoch: 7,
+    });
+    env.publish(
+        env.names.event_subject("replaced", Some(job)),
+        async_nats::HeaderMap::new(),
+        event.encode(),
+    )
+    .await;
+}
+
+fn at(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A shard of a tracked fire (a job with an overlap policy) that ends for
+/// good leaves its last result on the ends stream, under the shard's dedup
+/// id, before its final record; an untracked shard leaves nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_shard_leaves_an_end_notice_before_its_final_record() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let mut records = env.watch_records("tracked.s1.*").await;
+    let worker = start_worker(env.config("w1"));
+    let tracked = job(json!({
+        "id": "tracked",
+        "schedule": "@every 1h",
+        "overlap": "forbid",
+        "run": {"shell": "echo ok"},
+    }));
+    let instant = now_ms();
+    let sent = env
+        .dispatch_recorded(&tracked, instant, Some("tracked.s1"))
+        .await;
+    assert!(sent[0].track);
+
+    let r = watch.result().await;
+    assert_eq!((r.status, r.will_retry), (RunStatus::Succeeded, false));
+    let written = next_records(&mut records, 2).await;
+    assert_eq!(written[1].1.state, ShardState::Succeeded, "{written:?}");
+    // The final record is written: the end notice is already stored.
+    let notices = end_notices(&env).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let (subject, id, notice) = &notices[0];
+    assert_eq!(subject, "jetcron.ends.tracked");
+    assert_eq!(id, &format!("end:tracked:{}:0", instant.timestamp_millis()));
+    assert_eq!(id, &wire::end_msg_id("tracked", instant, 0));
+    assert_eq!(notice, &r);
+    env.wait_work_empty().await;
+
+    let untracked =
+        job(json!({"id": "untracked", "schedule": "@every 1h", "run": {"shell": "echo ok"}}));
+    let sent = env.dispatch(&untracked, now_ms()).await;
+    assert!(!sent[0].track);
+    let r = watch.result().await;
+    assert_eq!(
+        (r.job.as_str(), r.status),
+        ("untracked", RunStatus::Succeeded)
+    );
+    // Settled, so everything it stores is stored.
+    env.wait_work_empty().await;
+    let notices = end_notices(&env).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    stop_worker(worker).await;
+}
+
+/// Attempts with a retry to follow leave no end notice: a tracked shard
+/// that fails until it is dead leaves exactly one, its last attempt's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_tracked_shard_leaves_one_end_notice_from_its_last_attempt() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let worker = start_worker(env.config("w1"));
+    let job = job(json!({
+        "id": "flaky",
+        "schedule": "@every 1h",
+        "overlap": "queue",
+        "run": {"shell": "echo try $JETCRON_ATTEMPT; exit 3"},
+        "retry": {"max_attempts": 3, "backoff": ["200ms"]},
+    }));
+    let instant = now_ms();
+    env.dispatch(&job, instant).await;
+
+    let results = watch.results(3).await;
+    let attempts: Vec<(u32, bool)> = results.iter().map(|r| (r.attempt, r.will_retry)).collect();
+    assert_eq!(attempts, [(1, true), (2, true), (3, false)]);
+    watch.dead().await;
+    env.wait_work_empty().await;
+    let notices = end_notices(&env).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let (subject, id, notice) = &notices[0];
+    assert_eq!(subject, "jetcron.ends.flaky");
+    assert_eq!(id, &wire::end_msg_id("flaky", instant, 0));
+    assert_eq!(notice, &results[2]);
+    assert_eq!(
+        (notice.status, notice.exit_code),
+        (RunStatus::Failed, Some(3))
+    );
+    stop_worker(worker).await;
+}
+
+/// A `replaced` event that reaches a running shard's fire stops it like a
+/// timeout: it ends `cancelled`, its processes gone, with no retry, no
+/// `dead` event, a final record and its end notice. Replaces of other jobs,
+/// or of earlier fires only, leave it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_fire_stops_its_running_shard() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let events = harness::events(&env.client, &env.names).await;
+    let worker = start_worker(env.config("w1"));
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("pid");
+    let job = job(json!({
+        "id": "swap",
+        "schedule": "@every 1h",
+        "overlap": "replace",
+        "run": {"shell": format!("echo $$ > {}; echo begun; sleep 30", pid.display())},
+    }));
+    let instant = now_ms();
+    env.dispatch_recorded(&job, instant, Some("swap.s1")).await;
+    let pgid: i32 = wait_for_file(&pid).await.trim().parse().unwrap();
+    assert!(group_alive(pgid));
+
+    let hour = chrono::Duration::hours(1);
+    publish_replaced(&env, "other", instant, instant + hour).await;
+    publish_replaced(&env, "swap", instant - hour, instant).await;
+    watch.no_more_results(Duration::from_secs(2)).await;
+    assert!(
+        group_alive(pgid),
+        "a replace of another fire stopped the run"
+    );
+
+    let by = instant + chrono::Duration::minutes(1);
+    let asked = Instant::now();
+    publish_replaced(&env, "swap", instant, by).await;
+    let r = watch.result().await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        (r.status, r.attempt, r.exit_code, r.will_retry),
+        (RunStatus::Cancelled, 1, None, false),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.error.as_deref(),
+        Some(format!("replaced by the fire of {}", at(by)).as_str())
+    );
+    assert_eq!(r.output, "begun\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while group_alive(pgid) {
+        assert!(Instant::now() < deadline, "the replaced run is still alive");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // Terminated, not left for a retry.
+    env.wait_work_gone(r.stream_seq.unwrap()).await;
+    let record = env.record("swap.s1.0").await.unwrap();
+    assert_eq!(
+        (record.state, record.will_retry, record.run_id.as_str()),
+        (ShardState::Cancelled, false, r.run_id.as_str())
+    );
+    let notices = end_notices(&env).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].1, wire::end_msg_id("swap", instant, 0));
+    assert_eq!(notices[0].2, r);
+    watch.no_more_results(Duration::from_secs(2)).await;
+    let seen = events.snapshot();
+    assert!(seen.iter().all(|e| e.kind() != "dead"), "{seen:?}");
+    stop_worker(worker).await;
+}
+
+/// A worker started after a `replaced` event still knows of it: a shard of
+/// the replaced fire that it gets ends `cancelled` without running, while
+/// the replacing fire's shard and another job's shard of the same instant
+/// run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_of_a_replaced_fire_end_cancelled_without_running() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let def = |id: &str| {
+        job(json!({
+            "id": id,
+            "schedule": "@every 1h",
+            "overlap": "replace",
+            "run": {"shell": format!("echo \"$JETCRON_JOB $JETCRON_INSTANT\" >> {}", ran.display())},
+        }))
+    };
+    let old = now_ms() - chrono::Duration::minutes(2);
+    let by = old + chrono::Duration::minutes(1);
+    // An earlier replace, then the one that replaces `old`; no worker yet.
+    publish_replaced(&env, "swap", old - chrono::Duration::hours(1), old).await;
+    publish_replaced(&env, "swap", old, by).await;
+
+    let worker = start_worker(env.config("w1"));
+    env.dispatch_recorded(&def("swap"), old, Some("swap.s1"))
+        .await;
+    env.dispatch(&def("swap"), by).await;
+    env.dispatch(&def("other"), old).await;
+
+    let results = watch.results(3).await;
+    let of = |job: &str, instant| {
+        results
+            .iter()
+            .find(|r| r.job == job && r.instant == instant)
+            .unwrap_or_else(|| panic!("no result of {job} at {instant}: {results:?}"))
+    };
+    let cancelled = of("swap", old);
+    assert_eq!(
+        (cancelled.status, cancelled.attempt, cancelled.exit_code),
+        (RunStatus::Cancelled, 1, None),
+        "{cancelled:?}"
+    );
+    assert!(!cancelled.will_retry);
+    assert_eq!(cancelled.output, "");
+    assert_eq!(
+        cancelled.error.as_deref(),
+        Some(format!("replaced by the fire of {}; not run", at(by)).as_str())
+    );
+    assert_eq!(of("swap", by).status, RunStatus::Succeeded);
+    assert_eq!(of("other", old).status, RunStatus::Succeeded);
+    env.wait_work_empty().await;
+
+    let mut lines: Vec<String> = std::fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [format!("other {}", at(old)), format!("swap {}", at(by))]
+    );
+    let record = env.record("swap.s1.0").await.unwrap();
+    assert_eq!(
+        (record.state, record.will_retry, record.run_id.as_str()),
+        (ShardState::Cancelled, false, cancelled.run_id.as_str())
+    );
+    // Every shard here is tracked: three end notices, the cancelled one too.
+    let notices = end_notices(&env).await;
+    assert_eq!(notices.len(), 3, "{notices:?}");
+    let (_, id, notice) = notices
+        .iter()
+        .find(|(_, _, n)| n.job == "swap" && n.instant == old)
+        .unwrap();
+    assert_eq!(id, &wire::end_msg_id("swap", old, 0));
+    assert_eq!(notice, cancelled);
+    watch.no_more_results(Duration::from_secs(1)).await;
+    stop_worker(worker).await;
 }

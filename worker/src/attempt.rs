@@ -66,15 +66,29 @@
 //! The worker's clock decides, so workers and schedulers must keep their
 //! clocks in step (NTP).
 //!
+//! # Replaced fires
+//!
+//! A shard whose fire a newer fire of its job replaced (`overlap:
+//! replace`; see [`crate::cancel`]) is not run: the delivery ends it as
+//! cancelled, like an expired shard but with no event (a `cancelled` result
+//! with a run id of its own and no exit code, the final record, `+TERM`).
+//! This goes before the crash-loop and deadline rules; a final record is
+//! acked as always. A shard running when its fire is replaced is stopped
+//! like at its timeout and ends `cancelled`, with no retry, and `+TERM`.
+//! This is not the shutdown hand-back, which kills at once and naks.
+//!
 //! # Report, then ack
 //!
 //! The result is stored on the results stream before the message is
 //! settled. If the result cannot be stored, the message is left unacked and
 //! comes back after the ack wait: a shard is never settled without a trace.
+//! The same holds for the `dead` or `expired` event, and for the end notice
+//! of a tracked shard that ends for good (see [`crate::ending`] for the
+//! order).
 //!
 //! When the message names a shard record, the attempt writes it `running`
-//! as it starts, and its outcome once the result (and the `dead` event
-//! after a last failure) is stored, before the message is settled (see
+//! as it starts, and its outcome once the result (and the event and end
+//! notice, if any) is stored, before the message is settled (see
 //! [`crate::record`]). So a final record promises that nothing of the
 //! attempt is left to store. Those writes are best effort: a failed one is
 //! logged and changes nothing in how the message is settled; the cost is
@@ -86,20 +100,25 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use jetcron_shared::job::{RetryPolicy, Run};
 use jetcron_shared::runs::{ShardRecord, ShardState};
-use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage};
+use jetcron_shared::wire::{RunResult, RunStatus, ShardMessage};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
 
 use crate::backoff::Backoff;
+use crate::cancel::Replacements;
+use crate::ending::{
+    Unrun, crash_loop_error, end_unrun, expired_error, replaced_error, report, write_record,
+};
 use crate::environment::Environment;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
 use crate::heartbeat::RunCount;
 use crate::record::{self, Recorder};
-use crate::report::{Reporter, dead_msg_id, expired_msg_id};
+use crate::report::Reporter;
 
 /// Tries to settle a message before leaving it to the ack wait.
 const SETTLE_TRIES: u32 = 3;
@@ -124,6 +143,8 @@ pub struct Worker {
     pub max_lost: u32,
     /// Shards running now, for the heartbeat.
     pub running: RunCount,
+    /// The latest replaced fire per job (`overlap: replace`).
+    pub replacements: Replacements,
 }
 
 /// Where a delivery stands, each with the one ack it sends.
@@ -190,6 +211,30 @@ pub enum Plan {
     /// Past the shard's deadline: end it as expired, as this attempt,
     /// without running it.
     Expired { attempt: u32, lost: u32 },
+    /// Its fire was replaced by the fire of `by`: end it as cancelled, as
+    /// this attempt, without running it.
+    Cancelled {
+        attempt: u32,
+        lost: u32,
+        by: DateTime<Utc>,
+    },
+}
+
+impl Plan {
+    /// This plan for a shard whose fire was replaced by the fire of `by`
+    /// (see [`crate::cancel`]): whatever would run or end it is replaced
+    /// by its cancellation; a shard that already finished stays finished.
+    pub fn unless_replaced(self, by: Option<DateTime<Utc>>) -> Plan {
+        match (self, by) {
+            (
+                Plan::Run { attempt, lost }
+                | Plan::CrashLoop { attempt, lost }
+                | Plan::Expired { attempt, lost },
+                Some(by),
+            ) => Plan::Cancelled { attempt, lost, by },
+            (plan, _) => plan,
+        }
+    }
 }
 
 /// The attempt rule: `delivered` is the server's delivery count, `record`
@@ -242,33 +287,6 @@ pub fn plan(
     }
 }
 
-/// The `error` of a shard ended unrun because it arrived at `now`, past its
-/// deadline.
-pub fn expired_error(shard: &ShardMessage, now: DateTime<Utc>) -> String {
-    let late = (now - shard.instant).to_std().unwrap_or_default();
-    let deadline = shard
-        .expires_at
-        .and_then(|at| (at - shard.instant).to_std().ok())
-        .unwrap_or_default();
-    format!(
-        "not started within its deadline ({} after its instant): delivered {} after it; not run",
-        humantime::format_duration(deadline),
-        humantime::format_duration(Duration::from_millis(late.as_millis() as u64))
-    )
-}
-
-/// The `error` of a shard ended after `lost` attempts lost in a row.
-pub fn crash_loop_error(lost: u32) -> String {
-    if lost == 1 {
-        "lost 1 attempt: the worker running it died before reporting (crash loop); not run again"
-            .to_string()
-    } else {
-        format!(
-            "lost {lost} attempts in a row: the worker running it died each time (crash loop); not run again"
-        )
-    }
-}
-
 /// Handles one delivered message; `_slot` is the run slot it occupies.
 pub async fn handle(
     worker: Arc<Worker>,
@@ -307,7 +325,9 @@ pub async fn handle(
         let work = async {
             let record = read_record(&worker, &shard).await;
             let now = Utc::now();
-            match plan(delivered, &shard, record.as_ref(), worker.max_lost, now) {
+            let replaced = worker.replacements.replaced_by(&shard.job, shard.instant);
+            let planned = plan(delivered, &shard, record.as_ref(), worker.max_lost, now);
+            match planned.unless_replaced(replaced) {
                 Plan::Finished { run_id, state } => {
                     info!(
                         run_id,
@@ -366,6 +386,19 @@ pub async fn handle(
                     )
                     .await
                 }
+                Plan::Cancelled { attempt, lost, by } => {
+                    Span::current().record("attempt", attempt);
+                    info!(%by, delivered, "fire replaced: ending the shard as cancelled, unrun");
+                    let ended = Unrun {
+                        status: RunStatus::Cancelled,
+                        error: replaced_error(by, false),
+                        at: now,
+                    };
+                    end_unrun(
+                        &worker, &shard, attempt, lost, stream_seq, ended, &hand_back,
+                    )
+                    .await
+                }
             }
         };
         match with_progress(&message, worker.progress_every, work).await {
@@ -408,8 +441,25 @@ async fn run_and_report(
                         kill_grace: worker.kill_grace,
                         max_output: worker.max_output,
                     };
-                    match execute(&cmd, hand_back).await {
+                    let replaced = worker
+                        .replacements
+                        .until_replaced(&shard.job, shard.instant);
+                    match execute(&cmd, hand_back, replaced.map(|_| ())).await {
                         Ended::Finished(outcome) => outcome,
+                        Ended::Stopped {
+                            output,
+                            output_truncated,
+                        } => {
+                            let by = worker.replacements.replaced_by(&shard.job, shard.instant);
+                            warn!(by = ?by, "replaced by a newer fire: stopped");
+                            Outcome {
+                                status: RunStatus::Cancelled,
+                                exit_code: None,
+                                output,
+                                output_truncated,
+                                error: by.map(|by| replaced_error(by, true)),
+                            }
+                        }
                         Ended::Cancelled => {
                             warn!("killed at shutdown; handing the shard back");
                             let back = record::handed_back(&started, Utc::now());
@@ -455,124 +505,6 @@ async fn run_and_report(
     report(worker, shard, &result, how, lost, hand_back).await
 }
 
-/// How a shard ends without running: failed after a crash loop, or expired.
-#[derive(Debug)]
-struct Unrun {
-    status: RunStatus,
-    error: String,
-    /// When it was decided.
-    at: DateTime<Utc>,
-}
-
-/// Ends a shard without running it, as attempt `attempt`: reported and
-/// settled like a last failed attempt (an expired one with an `expired`
-/// event in place of the `dead` one).
-async fn end_unrun(
-    worker: &Worker,
-    shard: &ShardMessage,
-    attempt: u32,
-    lost: u32,
-    stream_seq: u64,
-    ended: Unrun,
-    hand_back: &CancellationToken,
-) -> Option<Settle> {
-    let how = match ended.status {
-        RunStatus::Expired => Settle::Expired,
-        _ => Settle::Dead,
-    };
-    let result = RunResult {
-        job: shard.job.clone(),
-        instant: shard.instant,
-        shard: shard.shard,
-        shards: shard.shards,
-        attempt,
-        run_id: nuid::next().to_string(),
-        status: ended.status,
-        worker: worker.id.clone(),
-        started_at: ended.at,
-        finished_at: ended.at,
-        exit_code: None,
-        output: String::new(),
-        output_truncated: false,
-        error: Some(ended.error),
-        will_retry: false,
-        epoch: shard.epoch,
-        stream_seq: Some(stream_seq),
-    };
-    report(worker, shard, &result, how, lost, hand_back).await
-}
-
-/// Stores what became of an attempt, in this order: its result, the `dead`
-/// or `expired` event when `how` is dead or expired, its final shard
-/// record. `None` when the result or the event could not be stored and the
-/// message must stay unacked.
-async fn report(
-    worker: &Worker,
-    shard: &ShardMessage,
-    result: &RunResult,
-    how: Settle,
-    lost: u32,
-    hand_back: &CancellationToken,
-) -> Option<Settle> {
-    if let Err(e) = worker.reporter.result(result, hand_back).await {
-        error!(error = %e, "cannot store the result");
-        return None;
-    }
-    // The event goes before the final record: a final record stops every
-    // later delivery from running, so it must come last.
-    if let Some((event, id)) = ending_event(shard, result, how) {
-        if let Err(e) = worker.reporter.event(&event, id, hand_back).await {
-            error!(error = %e, kind = event.kind(), "cannot store the event");
-            return None;
-        }
-        warn!(
-            attempts = result.attempt,
-            error = result.error.as_deref(),
-            "shard is {}: no attempt follows",
-            event.kind()
-        );
-    }
-    let end = record::finished(result, lost);
-    write_record(worker, shard.record_key().as_deref(), &end).await;
-    Some(how)
-}
-
-/// The event that tells a shard ended for good without success, with its
-/// dedup id: `dead` after its last failed attempt, `expired` past its
-/// deadline; none for any other ending.
-fn ending_event(shard: &ShardMessage, result: &RunResult, how: Settle) -> Option<(Event, String)> {
-    let (job, instant, n) = (&result.job, result.instant, result.shard);
-    match how {
-        Settle::Dead => Some((
-            Event::now(EventBody::Dead {
-                job: job.clone(),
-                instant,
-                shard: n,
-                attempts: result.attempt,
-                status: result.status,
-                run_id: result.run_id.clone(),
-                worker: result.worker.clone(),
-                error: result.error.clone(),
-            }),
-            dead_msg_id(job, instant, n),
-        )),
-        Settle::Expired => Some((
-            Event::now(EventBody::Expired {
-                job: job.clone(),
-                instant,
-                shard: n,
-                attempt: result.attempt,
-                run_id: result.run_id.clone(),
-                worker: result.worker.clone(),
-                expires_at: shard.expires_at.unwrap_or(instant),
-                late_ms: (result.started_at - instant).num_milliseconds(),
-            }),
-            expired_msg_id(job, instant, n),
-        )),
-        _ => None,
-    }
-}
-
 /// The shard record the message names, as it is before this delivery
 /// runs; `None` when there is none, or when it cannot be read (then the
 /// shard runs on its delivery count, and a repeat execution is recorded).
@@ -598,22 +530,6 @@ async fn read_record(worker: &Worker, shard: &ShardMessage) -> Option<ShardRecor
         }
     }
     None
-}
-
-/// Writes the shard record when the message names one; best effort.
-async fn write_record(worker: &Worker, key: Option<&str>, record: &ShardRecord) {
-    let Some(key) = key else {
-        return;
-    };
-    let state = record.state.as_str();
-    match worker.recorder.put(key, record).await {
-        Ok(()) => debug!(key, state, "shard record written"),
-        Err(e) => warn!(
-            error = %e,
-            state,
-            "shard record not written; the results stream still has the outcome"
-        ),
-    }
 }
 
 /// Drives `work` while acking progress every `every`, so that the server
@@ -683,6 +599,7 @@ mod tests {
         );
         assert_eq!(ack_bytes(Settle::Dead), "+TERM");
         assert_eq!(ack_bytes(Settle::Expired), "+TERM");
+        assert_eq!(ack_bytes(Settle::Cancelled), "+TERM");
         assert_eq!(ack_bytes(Settle::Malformed), "+TERM");
         assert_eq!(ack_bytes(Settle::HandedBack), "-NAK");
         assert_eq!(ack_bytes(Settle::AlreadyFinished), "+ACK");
@@ -888,18 +805,6 @@ mod tests {
     }
 
     #[test]
-    fn the_crash_loop_error_says_why_the_shard_is_not_run() {
-        assert_eq!(
-            crash_loop_error(5),
-            "lost 5 attempts in a row: the worker running it died each time (crash loop); not run again"
-        );
-        assert_eq!(
-            crash_loop_error(1),
-            "lost 1 attempt: the worker running it died before reporting (crash loop); not run again"
-        );
-    }
-
-    #[test]
     fn a_final_record_of_the_fire_means_not_again() {
         let shard = recorded_shard();
         for (state, will_retry) in [
@@ -1011,68 +916,54 @@ mod tests {
     }
 
     #[test]
-    fn the_expired_error_says_how_late_the_shard_came() {
-        let shard = due_within(2);
-        let now = shard.instant + chrono::Duration::milliseconds(3250);
-        assert_eq!(
-            expired_error(&shard, now),
-            "not started within its deadline (2s after its instant): delivered 3s 250ms after \
-             it; not run"
-        );
-    }
-
-    fn ended_with(shard: &ShardMessage, status: RunStatus, attempt: u32) -> RunResult {
-        RunResult {
-            job: shard.job.clone(),
-            instant: shard.instant,
-            shard: shard.shard,
-            shards: shard.shards,
+    fn a_replaced_fire_is_cancelled_unless_it_already_finished() {
+        let shard = due_within(10);
+        let replacing = shard.instant + chrono::Duration::hours(1);
+        let by = Some(replacing);
+        let cancelled = |attempt, lost| Plan::Cancelled {
             attempt,
-            run_id: "RUN9".into(),
-            status,
-            worker: "w1".into(),
-            started_at: shard.instant + chrono::Duration::seconds(5),
-            finished_at: shard.instant + chrono::Duration::seconds(5),
-            exit_code: None,
-            output: String::new(),
-            output_truncated: false,
-            error: Some("why".into()),
-            will_retry: false,
-            epoch: 7,
-            stream_seq: Some(3),
-        }
-    }
-
-    #[test]
-    fn a_dead_or_expired_shard_has_its_event_and_no_other_ending_has_one() {
-        let shard = due_within(2);
-        let ms = shard.instant.timestamp_millis();
-        let expired = ended_with(&shard, RunStatus::Expired, 2);
-        let (event, id) = ending_event(&shard, &expired, Settle::Expired).unwrap();
-        assert_eq!(id, format!("expired:sync:{ms}:2"));
+            lost,
+            by: replacing,
+        };
+        assert_eq!(plan(2, &shard, None).unless_replaced(by), cancelled(2, 0));
+        // Replacing goes before the deadline and the crash loop.
+        let late = super::plan(
+            1,
+            &shard,
+            None,
+            MAX_LOST,
+            shard.instant + chrono::Duration::hours(1),
+        );
         assert_eq!(
-            event.body,
-            EventBody::Expired {
-                job: "sync".into(),
-                instant: shard.instant,
-                shard: 2,
-                attempt: 2,
-                run_id: "RUN9".into(),
-                worker: "w1".into(),
-                expires_at: shard.instant + chrono::Duration::seconds(2),
-                late_ms: 5000,
+            late,
+            Plan::Expired {
+                attempt: 1,
+                lost: 0
             }
         );
-        let failed = ended_with(&shard, RunStatus::Failed, 3);
-        let (event, id) = ending_event(&shard, &failed, Settle::Dead).unwrap();
-        assert_eq!((event.kind(), id), ("dead", format!("dead:sync:{ms}:2")));
-        for how in [
-            Settle::Succeeded,
-            Settle::Retry(Duration::from_secs(1)),
-            Settle::HandedBack,
-            Settle::AlreadyFinished,
-        ] {
-            assert!(ending_event(&shard, &failed, how).is_none(), "{how:?}");
-        }
+        assert_eq!(late.unless_replaced(by), cancelled(1, 0));
+        let looping = ShardRecord {
+            lost: MAX_LOST - 1,
+            ..left(&shard, 3, ShardState::Running, false)
+        };
+        assert_eq!(
+            plan(4, &shard, Some(&looping)).unless_replaced(by),
+            cancelled(4, MAX_LOST)
+        );
+        // A shard that already ended is acked as always.
+        let done = left(&shard, 1, ShardState::Succeeded, false);
+        let finished = plan(2, &shard, Some(&done));
+        assert_eq!(finished.clone().unless_replaced(by), finished);
+        // A cancelled record is final.
+        let ended = left(&shard, 1, ShardState::Cancelled, false);
+        assert!(matches!(
+            plan(2, &shard, Some(&ended)),
+            Plan::Finished {
+                state: ShardState::Cancelled,
+                ..
+            }
+        ));
+        // Not replaced: the plan stands.
+        assert_eq!(plan(1, &shard, None).unless_replaced(None), run(1, 0));
     }
 }

@@ -7,6 +7,11 @@
 //!
 //! An attempt owns its processes: when the shell exits, whatever it left
 //! running in its group gets SIGTERM, then SIGKILL after the kill grace.
+//!
+//! Three things end a run early. Its timeout, and its `stop` future (its
+//! fire was replaced, see [`crate::cancel`]), stop the group the same way:
+//! SIGTERM, then SIGKILL after the kill grace, keeping the output. The
+//! cancel token (shutdown's hand-back) kills the group at once with SIGKILL.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -86,15 +91,26 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
     Finished(Outcome),
+    /// The stop future completed first: the process group was stopped like
+    /// at a timeout; the output up to then is kept.
+    Stopped {
+        output: String,
+        output_truncated: bool,
+    },
     /// The cancel token fired first: the process group was killed and there
     /// is nothing to report.
     Cancelled,
 }
 
-/// Runs `cmd` to its end, its timeout, or until `cancel` fires.
-pub async fn execute(cmd: &ShellCommand, cancel: &CancellationToken) -> Ended {
+/// Runs `cmd` to its end, its timeout, until `stop` completes, or until
+/// `cancel` fires.
+pub async fn execute(
+    cmd: &ShellCommand,
+    cancel: &CancellationToken,
+    stop: impl Future<Output = ()>,
+) -> Ended {
     match spawn(cmd) {
-        Ok((child, group, output)) => supervise(cmd, child, group, output, cancel).await,
+        Ok((child, group, output)) => supervise(cmd, child, group, output, cancel, stop).await,
         Err(e) => Ended::Finished(Outcome::refused(format!("cannot start sh: {e}"))),
     }
 }
@@ -159,12 +175,15 @@ async fn supervise(
     group: Group,
     mut output: pipe::Receiver,
     cancel: &CancellationToken,
+    stop: impl Future<Output = ()>,
 ) -> Ended {
+    let mut stop = std::pin::pin!(stop);
     let mut tail = Tail::new(cmd.max_output);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut exit: Option<io::Result<ExitStatus>> = None;
     let mut eof = false;
     let mut timed_out = false;
+    let mut stopped = false;
     let deadline = Instant::now() + cmd.timeout;
     // Set once the group got SIGTERM: when it gets SIGKILL.
     let mut kill_at: Option<Instant> = None;
@@ -194,9 +213,15 @@ async fn supervise(
                 }
                 drain_until = Some(Instant::now() + cmd.kill_grace + DRAIN_SLACK);
             }
-            _ = sleep_until(deadline), if !timed_out && exit.is_none() => {
+            _ = sleep_until(deadline), if !timed_out && !stopped && exit.is_none() => {
                 debug!(timeout = ?cmd.timeout, "timed out; stopping the process group");
                 timed_out = true;
+                group.signal(Signal::SIGTERM);
+                kill_at = Some(Instant::now() + cmd.kill_grace);
+            }
+            _ = &mut stop, if !timed_out && !stopped && exit.is_none() => {
+                debug!("told to stop; stopping the process group");
+                stopped = true;
                 group.signal(Signal::SIGTERM);
                 kill_at = Some(Instant::now() + cmd.kill_grace);
             }
@@ -213,6 +238,12 @@ async fn supervise(
     drop(group);
 
     let (output, output_truncated) = tail.into_text();
+    if stopped {
+        return Ended::Stopped {
+            output,
+            output_truncated,
+        };
+    }
     let (status, exit_code, error) = match exit {
         _ if timed_out => (
             RunStatus::TimedOut,
@@ -279,9 +310,9 @@ mod tests {
     }
 
     async fn finish(cmd: &ShellCommand) -> Outcome {
-        match execute(cmd, &CancellationToken::new()).await {
+        match execute(cmd, &CancellationToken::new(), std::future::pending()).await {
             Ended::Finished(o) => o,
-            Ended::Cancelled => panic!("not cancelled"),
+            other => panic!("not cancelled nor stopped: {other:?}"),
         }
     }
 
@@ -378,6 +409,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stop_ends_the_run_like_a_timeout_and_keeps_the_output() {
+        let mut cmd = shell("echo $$; trap '' TERM; sleep 30 & sleep 30");
+        cmd.kill_grace = Duration::from_millis(300);
+        let started = Instant::now();
+        let stop = tokio::time::sleep(Duration::from_millis(500));
+        let ended = execute(&cmd, &CancellationToken::new(), stop).await;
+        let took = started.elapsed();
+        let Ended::Stopped {
+            output,
+            output_truncated,
+        } = ended
+        else {
+            panic!("not stopped: {ended:?}")
+        };
+        assert!(!output_truncated);
+        // SIGTERM is ignored: SIGKILL follows after the kill grace.
+        assert!(took >= Duration::from_millis(800), "took {took:?}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert_group_gone(first_line_pid(&output)).await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_after_the_end_changes_nothing() {
+        let stop = tokio::time::sleep(Duration::from_millis(300));
+        let ended = execute(&shell("echo hi"), &CancellationToken::new(), stop).await;
+        let Ended::Finished(o) = ended else {
+            panic!("not finished: {ended:?}")
+        };
+        assert_eq!(
+            (o.status, o.output.as_str()),
+            (RunStatus::Succeeded, "hi\n")
+        );
+    }
+
+    #[tokio::test]
     async fn sigkill_follows_when_sigterm_is_ignored() {
         let mut cmd = shell("trap '' TERM; echo $$; sleep 30 & sleep 30");
         cmd.timeout = Duration::from_millis(300);
@@ -420,7 +486,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let run = tokio::spawn({
             let cancel = cancel.clone();
-            async move { execute(&cmd, &cancel).await }
+            async move { execute(&cmd, &cancel, std::future::pending()).await }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         let pgid = loop {
@@ -450,7 +516,9 @@ mod tests {
             "echo $$ > {}; sleep 30 & sleep 30",
             pidfile.display()
         ));
-        let run = tokio::spawn(async move { execute(&cmd, &CancellationToken::new()).await });
+        let run = tokio::spawn(async move {
+            execute(&cmd, &CancellationToken::new(), std::future::pending()).await
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         let pgid = loop {
             if let Ok(text) = std::fs::read_to_string(&pidfile)

@@ -11,8 +11,12 @@
 //!   the payload file.
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
 //! - [`output`]: the bounded tail of a run's output.
-//! - [`report`]: publishes results and `dead` and `expired` events through
-//!   JetStream.
+//! - [`ending`]: what an attempt stores as it ends, and in which order.
+//! - [`report`]: publishes results, `dead` and `expired` events, and the end
+//!   notices of tracked shards through JetStream.
+//! - [`cancel`]: the latest replaced fire per job (`overlap: replace`),
+//!   read from the `replaced` events; stops and skips shards of replaced
+//!   fires.
 //! - [`record`]: shard records (run history) in the runs bucket.
 //! - [`heartbeat`]: this worker's liveness key in the workers bucket.
 //! - [`shutdown`]: stop pulling, let runs finish, hand back the rest.
@@ -24,23 +28,29 @@
 //! reads its shard record ([`record`]): a shard that already finished for
 //! good is acked without running, one whose last attempts all died with
 //! their workers ends dead without running, one delivered past its
-//! deadline ends expired without running, any other gets its attempt
+//! deadline ends expired without running, one of a replaced fire
+//! ([`cancel`]) ends cancelled without running, any other gets its attempt
 //! number ->
 //! [`attempt`] marks the record `running` and runs the shard with
 //! [`execute`] in the [`environment`] it builds (acking progress
-//! meanwhile) -> [`report`] stores the `RunResult` on
-//! `jetcron.results.<job>` (and a `dead` event after the last failed
-//! attempt, an `expired` one for a shard past its deadline) -> [`record`]
-//! writes the outcome into the shard record -> [`attempt`] settles the
-//! message: ack, nak with the retry delay, or term.
+//! meanwhile, and stopping it if its fire is replaced) -> [`ending`] has
+//! [`report`] store the `RunResult` on `jetcron.results.<job>` (and a
+//! `dead` event after the last failed attempt, an `expired` one for a shard
+//! past its deadline, and on `jetcron.ends.<job>` the end notice of a
+//! tracked shard that ends for good), then [`record`] write the outcome
+//! into the shard record -> [`attempt`] settles the message: ack, nak with
+//! the retry delay, or term.
 //!
 //! Beside it, [`heartbeat`] keeps `<group>.<id>` fresh in the workers bucket
-//! from start to exit, with the number of shards running.
+//! from start to exit, with the number of shards running, and
+//! [`cancel::follow`] reads the `replaced` events.
 
 pub mod attempt;
 pub mod backoff;
+pub mod cancel;
 pub mod config;
 pub mod consume;
+pub mod ending;
 pub mod environment;
 pub mod error;
 pub mod execute;
@@ -66,6 +76,7 @@ pub use config::WorkerConfig;
 pub use error::WorkerError;
 
 use crate::attempt::Worker;
+use crate::cancel::{LOAD_LIMIT, Replacements};
 use crate::consume::{PullConsumer, Puller, Source, log_task_end, reap};
 use crate::heartbeat::{Heartbeat, RunCount};
 use crate::record::Recorder;
@@ -125,6 +136,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         server_ack_wait.min(config.ack_wait)
     };
     let running = RunCount::default();
+    let replacements = Replacements::default();
     let worker = Arc::new(Worker {
         id: config.id.clone(),
         allow_shell: config.allow_shell,
@@ -135,6 +147,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         recorder: Recorder::new(resources.runs),
         max_lost: config.max_lost_attempts,
         running: running.clone(),
+        replacements: replacements.clone(),
     });
     let heartbeat = Heartbeat::new(resources.workers, &names, &config, running, started_at);
     info!(
@@ -151,14 +164,31 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         shutdown: shutdown.clone(),
         stats: client.statistics(),
     };
-    // The heartbeat lives inside this future, not in a task of its own, so
-    // that a worker whose `run` is aborted goes silent like a dead process.
-    let beating = CancellationToken::new();
+    // The heartbeat and the follower live inside this future, not in tasks
+    // of their own, so that a worker whose `run` is aborted goes silent
+    // like a dead process.
+    let done = CancellationToken::new();
+    let following = cancel::follow(
+        js.clone(),
+        names.clone(),
+        replacements.clone(),
+        done.clone(),
+    );
     let work = async {
+        // A shard of a replaced fire must not run because its worker had
+        // not read the replace yet.
+        tokio::select! {
+            _ = shutdown.stopping() => {}
+            loaded = tokio::time::timeout(LOAD_LIMIT, replacements.loaded()) => {
+                if loaded.is_err() {
+                    warn!(limit = ?LOAD_LIMIT, "replaced events not read yet; pulling anyway");
+                }
+            }
+        }
         pull_until_stopped(puller, consumer, config.shutdown_grace).await;
-        beating.cancel();
+        done.cancel();
     };
-    tokio::join!(heartbeat.run(beating.clone()), work);
+    tokio::join!(heartbeat.run(done.clone()), following, work);
     match heartbeat.remove().await {
         Ok(()) => info!("heartbeat deleted"),
         Err(e) => warn!(error = %e, "heartbeat not deleted; it expires with the bucket's max age"),

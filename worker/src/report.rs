@@ -1,10 +1,13 @@
 //! Publishes what became of an attempt: its [`RunResult`] on the results
 //! stream and, after the last failed attempt, a `dead` event (an `expired`
-//! one for a shard delivered past its deadline).
+//! one for a shard delivered past its deadline). A shard of a tracked fire
+//! (`ShardMessage::track`) that ends for good (no attempt follows) also
+//! gets its end notice: the same result on the ends stream
+//! (`jetcron.ends.<job>`), which the scheduler waits for.
 //!
-//! Both go through JetStream and wait for the stream's ack, with a
-//! `Nats-Msg-Id` naming the execution (or the dead or expired shard), so
-//! that a publish retried after a lost ack is stored once.
+//! All go through JetStream and wait for the stream's ack, with a
+//! `Nats-Msg-Id` naming the execution (or the dead, expired or ended
+//! shard), so that a publish retried after a lost ack is stored once.
 //!
 //! A result's id ends with the run id, not just the attempt: after a server
 //! crash the same attempt number can be executed twice (the server may
@@ -16,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use jetcron_shared::Names;
-use jetcron_shared::wire::{Event, RunResult};
+use jetcron_shared::wire::{Event, RunResult, end_msg_id};
 use thiserror::Error;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +89,23 @@ impl Reporter {
             "run result",
             self.names.results_subject(&result.job),
             result_msg_id(result),
+            result.encode(),
+            give_up,
+        )
+        .await
+    }
+
+    /// Stores `result`, the last of its shard, as the shard's end notice
+    /// on `jetcron.ends.<job>` (dedup id [`end_msg_id`]: one per shard).
+    pub async fn end(
+        &self,
+        result: &RunResult,
+        give_up: &CancellationToken,
+    ) -> Result<(), ReportError> {
+        self.publish(
+            "end notice",
+            self.names.ends_subject(&result.job),
+            end_msg_id(&result.job, result.instant, result.shard),
             result.encode(),
             give_up,
         )
