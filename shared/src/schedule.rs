@@ -82,6 +82,9 @@ enum Kind {
     After {
         delay_ms: u64,
     },
+    /// Never fires by itself: only by `job.trigger` or as another job's
+    /// `on_success` child.
+    Manual,
 }
 
 /// One field of a cron expression, used to name the culprit in errors.
@@ -211,7 +214,7 @@ pub enum ScheduleError {
     MisplacedQuestionMark { expr: String, field: CronField },
 
     #[error(
-        "{}: unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @after <duration>, @at <RFC 3339 instant>)",
+        "{}: unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @after <duration>, @at <RFC 3339 instant>, @manual)",
         quote(.expr)
     )]
     UnknownMacro { expr: String },
@@ -325,6 +328,7 @@ impl Schedule {
             Kind::After { delay_ms } => {
                 from.checked_add_signed(TimeDelta::milliseconds(i64::try_from(*delay_ms).ok()?))
             }
+            Kind::Manual => None,
         }?;
         match self.end {
             Some(end) if next > end => None,
@@ -372,6 +376,11 @@ impl Schedule {
         &self.expr
     }
 
+    /// Whether it never fires by itself (`@manual`).
+    pub fn is_manual(&self) -> bool {
+        self.kind == Kind::Manual
+    }
+
     /// The delay of an `@after` schedule: its next instant is this long
     /// after the previous fire ended.
     pub fn fixed_delay(&self) -> Option<std::time::Duration> {
@@ -403,6 +412,13 @@ fn parse_macro(expr: &str, body: &str) -> Result<Kind, ScheduleError> {
         "secondly" => "* * * * * *",
         "every" => return parse_every(expr, arg),
         "after" => return parse_after(expr, arg),
+        "manual" if arg.is_empty() => return Ok(Kind::Manual),
+        "manual" => {
+            return Err(ScheduleError::UnexpectedArgument {
+                expr: expr.to_owned(),
+                name: "@manual".to_owned(),
+            });
+        }
         "at" => return parse_at(expr, arg),
         _ => {
             return Err(ScheduleError::UnknownMacro {
@@ -544,6 +560,42 @@ fn next_interval(period_ms: u64, offset_ms: u64, after: DateTime<Utc>) -> Option
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn manual_never_fires_by_itself_and_after_counts_from_the_end_it_is_given() {
+        let m = Schedule::parse("@manual", chrono_tz::UTC).unwrap();
+        assert!(m.is_manual());
+        assert_eq!(m.next_after(Utc::now()), None);
+        assert!(m.upcoming(Utc::now(), 3).is_empty());
+        assert!(matches!(
+            Schedule::parse("@manual 5m", chrono_tz::UTC),
+            Err(ScheduleError::UnexpectedArgument { .. })
+        ));
+        let a = Schedule::parse("@after 30s", chrono_tz::UTC).unwrap();
+        assert_eq!(a.fixed_delay(), Some(std::time::Duration::from_secs(30)));
+        let end = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 5, 1, 10, 0, 0).unwrap();
+        assert_eq!(a.next_after(end), Some(end + TimeDelta::seconds(30)));
+        assert_eq!(
+            a.upcoming(end, 5).len(),
+            1,
+            "later instants depend on run times"
+        );
+        let start = end + TimeDelta::hours(1);
+        let bounded = a.clone().bounded(Some(start), None);
+        assert_eq!(
+            bounded.next_after(end),
+            Some(start),
+            "the start is the first instant"
+        );
+        assert!(matches!(
+            Schedule::parse("@after", chrono_tz::UTC),
+            Err(ScheduleError::MissingArgument { .. })
+        ));
+        assert!(matches!(
+            Schedule::parse("@after 10ms", chrono_tz::UTC),
+            Err(ScheduleError::IntervalTooShort { .. })
+        ));
+    }
+
     use super::cron::{has_bit, resolve_local};
     use super::*;
     use chrono::Weekday;
@@ -734,7 +786,7 @@ mod tests {
             ),
             (
                 "@fortnightly",
-                "'@fortnightly': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @after <duration>, @at <RFC 3339 instant>)",
+                "'@fortnightly': unknown macro (use @yearly, @monthly, @weekly, @daily, @hourly, @minutely, @secondly, @every <duration>, @after <duration>, @at <RFC 3339 instant>, @manual)",
             ),
             ("@hourly 5", "'@hourly 5': @hourly takes no argument"),
             (
