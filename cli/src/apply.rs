@@ -3,8 +3,9 @@
 //!
 //! Files -> [`manifest::load`] (everything validated locally; one bad job
 //! refuses the whole apply) -> read what is stored (`job.list`, `job.get`)
-//! -> [`plan`]: added, changed (with a field diff), unchanged, pruned ->
-//! writes. Changed jobs are written with the revision they were read at, so
+//! -> [`Chains`]: an `on_success` cycle refuses the whole apply too ->
+//! [`plan`]: added, changed (with a field diff), unchanged, pruned ->
+//! writes, jobs fired on success before the jobs that fire them. Changed jobs are written with the revision they were read at, so
 //! an edit made in between is a conflict, not a lost update; unchanged jobs
 //! are not written at all, so applying twice changes nothing. The live
 //! `paused` state is kept unless a file sets `paused` itself.
@@ -19,6 +20,7 @@ use jetcron_shared::connect::ConnectArgs;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::chain::Chains;
 use crate::diff::{self, FieldChange};
 use crate::manifest::{self, Manifest};
 use crate::{Failure, Output, connect};
@@ -267,7 +269,9 @@ pub async fn apply(args: &ConnectArgs, out: &Output, opts: &ApplyOptions) -> Res
     let desired = manifest::load(&opts.files).map_err(|e| Failure::Input(e.to_string()))?;
     let api = connect::api(args).await?;
     let (stored, elsewhere) = read_stored(&api, &desired).await?;
-    let steps = plan(desired, &stored, &elsewhere, opts.prune);
+    let chains = Chains::read(&api, &desired, &elsewhere, opts.prune).await?;
+    chains.check()?;
+    let steps = chains.order(plan(desired, &stored, &elsewhere, opts.prune));
     let not_in_files = if opts.prune {
         Vec::new()
     } else {

@@ -9,7 +9,8 @@
 //! - [`jobs`]: `job put/get/rm/ls/pause/resume/trigger/next/runs`; `ls`
 //!   walks `job.list` page by page and prints each page as it arrives.
 //! - [`apply`]: `apply`: job files -> [`manifest`] (load, validate) ->
-//!   compare with what is stored ([`diff`]) -> conditional writes.
+//!   compare with what is stored ([`diff`]) -> `on_success` cycles refused
+//!   and writes ordered ([`chain`]) -> conditional writes.
 //! - [`status`]: `status` and `workers`.
 //! - [`watch`]: `watch`: results and events, one line each.
 //!
@@ -18,6 +19,7 @@
 //! no scheduler answering.
 
 pub mod apply;
+pub mod chain;
 pub mod connect;
 pub mod diff;
 pub mod failure;

@@ -378,3 +378,107 @@ async fn apply_adds_is_idempotent_keeps_paused_and_prunes() {
     assert_eq!(ids, ["billing", "cleanup", "report", "sync"]);
     d.stop().await;
 }
+
+/// `on_success` chains: a set with a cycle, within itself or through a
+/// stored job, is refused whole and nothing is written; a set that turns a
+/// chain around is written children first, so that no put on the way sees
+/// a cycle; jobs pruned that the set names are deleted first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_an_on_success_cycle_and_writes_nothing() {
+    let d = Deployment::start().await;
+    let url = d.url();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = path(dir.path()).to_string();
+    let file = dir.path().join("chain.yaml");
+    let job = |id: &str, children: &str| {
+        format!(
+            "- id: {id}\n  schedule: '@daily'\n  run: {{shell: x}}\n  on_success: [{children}]\n"
+        )
+    };
+    d.api
+        .put_raw(
+            r#"{"id":"tail","schedule":"@daily","run":{"shell":"x"},"on_success":["head"]}"#.into(),
+        )
+        .await
+        .unwrap();
+    let before = d.revisions().await;
+
+    // head -> mid -> tail, and the stored tail fires head.
+    let set = [job("head", "mid"), job("mid", "tail"), job("lone", "")].concat();
+    std::fs::write(&file, &set).unwrap();
+    for args in [
+        vec!["apply", "-f", &dir_arg],
+        vec!["apply", "--dry-run", "-f", &dir_arg],
+    ] {
+        let out = jetcron(&url, &args).await;
+        out.expect_code(1);
+        let err = out.error_line();
+        assert!(err.contains("chain.yaml:1: job 'head': "), "{err}");
+        assert!(
+            err.ends_with("on_success: a cycle: head -> mid -> tail -> head; nothing was written"),
+            "{err}"
+        );
+        assert_eq!(out.stdout, "");
+    }
+    assert_eq!(d.revisions().await, before, "nothing may be written");
+
+    // Within the set alone.
+    std::fs::write(&file, [job("x", "y"), job("y", "z, x")].concat()).unwrap();
+    let out = jetcron(&url, &["apply", "-f", &dir_arg]).await;
+    out.expect_code(1);
+    assert!(
+        out.error_line()
+            .ends_with("job 'x': on_success: a cycle: x -> y -> x; nothing was written"),
+        "{out:#?}"
+    );
+    assert_eq!(d.revisions().await, before, "nothing may be written");
+
+    // The set's tail replaces the stored one: a chain, written tail first
+    // (head first, mid would close head -> mid -> tail -> head on the way).
+    std::fs::write(&file, [set.clone(), job("tail", "")].concat()).unwrap();
+    let out = jetcron(&url, &["apply", "-f", &dir_arg]).await;
+    out.ok();
+    let written: Vec<&str> = out
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("added") || l.starts_with("changed"))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(written, ["tail", "mid", "head", "lone"], "{out:#?}");
+    assert_eq!(
+        out.lines().last().copied(),
+        Some("3 added, 1 changed, 0 unchanged")
+    );
+    let tail = d.api.get("tail").await.unwrap().job.unwrap();
+    assert!(tail.on_success.is_empty());
+
+    // A stored job outside the files that fires head: head naming it is a
+    // cycle, unless --prune deletes it (first).
+    d.api
+        .put_raw(
+            r#"{"id":"old","schedule":"@daily","run":{"shell":"x"},"on_success":["head"]}"#.into(),
+        )
+        .await
+        .unwrap();
+    let set = [job("head", "mid, old"), job("mid", "tail"), job("tail", "")].concat();
+    std::fs::write(&file, &set).unwrap();
+    let before = d.revisions().await;
+    let out = jetcron(&url, &["apply", "-f", &dir_arg]).await;
+    out.expect_code(1);
+    assert!(
+        out.error_line()
+            .ends_with("on_success: a cycle: head -> old -> head; nothing was written"),
+        "{out:#?}"
+    );
+    assert_eq!(d.revisions().await, before, "nothing may be written");
+    let out = jetcron(&url, &["apply", "--prune", "-f", &dir_arg]).await;
+    out.ok();
+    assert!(out.lines()[0].starts_with("pruned     old"), "{out:#?}");
+    assert_eq!(
+        out.lines().last().copied(),
+        Some("0 added, 1 changed, 2 unchanged, 2 pruned")
+    );
+    let ids: Vec<String> = d.revisions().await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["head", "mid", "tail"]);
+    d.stop().await;
+}

@@ -17,9 +17,11 @@ use thiserror::Error;
 use crate::quote::{clip, clip_quoted_runs, quote};
 use crate::schedule::Schedule;
 
+mod chain;
 mod check;
 mod definition;
 
+pub use chain::{Cycle, children_first, find_cycle, find_cycle_in};
 pub use check::{MAX_CHILDREN, MAX_ID_LEN, is_valid_id, parse_duration, parse_flag_duration};
 use check::{bound, check_children, check_name, check_no_nul};
 pub use definition::Definition;

@@ -6,8 +6,11 @@
 //! - here: request validation (nothing written on error), compare-and-set
 //!   puts, pause and resume;
 //! - [`fires`]: `job.trigger`, `job.next`, `job.runs`;
+//! - [`chains`]: `on_success` cycles refused at `job.put`;
 //! - [`observe`]: `status`, `workers`, and the micro protocol.
 
+#[path = "api/chains.rs"]
+mod chains;
 #[path = "api/fires.rs"]
 mod fires;
 #[path = "api/observe.rs"]

@@ -7,7 +7,9 @@
 //! is a compare-and-set: KV `create` for 0 (must not exist), `update` at that
 //! revision otherwise, so of two concurrent edits from the same revision only
 //! one applies. A definition is stored indented unless that would make it
-//! too large to load; one too large even compact is refused.
+//! too large to load; one too large even compact is refused. One whose
+//! `on_success` leads back to itself through the stored jobs is refused as
+//! a bad request naming the cycle (see [`super::chain`]).
 //!
 //! A delete also purges the job's shard messages still waiting in the work
 //! stream (see [`crate::deletion`]).
@@ -24,6 +26,7 @@ use jetcron_shared::wire::{Event, EventBody};
 use jetcron_shared::{Job, JobError};
 use tracing::{info, warn};
 
+use super::chain::refuse_cycle;
 use super::{Ctx, ID_SHAPE, check_id, load_job, not_found, parse, unavailable};
 use crate::deletion::purge_work;
 
@@ -51,6 +54,9 @@ pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
             return Err(ApiError::new(ErrorCode::InvalidJob, e.to_string()));
         }
     };
+    // Checked against what is stored now: see `chain` for the race two
+    // puts closing half a cycle each have.
+    refuse_cycle(ctx, &job).await?;
     let spec = job.spec;
     let id = spec.id.clone();
     let current = current_revision(ctx, &id).await?;

@@ -6,6 +6,7 @@
 //! - [`micro`] - the micro protocol (endpoints, `$SRV.PING/INFO/STATS`, error
 //!   counting).
 //! - [`jobs`] - `job.put`, `job.get`, `job.delete`.
+//! - [`chain`] - `job.put` refuses an `on_success` cycle.
 //! - [`list`] - `job.list`, one page at a time from the job index.
 //! - [`pause`] - `job.pause`, `job.resume`.
 //! - [`trigger`] - `job.trigger`.
@@ -26,6 +27,7 @@
 
 pub mod micro;
 
+mod chain;
 mod jobs;
 mod list;
 mod next;
