@@ -5,6 +5,7 @@
 //! real server and scheduler, and must succeed. So the documented commands
 //! cannot drift from the API.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -186,6 +187,8 @@ fn every_example_job_in_the_job_reference_is_valid() {
     let rest = &readme[start + 1..];
     let end = rest.find("\n## ").unwrap_or(rest.len());
     let mut checked = 0;
+    // Top-level fields and schedule forms the examples show between them.
+    let mut shown: BTreeSet<String> = BTreeSet::new();
     let mut block: Option<String> = None;
     for line in rest[..end].lines() {
         match (&mut block, line.trim()) {
@@ -198,6 +201,16 @@ fn every_example_job_in_the_job_reference_is_valid() {
                         panic!("an example job that does not validate: {e}\n{text}");
                     }
                     checked += 1;
+                    shown.extend(
+                        value
+                            .as_object()
+                            .into_iter()
+                            .flat_map(|o| o.keys().cloned()),
+                    );
+                    if let Some(form) = value["schedule"].as_str().and_then(|s| s.split(' ').next())
+                    {
+                        shown.insert(form.to_string());
+                    }
                 }
                 block = None;
             }
@@ -208,5 +221,15 @@ fn every_example_job_in_the_job_reference_is_valid() {
             (None, _) => {}
         }
     }
-    assert!(checked >= 3, "only {checked} example jobs found");
+    assert!(checked >= 5, "only {checked} example jobs found");
+    for wanted in [
+        "deadline",
+        "misfire",
+        "overlap",
+        "on_success",
+        "@every",
+        "@after",
+    ] {
+        assert!(shown.contains(wanted), "no example job shows {wanted}");
+    }
 }
