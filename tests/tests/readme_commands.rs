@@ -221,7 +221,7 @@ fn every_example_job_in_the_job_reference_is_valid() {
             (None, _) => {}
         }
     }
-    assert!(checked >= 5, "only {checked} example jobs found");
+    assert!(checked >= 6, "only {checked} example jobs found");
     for wanted in [
         "deadline",
         "misfire",
@@ -229,6 +229,7 @@ fn every_example_job_in_the_job_reference_is_valid() {
         "on_success",
         "@every",
         "@after",
+        "@manual",
     ] {
         assert!(shown.contains(wanted), "no example job shows {wanted}");
     }
