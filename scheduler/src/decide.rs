@@ -49,6 +49,9 @@ pub struct Decider<'a> {
     pub now: DateTime<Utc>,
     /// A fire later than this after its instant is a misfire.
     pub misfire_threshold: chrono::Duration,
+    /// A tracked fire with no end this long after its instant is given up
+    /// (the work stream's max age: its shard messages are gone by then).
+    pub give_up: chrono::Duration,
 }
 
 /// Instants let pass in one decision.
@@ -86,6 +89,11 @@ impl Decider<'_> {
                 reason: state::PAUSED,
             };
             return self.skip(id, k, prev, skip, None);
+        }
+        if let Some(p) = prev
+            && p.running.iter().any(|r| self.stale(r))
+        {
+            return self.give_up(id, k, p, at, full);
         }
         if let Some(item) = self.overlapping(id, k, prev, at, full.clone()) {
             return item;
@@ -192,10 +200,11 @@ impl Decider<'_> {
         } else {
             running.clear();
         }
-        // A fixed delay counts from the end of the fire, not known yet.
+        // A fixed delay counts from the end of the fire, not known yet:
+        // it sleeps until then, or until it gives up waiting.
         let next_instant = match extra.next {
             Some(next) => next,
-            None if tracked && schedule.fixed_delay().is_some() => None,
+            None if tracked && schedule.fixed_delay().is_some() => self.give_up_at(k, instant),
             None => schedule.next_after(instant),
         };
         let state = FireState {
@@ -578,6 +587,7 @@ mod tests {
             epoch: 9,
             now: t(10, 0, 4),
             misfire_threshold: chrono::Duration::seconds(1),
+            give_up: chrono::Duration::days(7),
         };
         let item = late.due("j", &k, Some(&prev), t(10, 0, 1), full(&k));
         let StateWrite::Put(s) = &item.state else {
@@ -647,6 +657,7 @@ mod tests {
             epoch: 9,
             now: t(10, 0, 2),
             misfire_threshold: chrono::Duration::seconds(1),
+            give_up: chrono::Duration::days(7),
         };
         // A paused job needs no full definition to skip.
         let item = decider.due("j", &k, Some(&prev), t(10, 0, 1), None);
@@ -707,6 +718,7 @@ mod tests {
             epoch: 9,
             now,
             misfire_threshold: chrono::Duration::seconds(1),
+            give_up: chrono::Duration::days(7),
         }
     }
 

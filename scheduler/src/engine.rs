@@ -612,6 +612,7 @@ impl Engine {
             now,
             misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
                 .unwrap_or(chrono::Duration::MAX),
+            give_up: self.give_up(),
         };
         // A crowd is stored as several batches side by side, each started
         // as soon as it is decided: one's states are written while another's

@@ -95,6 +95,52 @@ fn end_instant(r: &Running, fallback: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl Decider<'_> {
+    /// Whether the running fire `r` is given up: no end came within
+    /// `give_up` of its instant.
+    pub(super) fn stale(&self, r: &Running) -> bool {
+        r.instant
+            .checked_add_signed(self.give_up)
+            .is_some_and(|at| at <= self.now)
+    }
+
+    /// When a job asleep for its fire at `instant` wakes to give up on it:
+    /// an instant of its schedule, so that waking fires nothing off it.
+    pub(super) fn give_up_at(&self, k: &Known, instant: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let at = instant.checked_add_signed(self.give_up)?;
+        k.job.schedule().next_after(at)
+    }
+
+    /// The due instant `at` of a job some of whose running fires are given
+    /// up: they are dropped (with a warning) as if they had ended now.
+    pub(super) fn give_up(
+        &self,
+        id: &str,
+        k: &Known,
+        p: &FireState,
+        at: DateTime<Utc>,
+        full: Option<Arc<Job>>,
+    ) -> Item {
+        let mut state = p.clone();
+        state.running.retain(|r| {
+            let stale = self.stale(r);
+            if stale {
+                warn!(
+                    job = id,
+                    instant = %r.instant,
+                    ended = r.ended.len(),
+                    shards = r.shards,
+                    "no end of this fire came in time (its shard messages are gone from the work stream); no longer waiting for it"
+                );
+            }
+            !stale
+        });
+        if state.running.is_empty() {
+            self.after_end(id, k, state, self.now)
+        } else {
+            self.due(id, k, Some(&state), at, full)
+        }
+    }
+
     /// What the due instant `at` becomes while an earlier fire of the job
     /// runs; None when it fires as usual (nothing runs, or `allow`).
     pub(super) fn overlapping(
@@ -128,7 +174,7 @@ impl Decider<'_> {
                 state.job_revision = k.revision;
                 state.epoch = self.epoch;
                 state.queued = Some(at);
-                state.next_instant = None;
+                state.next_instant = self.give_up_at(k, latest.instant);
                 Some(track(id, state))
             }
             Overlap::Forbid | Overlap::Queue => {
@@ -139,7 +185,8 @@ impl Decider<'_> {
                     count,
                     reason: state::OVERLAP,
                 };
-                let mut item = self.skip(id, k, prev, skip, None);
+                let wake = self.give_up_at(k, latest.instant);
+                let mut item = self.skip(id, k, prev, skip, wake);
                 if let StateWrite::Put(s) = &mut item.state {
                     s.overlap_from = Some(last);
                 }
@@ -363,6 +410,7 @@ mod tests {
             epoch: 2,
             now,
             misfire_threshold: chrono::Duration::seconds(1),
+            give_up: chrono::Duration::days(7),
         }
     }
 
@@ -431,7 +479,11 @@ mod tests {
         assert!(
             matches!(&item.action, Action::Skip { count: 1, reason, .. } if reason == state::OVERLAP)
         );
-        assert_eq!(skipped.next_instant, None, "asleep while the fire runs");
+        assert_eq!(
+            skipped.next_instant,
+            Some(t(1) + chrono::Duration::days(7) + chrono::Duration::seconds(1)),
+            "asleep while the fire runs, until it would give up on it"
+        );
         assert_eq!(skipped.overlap_from, Some(t(2)));
         // Ends at 10:00:07: 3..=7 were slept through, one event for them.
         let d = decider(&names, t(7));
@@ -462,7 +514,8 @@ mod tests {
         let item = decider(&names, t(2)).due("j", &k, Some(&s), t(2), None);
         assert!(matches!(item.action, Action::Track));
         let queued = put(&item).clone();
-        assert_eq!((queued.queued, queued.next_instant), (Some(t(2)), None));
+        let wake = Some(t(1) + chrono::Duration::days(7) + chrono::Duration::seconds(1));
+        assert_eq!((queued.queued, queued.next_instant), (Some(t(2)), wake));
         let d = decider(&names, t(5));
         let ends = [end(t(1), 0, true, t(4)), end(t(1), 1, true, t(5))];
         let (item, _) = store(d.ended("j", &k, &queued, &ends));
@@ -508,7 +561,11 @@ mod tests {
         let k = known("j", "@after 30s", "");
         assert!(k.job.tracked());
         let (s, _) = fired(&names, &k, t(30));
-        assert_eq!(s.next_instant, None, "waits for the end");
+        assert_eq!(
+            s.next_instant,
+            Some(t(30) + chrono::Duration::days(7) + chrono::Duration::seconds(30)),
+            "waits for the end, or gives up after the work stream's max age"
+        );
         let d = decider(&names, t(45));
         let ends = [end(t(30), 0, true, t(40)), end(t(30), 1, false, t(44))];
         let (item, _) = store(d.ended("j", &k, &s, &ends));
@@ -562,5 +619,40 @@ mod tests {
             ..parent
         };
         assert!(d.child("c", Some(&child), None, &deep).is_none());
+    }
+
+    #[test]
+    fn a_fire_without_an_end_is_given_up_after_the_work_streams_max_age() {
+        let names = Names::default();
+        let k = known("j", "* * * * * *", r#","overlap":"forbid""#);
+        let (s, _) = fired(&names, &k, t(1));
+        let skip = decider(&names, t(2)).due("j", &k, Some(&s), t(2), None);
+        let asleep = put(&skip).clone();
+        let wake = asleep.next_instant.unwrap();
+        // Woken at the end of the wait: the fire is dropped, the instants
+        // slept through are reported, and the schedule goes on.
+        let d = decider(&names, wake);
+        let item = d.due("j", &k, Some(&asleep), wake, None);
+        match &item.action {
+            Action::Skip { first, count, .. } => {
+                assert_eq!(*first, t(3));
+                let slept = (wake - t(2)).num_seconds() as u64;
+                assert_eq!(
+                    *count,
+                    slept.min(MAX_SKIPPED_COUNT),
+                    "counted up to the cap"
+                );
+            }
+            other => panic!("expected the slept instants reported, got {other:?}"),
+        }
+        let s = put(&item);
+        assert!(s.running.is_empty());
+        assert_eq!(s.next_instant, Some(wake + chrono::Duration::seconds(1)));
+        // Not stale yet: still waiting.
+        let d = decider(&names, wake - chrono::Duration::seconds(2));
+        assert!(matches!(
+            d.due("j", &k, Some(&asleep), wake, None).action,
+            Action::Skip { .. }
+        ));
     }
 }

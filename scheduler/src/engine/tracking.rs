@@ -101,6 +101,7 @@ impl Engine {
             now,
             misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
                 .unwrap_or(chrono::Duration::MAX),
+            give_up: self.give_up(),
         };
         let (item, succeeded) = match decider.ended(job, k, state, &list) {
             Ended::Nothing => {
@@ -136,6 +137,16 @@ impl Engine {
         self.table.set_next(job, None);
         let id = self.spawn_batch(fires, now, false);
         self.attach(id, notices, Some(item));
+    }
+
+    /// How long a tracked fire is waited for: the work stream's max age
+    /// (none: for ever).
+    pub(super) fn give_up(&self) -> chrono::Duration {
+        let age = self.res.work.cached_info().config.max_age;
+        if age.is_zero() {
+            return chrono::Duration::MAX;
+        }
+        chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
     }
 
     fn attach(&mut self, batch: Option<u64>, acks: Vec<jetstream::Message>, then: Option<Item>) {
