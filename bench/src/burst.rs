@@ -8,17 +8,24 @@
 //!
 //! Anchor: the same number of messages (same bodies, `Nats-Msg-Id` set) to
 //! a work-queue stream with the raw async JetStream client, timed from the
-//! first send to the last ack.
+//! first send to the last ack. A raw probe publishes one message every
+//! 100 ms on the same connection meanwhile, and is consumed like jetcron's
+//! probes: its largest lateness is what the server and the client alone
+//! add to an unrelated message during such a burst.
 
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
+use jetcron_shared::Job;
+use jetcron_shared::wire::{Cause, ShardMessage};
 use serde::Serialize;
 use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
-use crate::clock::{ceil_second, now_ms};
+use crate::clock::{ceil_second, now_ms, sleep_until_ms};
 use crate::collect::{Collector, Source};
 use crate::deploy::{Deployment, connect, definition, job_id, shard_body};
 use crate::error::{BenchError, Result};
@@ -44,6 +51,8 @@ pub struct BurstRow {
     /// Raw publish of the same number of messages: first send to last ack.
     pub raw_ms: Option<i64>,
     pub raw_acked: usize,
+    /// Largest lateness of the raw probe (every 100 ms) around the raw burst.
+    pub raw_probe_max_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -62,10 +71,13 @@ pub async fn run(bench: &Bench) -> BurstReport {
         };
         say(&format!("burst: raw publish of {n} messages"));
         match raw_step(bench, n).await {
-            Ok((ms, acked)) => {
+            Ok((ms, acked, probe)) => {
                 row.raw_ms = Some(ms);
                 row.raw_acked = acked;
-                say(&format!("  {acked} acked in {ms} ms"));
+                row.raw_probe_max_ms = probe;
+                say(&format!(
+                    "  {acked} acked in {ms} ms, raw probe max lateness {probe:?} ms"
+                ));
             }
             Err(e) => row.error = Some(format!("raw: {e}")),
         }
@@ -87,8 +99,9 @@ pub async fn run(bench: &Bench) -> BurstReport {
     BurstReport { rows }
 }
 
-/// Returns (first send to last ack in ms, messages acked).
-async fn raw_step(bench: &Bench, n: usize) -> Result<(i64, usize)> {
+/// Returns (first send to last ack in ms, messages acked, the raw probe's
+/// largest lateness).
+async fn raw_step(bench: &Bench, n: usize) -> Result<(i64, usize, Option<i64>)> {
     let server = Server::start(&bench.logs).await?;
     let js = jetstream::new(connect(&server.url()).await?);
     let config = stream::Config {
@@ -102,7 +115,14 @@ async fn raw_step(bench: &Bench, n: usize) -> Result<(i64, usize)> {
         .await
         .map_err(|_| BenchError::timeout("creating RAW_WORK", Duration::from_secs(10)))?
         .map_err(|e| BenchError::nats("creating RAW_WORK", e))?;
+    let probes = Collector::start(&js, "RAW_WORK", "probe", "raw.probe.>", Source::Jetcron).await?;
+    let stop = CancellationToken::new();
+    let publisher = tokio::spawn(publish_probes(js.clone(), stop.clone()));
+    if !probes.wait_count(3, bench.ready_limit(2)).await {
+        return Err(BenchError::timeout("the raw probe", bench.ready_limit(2)));
+    }
     let instant = ceil_second(now_ms());
+    let start = now_ms();
     let messages = (0..n).map(|i| {
         let id = job_id("burst", i);
         let mut h = HeaderMap::new();
@@ -110,13 +130,60 @@ async fn raw_step(bench: &Bench, n: usize) -> Result<(i64, usize)> {
         Outgoing::new(format!("raw.burst.{id}"), shard_body(&id, "burst")).with_headers(h)
     });
     let put = publish_all(&js, messages, WINDOW).await;
+    let end = now_ms();
+    // Let the probes around the end arrive.
+    sleep(Duration::from_millis(1_500)).await;
+    stop.cancel();
+    let _ = publisher.await;
+    let probe_max = probes
+        .stop()
+        .await?
+        .iter()
+        .filter(|a| a.instant_ms >= start - 1_000 && a.instant_ms <= end + 1_000)
+        .map(|a| a.lateness_ms())
+        .max();
     if put.acked < n {
         return Err(BenchError::nats(
             format!("raw publish ({} of {n} acked)", put.acked),
             put.first_error.unwrap_or_default(),
         ));
     }
-    Ok((put.elapsed.as_millis() as i64, put.acked))
+    Ok((put.elapsed.as_millis() as i64, put.acked, probe_max))
+}
+
+/// The raw probe: a shard-sized message every 100 ms, on the tick, until
+/// `stop`; each publish awaited before the next tick, as a scheduler
+/// awaits its fire.
+async fn publish_probes(js: jetstream::Context, stop: CancellationToken) {
+    let def = definition(&job_id("probe", 1), "@every 100ms", "probe", "true", 1);
+    let Ok(job) = Job::decode(&def, None) else {
+        return;
+    };
+    let mut tick = (now_ms() / 100 + 1) * 100;
+    loop {
+        let Some(at) = DateTime::from_timestamp_millis(tick) else {
+            return;
+        };
+        let round = async {
+            sleep_until_ms(tick).await;
+            let shard = ShardMessage::new(&job, at, 0, 1, Cause::Schedule);
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", shard.msg_id().as_str());
+            let subject = format!("raw.probe.{}", shard.job);
+            if let Ok(ack) = js
+                .publish_with_headers(subject, h, Bytes::from(shard.encode()))
+                .await
+            {
+                let _ = ack.await;
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = round => {}
+        }
+        // The next tick not yet passed: a late round skips ticks.
+        tick = ((now_ms() / 100) + 1) * 100;
+    }
 }
 
 async fn jetcron_step(bench: &Bench, n: usize, row: &mut BurstRow) -> Result<()> {
