@@ -67,6 +67,22 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 const KV_OPERATION: &str = "KV-Operation";
 const NATS_ROLLUP: &str = "Nats-Rollup";
 
+/// Batches of at most this many items encode their writes on the runtime's
+/// thread; larger ones on the blocking pool (see [`Persist::run`]).
+const INLINE_ITEMS: usize = 64;
+
+/// A batch's writes, encoded.
+struct Encoded {
+    /// Single-key state writes first (`single` of them), then tick records.
+    states: Vec<Write>,
+    single: usize,
+    /// Per tick record, the items it holds.
+    members: Vec<Vec<usize>>,
+    shards: Vec<Write>,
+    /// Per shard write, its item.
+    owner: Vec<usize>,
+}
+
 /// One publish into one of the leader's streams.
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -197,73 +213,167 @@ impl Persist {
     }
 
     /// Stores a batch: states, then shards, then events and records.
+    ///
+    /// A large batch (a crowd's part) encodes its writes on the blocking
+    /// pool: encoding thousands of states and shard messages takes tens of
+    /// milliseconds of CPU, and on the runtime's threads it would hold up
+    /// the fire loop and the small batches of jobs due meanwhile.
     pub async fn run(&self, fences: Arc<Fences>, batch: Batch) -> Outcome {
         let epoch = fences.epoch();
-        let mut duplicates = vec![0u32; batch.items.len()];
-        let mut ticks = vec![0u64; batch.items.len()];
-        let result = async {
-            let mut states = Vec::new();
-            let mut ticked = Vec::new();
-            for (n, item) in batch.items.iter().enumerate() {
-                match (&item.state, &item.action) {
-                    (StateWrite::Put(s), Action::Fire(_)) => ticked.push((n, s)),
-                    (state, _) => states.extend(self.state_write(&item.job, state)),
-                }
-            }
-            let single = states.len();
-            let parts = self.tick_writes(epoch, batch.id, &batch.items, &ticked);
-            let mut members = Vec::with_capacity(parts.len());
-            for (write, items) in parts {
-                states.push(write);
-                members.push(items);
-            }
-            let stored = self.store_all(&fences, states).await?;
-            for (items, s) in members.into_iter().zip(&stored[single..]) {
-                for n in items {
-                    ticks[n] = s.seq;
-                }
-            }
-
-            for item in &batch.items {
-                if let Action::Forget = item.action {
-                    self.forget(&item.job).await;
-                }
-            }
-
-            let mut shards = Vec::new();
-            let mut owner = Vec::new();
-            for (n, item) in batch.items.iter().enumerate() {
-                if let Action::Fire(f) = &item.action {
-                    for w in self.shard_writes(f, epoch) {
-                        owner.push(n);
-                        shards.push(w);
-                    }
-                }
-            }
-            let phase = ShardPhase::enter(&self.shard_phases);
-            let dup = self.store_all(&fences, shards).await?;
-            drop(phase);
-            for (n, d) in owner.into_iter().zip(dup) {
-                duplicates[n] += u32::from(d.duplicate);
-            }
-
-            let stored_at = Utc::now();
-            let mut after = Vec::new();
-            for item in &batch.items {
-                after.extend(self.reports(item, epoch, stored_at));
-            }
-            self.shards_first().await;
-            self.store_with(&self.reports, &fences, after).await?;
-            Ok(())
-        }
-        .await;
+        let id = batch.id;
+        let n = batch.items.len();
+        let mut duplicates = vec![0u32; n];
+        let mut ticks = vec![0u64; n];
+        let (items, writes) = self.encode(batch, epoch).await;
+        let (items, result) = self
+            .store(&fences, items, writes, &mut duplicates, &mut ticks)
+            .await;
         Outcome {
-            id: batch.id,
-            items: batch.items,
+            id,
+            items,
             duplicates,
             ticks,
             result,
         }
+    }
+
+    /// Stores encoded writes in order (see [`Persist::run`]), filling in
+    /// the duplicates and tick sequences per item; hands the items back.
+    async fn store(
+        &self,
+        fences: &Fences,
+        items: Vec<Item>,
+        writes: Encoded,
+        duplicates: &mut [u32],
+        ticks: &mut [u64],
+    ) -> (Vec<Item>, Result<(), FenceError>) {
+        let epoch = fences.epoch();
+        let Encoded {
+            states,
+            single,
+            members,
+            shards,
+            owner,
+        } = writes;
+        let stored = match self.store_all(fences, states).await {
+            Ok(s) => s,
+            Err(e) => return (items, Err(e)),
+        };
+        for (members, s) in members.into_iter().zip(&stored[single..]) {
+            for n in members {
+                ticks[n] = s.seq;
+            }
+        }
+        for item in &items {
+            if let Action::Forget = item.action {
+                self.forget(&item.job).await;
+            }
+        }
+        let phase = ShardPhase::enter(&self.shard_phases);
+        let dup = match self.store_all(fences, shards).await {
+            Ok(d) => d,
+            Err(e) => return (items, Err(e)),
+        };
+        drop(phase);
+        for (n, d) in owner.into_iter().zip(dup) {
+            duplicates[n] += u32::from(d.duplicate);
+        }
+        let stored_at = Utc::now();
+        let (items, after) = self.encode_reports(items, epoch, stored_at).await;
+        self.shards_first().await;
+        let result = self
+            .store_with(&self.reports, fences, after)
+            .await
+            .map(|_| ());
+        (items, result)
+    }
+
+    /// The writes of a batch's states and shards, encoded off the runtime's
+    /// threads when the batch is large.
+    async fn encode(&self, batch: Batch, epoch: u64) -> (Vec<Item>, Encoded) {
+        if batch.items.len() <= INLINE_ITEMS {
+            let writes = self.encode_now(&batch.items, epoch, batch.id);
+            return (batch.items, writes);
+        }
+        let this = self.clone();
+        let id = batch.id;
+        let items = batch.items;
+        match tokio::task::spawn_blocking(move || {
+            let writes = this.encode_now(&items, epoch, id);
+            (items, writes)
+        })
+        .await
+        {
+            Ok(done) => done,
+            // Only a panic in encoding gets here: resume it.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    fn encode_now(&self, items: &[Item], epoch: u64, batch: u64) -> Encoded {
+        let mut states = Vec::new();
+        let mut ticked = Vec::new();
+        for (n, item) in items.iter().enumerate() {
+            match (&item.state, &item.action) {
+                (StateWrite::Put(s), Action::Fire(_)) => ticked.push((n, s)),
+                (state, _) => states.extend(self.state_write(&item.job, state)),
+            }
+        }
+        let single = states.len();
+        let parts = self.tick_writes(epoch, batch, items, &ticked);
+        let mut members = Vec::with_capacity(parts.len());
+        for (write, m) in parts {
+            states.push(write);
+            members.push(m);
+        }
+        let mut shards = Vec::new();
+        let mut owner = Vec::new();
+        for (n, item) in items.iter().enumerate() {
+            if let Action::Fire(f) = &item.action {
+                for w in self.shard_writes(f, epoch) {
+                    owner.push(n);
+                    shards.push(w);
+                }
+            }
+        }
+        Encoded {
+            states,
+            single,
+            members,
+            shards,
+            owner,
+        }
+    }
+
+    /// The events of a batch, stored at `at`; encoded off the runtime's
+    /// threads when the batch is large.
+    async fn encode_reports(
+        &self,
+        items: Vec<Item>,
+        epoch: u64,
+        at: DateTime<Utc>,
+    ) -> (Vec<Item>, Vec<Write>) {
+        if items.len() <= INLINE_ITEMS {
+            let writes = self.encode_reports_now(&items, epoch, at);
+            return (items, writes);
+        }
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || {
+            let writes = this.encode_reports_now(&items, epoch, at);
+            (items, writes)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    fn encode_reports_now(&self, items: &[Item], epoch: u64, at: DateTime<Utc>) -> Vec<Write> {
+        items
+            .iter()
+            .flat_map(|item| self.reports(item, epoch, at))
+            .collect()
     }
 
     /// Waits until no batch is storing shards, at most [`REPORTS_WAIT`].
