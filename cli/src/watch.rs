@@ -381,6 +381,7 @@ mod tests {
             will_retry: true,
             epoch: 1,
             stream_seq: None,
+            parent: None,
         };
         assert_eq!(
             result_line(&r),

@@ -234,6 +234,9 @@ pub struct RunResult {
     /// dispatched shard carries the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_seq: Option<u64>,
+    /// For a `parent` fire: the fire id of the parent whose success fired it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl RunResult {
@@ -531,6 +534,7 @@ mod tests {
             will_retry: false,
             epoch: 3,
             stream_seq: None,
+            parent: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         for f in [

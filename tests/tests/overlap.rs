@@ -403,8 +403,10 @@ async fn on_success_fires_a_chain_only_after_every_shard_succeeded() {
     let c = Cluster::start().await;
     let at = (Utc::now() + chrono::Duration::seconds(3)).to_rfc3339_opts(SecondsFormat::Secs, true);
     c.put(r#"{"id":"load","schedule":"@manual","shards":2,"on_success":["report"],"run":{"shell":"true"}}"#).await;
-    c.put(r#"{"id":"report","schedule":"@manual","run":{"shell":"true"}}"#)
-        .await;
+    c.put(
+        r#"{"id":"report","schedule":"@manual","run":{"shell":"echo \"$JETCRON_PARENT_FIRE\""}}"#,
+    )
+    .await;
     c.put(&format!(
         r#"{{"id":"extract","schedule":"@at {at}","shards":3,"on_success":["load"],"run":{{"shell":"sleep 0.3"}}}}"#
     ))
@@ -443,6 +445,13 @@ async fn on_success_fires_a_chain_only_after_every_shard_succeeded() {
     };
     chain("extract", "load");
     chain("load", "report");
+    // The child's results, and its command, know the parent's fire.
+    let load = fire_runs(&results, "load", 2)[0].instant;
+    let load_fire = jetcron_shared::wire::fire_id("load", load);
+    let report: Vec<&RunResult> = results.iter().filter(|r| r.job == "report").collect();
+    assert_eq!(report.len(), 1, "{report:#?}");
+    assert_eq!(report[0].parent.as_deref(), Some(load_fire.as_str()));
+    assert_eq!(report[0].output.trim(), load_fire);
     let broken = fire_runs(&results, "broken", 2);
     assert_eq!(broken.len(), 1, "{broken:#?}");
     assert!(broken[0].statuses.contains(&RunStatus::Failed));

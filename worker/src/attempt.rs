@@ -494,6 +494,7 @@ async fn run_and_report(
         will_retry: matches!(how, Settle::Retry(_)),
         epoch: shard.epoch,
         stream_seq: Some(stream_seq),
+        parent: shard.parent.clone(),
     };
     info!(
         status = result.status.as_str(),

@@ -115,6 +115,7 @@ pub async fn end_unrun(
         will_retry: false,
         epoch: shard.epoch,
         stream_seq: Some(stream_seq),
+        parent: shard.parent.clone(),
     };
     report(worker, shard, &result, how, lost, hand_back).await
 }
@@ -283,6 +284,7 @@ mod tests {
             will_retry: false,
             epoch: 7,
             stream_seq: Some(3),
+            parent: None,
         }
     }
 

@@ -73,6 +73,9 @@ impl Environment {
             ("JETCRON_RUN_ID".to_string(), run_id.to_string()),
             ("JETCRON_WORKER".to_string(), worker.to_string()),
         ];
+        if let Some(parent) = &shard.parent {
+            vars.push(("JETCRON_PARENT_FIRE".to_string(), parent.clone()));
+        }
         let mut payload_file = None;
         if let Some(payload) = &shard.payload {
             let json = payload.to_string();

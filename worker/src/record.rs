@@ -222,6 +222,7 @@ mod tests {
             will_retry: true,
             epoch: 7,
             stream_seq: None,
+            parent: None,
         };
         let end = finished(&result, 1);
         assert_eq!(

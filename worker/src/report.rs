@@ -197,6 +197,7 @@ mod tests {
             will_retry: true,
             epoch: 1,
             stream_seq: Some(12),
+            parent: None,
         }
     }
 

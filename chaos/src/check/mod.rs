@@ -447,6 +447,7 @@ pub(crate) mod fixture {
             will_retry: false,
             epoch: 1,
             stream_seq: None,
+            parent: None,
         }
     }
 
