@@ -382,6 +382,7 @@ mod tests {
             epoch: 1,
             stream_seq: None,
             parent: None,
+            http_status: None,
         };
         assert_eq!(
             result_line(&r),

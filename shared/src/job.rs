@@ -20,11 +20,13 @@ use crate::schedule::Schedule;
 mod chain;
 mod check;
 mod definition;
+pub mod http;
 
 pub use chain::{Cycle, children_first, find_cycle, find_cycle_in};
 pub use check::{MAX_CHILDREN, MAX_ID_LEN, is_valid_id, parse_duration, parse_flag_duration};
 use check::{bound, check_children, check_name, check_no_nul};
 pub use definition::Definition;
+pub use http::HttpSpec;
 
 /// Largest number of shards one fire may have.
 pub const MAX_SHARDS: u32 = 1000;
@@ -323,12 +325,16 @@ impl<'de> Deserialize<'de> for Shards {
 pub enum Run {
     /// A command line run by `sh -c` on a worker started with `--allow-shell`.
     Shell(String),
+    /// One HTTP request (see [`http`]); any worker runs it unless started
+    /// with `--no-http`.
+    Http(HttpSpec),
 }
 
 impl Run {
     pub fn kind(&self) -> &'static str {
         match self {
             Run::Shell(_) => "shell",
+            Run::Http(_) => "http",
         }
     }
 }
@@ -560,11 +566,25 @@ impl Job {
                 ));
             }
             Run::Shell(cmd) => check_no_nul("run.shell", cmd)?,
+            Run::Http(http) => http.validate()?,
         }
-        let timeout = match &spec.timeout {
+        let mut timeout = match &spec.timeout {
             None => DEFAULT_TIMEOUT,
             Some(t) => parse_duration("timeout", t, Duration::from_millis(1), MAX_TIMEOUT)?,
         };
+        // A request's own limit is the attempt's: the shard message carries one.
+        if let Run::Http(HttpSpec {
+            timeout: Some(t), ..
+        }) = &spec.run
+        {
+            timeout = parse_duration("run.http.timeout", t, Duration::from_millis(1), timeout)
+                .map_err(|e| match e {
+                    JobError::Field { field, reason } if spec.timeout.is_some() => {
+                        JobError::field(field, format!("{reason} (the job's timeout)"))
+                    }
+                    e => e,
+                })?;
+        }
         let deadline = spec
             .deadline
             .as_deref()
@@ -719,6 +739,62 @@ mod tests {
             Err(JobError::Field { field, reason }) => (field, reason),
             other => panic!("expected a field error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_http_job_decodes_and_its_errors_name_the_field() {
+        let j = job(r#"{"id":"x","schedule":"@hourly","timeout":"5m",
+            "run":{"http":{"url":"https://api.example.com/run?s={{shard}}","timeout":"30s"}}}"#)
+        .unwrap();
+        assert_eq!(j.spec.run.kind(), "http");
+        // The request's timeout is the attempt's.
+        assert_eq!(j.timeout, Duration::from_secs(30));
+        let j =
+            job(r#"{"id":"x","schedule":"@hourly","run":{"http":{"url":"http://h"}}}"#).unwrap();
+        assert_eq!(j.timeout, DEFAULT_TIMEOUT);
+        let again = JobSpec::decode(&j.spec.encode()).unwrap();
+        assert_eq!(again, j.spec);
+        for (body, field, reason) in [
+            (
+                r#"{"url":"http://h","timeout":"2h"}"#,
+                "run.http.timeout",
+                "'2h' must be between 1ms and 1h",
+            ),
+            (
+                r#"{"url":"http://h","methd":"GET"}"#,
+                "run.http.methd",
+                "unknown field `methd`, expected one of `method`, `url`, `headers`, `body`, \
+                 `expect`, `timeout`",
+            ),
+            (
+                r#"{"url":"http://h","expect":[70000]}"#,
+                "run.http.expect[0]",
+                "invalid value: integer `70000`, expected u16",
+            ),
+            (r#"{"method":"GET"}"#, "run.http", "missing field `url`"),
+            (
+                r#"{"url":"mailto:a@b.c"}"#,
+                "run.http.url",
+                "'mailto:a@b.c': scheme 'mailto' is not http or https",
+            ),
+        ] {
+            let def = format!(r#"{{"id":"x","schedule":"@hourly","run":{{"http":{body}}}}}"#);
+            assert_eq!(
+                field_err(&def),
+                (field.to_string(), reason.to_string()),
+                "{body}"
+            );
+        }
+        let (f, r) = field_err(
+            r#"{"id":"x","schedule":"@hourly","timeout":"10s","run":{"http":{"url":"http://h","timeout":"1m"}}}"#,
+        );
+        assert_eq!(
+            (f.as_str(), r.as_str()),
+            (
+                "run.http.timeout",
+                "'1m' must be between 1ms and 10s (the job's timeout)"
+            )
+        );
     }
 
     #[test]
@@ -1122,7 +1198,7 @@ mod tests {
             (
                 format!(r#"{{"id":"x","schedule":"@hourly","run":{{"{long}":"t"}}}}"#),
                 "run",
-                format!("unknown variant `{}`, expected `shell`", cut("a")),
+                format!("unknown variant `{}`, expected `shell` or `http`", cut("a")),
             ),
             (
                 format!(r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"t"}},"{long}":1}}"#),

@@ -219,7 +219,7 @@ pub struct RunResult {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub exit_code: Option<i32>,
-    /// Combined stdout and stderr, bounded.
+    /// Combined stdout and stderr, or an HTTP job's response body; bounded.
     pub output: String,
     #[serde(default)]
     pub output_truncated: bool,
@@ -237,6 +237,9 @@ pub struct RunResult {
     /// For a `parent` fire: the fire id of the parent whose success fired it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// An HTTP job's response status, when a response came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 impl RunResult {
@@ -535,6 +538,7 @@ mod tests {
             epoch: 3,
             stream_seq: None,
             parent: None,
+            http_status: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         for f in [

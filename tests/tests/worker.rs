@@ -89,6 +89,8 @@ impl Env {
             group: "default".into(),
             concurrency: 2,
             allow_shell: true,
+            no_http: false,
+            allow_http_host: Vec::new(),
             id: id.into(),
             ack_wait: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),

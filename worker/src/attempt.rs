@@ -117,6 +117,7 @@ use crate::ending::{
 use crate::environment::Environment;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
 use crate::heartbeat::RunCount;
+use crate::http::{self, HttpCall, HttpRunner};
 use crate::record::{self, Recorder};
 use crate::report::Reporter;
 
@@ -132,6 +133,9 @@ const PROGRESS_SEND_LIMIT: Duration = Duration::from_secs(1);
 pub struct Worker {
     pub id: String,
     pub allow_shell: bool,
+    /// Runs HTTP jobs, within the worker's `--no-http` and
+    /// `--allow-http-host` settings.
+    pub http: HttpRunner,
     pub max_output: usize,
     pub kill_grace: Duration,
     /// A third of the consumer's ack wait.
@@ -426,11 +430,16 @@ async fn run_and_report(
     let started = record::running(shard, attempt, lost, &worker.id, &run_id, started_at);
     write_record(worker, record_key.as_deref(), &started).await;
     info!(run_id, "run started");
-    let outcome = match &shard.run {
+    // Every executor ends the same way; only how the shard runs differs.
+    let replaced = worker
+        .replacements
+        .until_replaced(&shard.job, shard.instant)
+        .map(|_| ());
+    let ended = match &shard.run {
         Run::Shell(script) if worker.allow_shell => {
             let dir = std::env::temp_dir();
             match Environment::new(shard, attempt, &run_id, &worker.id, &dir) {
-                Err(e) => Outcome::refused(e.to_string()),
+                Err(e) => Ended::Finished(Outcome::refused(e.to_string())),
                 // The environment lives until the command has ended: it
                 // owns the payload file.
                 Ok(env) => {
@@ -441,39 +450,48 @@ async fn run_and_report(
                         kill_grace: worker.kill_grace,
                         max_output: worker.max_output,
                     };
-                    let replaced = worker
-                        .replacements
-                        .until_replaced(&shard.job, shard.instant);
-                    match execute(&cmd, hand_back, replaced.map(|_| ())).await {
-                        Ended::Finished(outcome) => outcome,
-                        Ended::Stopped {
-                            output,
-                            output_truncated,
-                        } => {
-                            let by = worker.replacements.replaced_by(&shard.job, shard.instant);
-                            warn!(by = ?by, "replaced by a newer fire: stopped");
-                            Outcome {
-                                status: RunStatus::Cancelled,
-                                exit_code: None,
-                                output,
-                                output_truncated,
-                                error: by.map(|by| replaced_error(by, true)),
-                            }
-                        }
-                        Ended::Cancelled => {
-                            warn!("killed at shutdown; handing the shard back");
-                            let back = record::handed_back(&started, Utc::now());
-                            write_record(worker, record_key.as_deref(), &back).await;
-                            return Some(Settle::HandedBack);
-                        }
-                    }
+                    execute(&cmd, hand_back, replaced).await
                 }
             }
         }
-        Run::Shell(_) => Outcome::refused(format!(
+        Run::Shell(_) => Ended::Finished(Outcome::refused(format!(
             "shell jobs are disabled on worker {}; start it with --allow-shell",
             worker.id
-        )),
+        ))),
+        Run::Http(spec) => {
+            let call = HttpCall {
+                spec,
+                vars: http::envelope(shard, attempt, &run_id, &worker.id),
+                timeout: shard.timeout(),
+                max_output: worker.max_output,
+                worker: &worker.id,
+            };
+            http::execute(&worker.http, call, hand_back, replaced).await
+        }
+    };
+    let outcome = match ended {
+        Ended::Finished(outcome) => outcome,
+        Ended::Stopped {
+            output,
+            output_truncated,
+        } => {
+            let by = worker.replacements.replaced_by(&shard.job, shard.instant);
+            warn!(by = ?by, "replaced by a newer fire: stopped");
+            Outcome {
+                status: RunStatus::Cancelled,
+                exit_code: None,
+                output,
+                output_truncated,
+                error: by.map(|by| replaced_error(by, true)),
+                http_status: None,
+            }
+        }
+        Ended::Cancelled => {
+            warn!("killed at shutdown; handing the shard back");
+            let back = record::handed_back(&started, Utc::now());
+            write_record(worker, record_key.as_deref(), &back).await;
+            return Some(Settle::HandedBack);
+        }
     };
     let how = Settle::after(outcome.status, attempt, &shard.retry);
     let result = RunResult {
@@ -495,10 +513,12 @@ async fn run_and_report(
         epoch: shard.epoch,
         stream_seq: Some(stream_seq),
         parent: shard.parent.clone(),
+        http_status: outcome.http_status,
     };
     info!(
         status = result.status.as_str(),
         exit_code = ?result.exit_code,
+        http_status = ?result.http_status,
         error = result.error.as_deref(),
         will_retry = result.will_retry,
         "run finished"

@@ -12,6 +12,8 @@ use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::setup::RetentionArgs;
 use thiserror::Error;
 
+use crate::http::{HostPolicy, PatternError};
+
 /// Group served when none is given.
 pub const DEFAULT_GROUP: &str = "default";
 /// Shards run at once when not told otherwise.
@@ -59,6 +61,22 @@ pub struct WorkerConfig {
     /// whoever can write job definitions chose.
     #[arg(long)]
     pub allow_shell: bool,
+
+    /// Refuse `http` jobs: each attempt fails, saying so. HTTP jobs run
+    /// without --allow-shell otherwise.
+    #[arg(long, conflicts_with = "allow_http_host")]
+    pub no_http: bool,
+
+    /// Hosts `http` jobs may call (repeatable, or comma-separated):
+    /// `api.example.com`, `*.example.com` (names below it), `10.0.0.5:8080`,
+    /// `[::1]:8080`, `*:443`. None given: any host.
+    #[arg(
+        long = "allow-http-host",
+        value_name = "PATTERN",
+        env = "JETCRON_ALLOW_HTTP_HOST",
+        value_delimiter = ','
+    )]
+    pub allow_http_host: Vec<String>,
 
     /// Name of this worker in results and logs [default: <hostname>-<pid>].
     #[arg(long, env = "JETCRON_WORKER_ID", default_value_t = default_id(), hide_default_value = true)]
@@ -112,6 +130,8 @@ impl Default for WorkerConfig {
             group: DEFAULT_GROUP.to_string(),
             concurrency: DEFAULT_CONCURRENCY,
             allow_shell: false,
+            no_http: false,
+            allow_http_host: Vec::new(),
             id: default_id(),
             ack_wait: DEFAULT_ACK_WAIT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -158,6 +178,8 @@ pub enum ConfigError {
     HeartbeatInterval,
     #[error("max_lost_attempts: must be at least 1")]
     MaxLostAttempts,
+    #[error(transparent)]
+    HttpHost(#[from] PatternError),
 }
 
 impl WorkerConfig {
@@ -192,7 +214,13 @@ impl WorkerConfig {
         if self.max_lost_attempts == 0 {
             return Err(ConfigError::MaxLostAttempts);
         }
+        self.http_policy()?;
         Ok(())
+    }
+
+    /// What HTTP jobs may do on this worker.
+    pub fn http_policy(&self) -> Result<HostPolicy, PatternError> {
+        HostPolicy::new(self.no_http, &self.allow_http_host)
     }
 }
 
@@ -215,6 +243,9 @@ mod tests {
         assert_eq!(parsed.group, d.group);
         assert_eq!(parsed.concurrency, d.concurrency);
         assert_eq!(parsed.allow_shell, d.allow_shell);
+        assert_eq!(parsed.no_http, d.no_http);
+        assert_eq!(parsed.allow_http_host, d.allow_http_host);
+        assert_eq!(d.http_policy(), Ok(HostPolicy::Any));
         assert_eq!(parsed.id, d.id);
         assert_eq!(parsed.ack_wait, d.ack_wait);
         assert_eq!(parsed.shutdown_grace, d.shutdown_grace);
@@ -241,6 +272,10 @@ mod tests {
             "--concurrency",
             "8",
             "--allow-shell",
+            "--allow-http-host",
+            "*.example.com,10.0.0.5:8080",
+            "--allow-http-host",
+            "[::1]:9000",
             "--id",
             "w1",
             "--ack-wait",
@@ -269,6 +304,11 @@ mod tests {
         assert_eq!(c.group, "billing");
         assert_eq!(c.concurrency, 8);
         assert!(c.allow_shell);
+        assert_eq!(
+            c.allow_http_host,
+            ["*.example.com", "10.0.0.5:8080", "[::1]:9000"]
+        );
+        assert!(matches!(c.http_policy(), Ok(HostPolicy::Only(p)) if p.len() == 3));
         assert_eq!(c.id, "w1");
         assert_eq!(c.ack_wait, Duration::from_secs(2));
         assert_eq!(c.shutdown_grace, Duration::from_secs(60));
@@ -322,5 +362,20 @@ mod tests {
             bad(|c| c.max_lost_attempts = 0),
             ConfigError::MaxLostAttempts
         );
+        assert_eq!(
+            bad(|c| c.allow_http_host = vec!["ok.com".into(), "x.com:99999".into()]).to_string(),
+            "allow_http_host: \"x.com:99999\" has a port that is not 1-65535"
+        );
+    }
+
+    #[test]
+    fn no_http_turns_http_jobs_off_and_excludes_host_patterns() {
+        let c = Cli::try_parse_from(["jetcron-worker", "--no-http"])
+            .unwrap()
+            .config;
+        assert_eq!(c.http_policy(), Ok(HostPolicy::Off));
+        let both =
+            Cli::try_parse_from(["jetcron-worker", "--no-http", "--allow-http-host", "a.com"]);
+        assert!(both.is_err());
     }
 }

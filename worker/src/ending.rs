@@ -116,6 +116,7 @@ pub async fn end_unrun(
         epoch: shard.epoch,
         stream_seq: Some(stream_seq),
         parent: shard.parent.clone(),
+        http_status: None,
     };
     report(worker, shard, &result, how, lost, hand_back).await
 }
@@ -285,6 +286,7 @@ mod tests {
             epoch: 7,
             stream_seq: Some(3),
             parent: None,
+            http_status: None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Runs one attempt's shell command.
+//! Runs one attempt's shell command; [`Outcome`] and [`Ended`] are what
+//! every executor (this one, [`crate::http`]) comes back with.
 //!
 //! The command runs as `sh -c <script>` in a process group of its own, so that
 //! a timeout, a shutdown or an aborted task can take down everything it
@@ -72,6 +73,8 @@ pub struct Outcome {
     pub output_truncated: bool,
     /// Why it failed, when the exit code does not say it.
     pub error: Option<String>,
+    /// An HTTP job's response status (see [`crate::http`]).
+    pub http_status: Option<u16>,
 }
 
 impl Outcome {
@@ -83,6 +86,7 @@ impl Outcome {
             output: String::new(),
             output_truncated: false,
             error: Some(error.into()),
+            http_status: None,
         }
     }
 }
@@ -271,6 +275,7 @@ async fn supervise(
         output,
         output_truncated,
         error,
+        http_status: None,
     })
 }
 

@@ -10,6 +10,9 @@
 //! - [`environment`]: what a command is handed: `JETCRON_*` variables and
 //!   the payload file.
 //! - [`execute`]: the shell executor: process group, timeout, bounded output.
+//! - [`http`]: the HTTP executor (`run.http`): one request, redirects not
+//!   followed, the response body's tail as output; `--no-http` and
+//!   `--allow-http-host`.
 //! - [`output`]: the bounded tail of a run's output.
 //! - [`ending`]: what an attempt stores as it ends, and in which order.
 //! - [`report`]: publishes results, `dead` and `expired` events, and the end
@@ -32,7 +35,7 @@
 //! ([`cancel`]) ends cancelled without running, any other gets its attempt
 //! number ->
 //! [`attempt`] marks the record `running` and runs the shard with
-//! [`execute`] in the [`environment`] it builds (acking progress
+//! [`execute`] in the [`environment`] it builds, or with [`http`], (acking progress
 //! meanwhile, and stopping it if its fire is replaced) -> [`ending`] has
 //! [`report`] store the `RunResult` on `jetcron.results.<job>` (and a
 //! `dead` event after the last failed attempt, an `expired` one for a shard
@@ -55,6 +58,7 @@ pub mod environment;
 pub mod error;
 pub mod execute;
 pub mod heartbeat;
+pub mod http;
 pub mod output;
 pub mod record;
 pub mod report;
@@ -94,6 +98,7 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// not there yet, or goes away later, is waited for.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     config.validate()?;
+    let http_policy = config.http_policy().map_err(config::ConfigError::from)?;
     let names = config.connect.names()?;
     let client = config
         .connect
@@ -110,6 +115,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         group = config.group,
         concurrency = config.concurrency,
         allow_shell = config.allow_shell,
+        http = ?http_policy,
         "worker starting"
     );
 
@@ -140,6 +146,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let worker = Arc::new(Worker {
         id: config.id.clone(),
         allow_shell: config.allow_shell,
+        http: http::HttpRunner::new(http_policy, &config.allow_http_host),
         max_output: config.max_output,
         kill_grace: config.kill_grace,
         progress_every: ack_wait / 3,

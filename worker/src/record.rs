@@ -223,6 +223,7 @@ mod tests {
             epoch: 7,
             stream_seq: None,
             parent: None,
+            http_status: None,
         };
         let end = finished(&result, 1);
         assert_eq!(

@@ -198,6 +198,7 @@ mod tests {
             epoch: 1,
             stream_seq: Some(12),
             parent: None,
+            http_status: None,
         }
     }
 

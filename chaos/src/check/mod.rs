@@ -448,6 +448,7 @@ pub(crate) mod fixture {
             epoch: 1,
             stream_seq: None,
             parent: None,
+            http_status: None,
         }
     }
 
