@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, the whole test suite against a
-# real nats-server (installed into .tools/ on first use), then a short chaos
+# real nats-server (installed into .tools/ on first use, with nats-py for the
+# Python worker's test), then a short chaos
 # run (docs/reliability.md) and the benchmark's smoke run (docs/performance.md).
 set -euo pipefail
 
@@ -38,6 +39,8 @@ done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-nats-server.sh
+# For tests/tests/protocol.rs, which runs the Python example worker.
+./scripts/install-nats-py.sh
 export NATS_SERVER_BIN="$PWD/.tools/nats-server/bin/nats-server"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
