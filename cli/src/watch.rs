@@ -79,12 +79,17 @@ fn utc(t: DateTime<Utc>) -> String {
 pub fn result_line(r: &RunResult) -> String {
     let took = (r.finished_at - r.started_at).num_milliseconds();
     let output = r.output.trim_end().lines().last().unwrap_or("");
-    let exit = r
-        .exit_code
-        .map_or_else(|| "-".to_string(), |c| c.to_string());
+    // An HTTP job has a status where a command has an exit code.
+    let exit = match (r.http_status, r.exit_code) {
+        (Some(status), _) => format!("http={status}"),
+        (None, code) => format!(
+            "exit={}",
+            code.map_or_else(|| "-".to_string(), |c| c.to_string())
+        ),
+    };
     let retry = if r.will_retry { " (will retry)" } else { "" };
     format!(
-        "{} {:<9} {} {} shard {}/{} attempt {} {}{retry} on {} in {took}ms exit={exit} {}",
+        "{} {:<9} {} {} shard {}/{} attempt {} {}{retry} on {} in {took}ms {exit} {}",
         clock(r.finished_at),
         "result",
         r.job,
@@ -388,6 +393,16 @@ mod tests {
             result_line(&r),
             "21:30:05.012 result    a 2026-11-24T21:30:05Z shard 0/2 attempt 1 failed (will retry) \
              on w1 in 12ms exit=3 two"
+        );
+        let http = RunResult {
+            exit_code: None,
+            http_status: Some(503),
+            ..r.clone()
+        };
+        assert_eq!(
+            result_line(&http),
+            "21:30:05.012 result    a 2026-11-24T21:30:05Z shard 0/2 attempt 1 failed (will retry) \
+             on w1 in 12ms http=503 two"
         );
         assert!(is_job_id("a-b_1") && !is_job_id("a.b") && !is_job_id(""));
     }
