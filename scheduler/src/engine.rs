@@ -56,6 +56,9 @@ use upkeep::Compacted;
 
 /// Longest sleep, so wall-clock jumps are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How long a new leader waits for its mirror to reach the state fence
+/// before it opens the mirror again.
+const MIRROR_PATIENCE: Duration = Duration::from_secs(1);
 /// Batches being stored at once.
 const MAX_BATCHES: usize = 64;
 /// Decisions stored in one batch, at most.
@@ -115,6 +118,10 @@ struct Term {
     /// Tick records below this sequence were purged (or asked to be).
     purged_below: u64,
     compacted_at: Option<Instant>,
+    /// When the term began, and whether the mirror was opened again because
+    /// it had not reached the state fence in time.
+    began: Instant,
+    mirror_reopened: bool,
     /// What follows a batch once it is stored: end notices to ack, the
     /// end of a fire to store after its children's fires.
     after: HashMap<u64, After>,
@@ -150,6 +157,8 @@ pub struct Engine {
     names: Names,
     /// The work stream's duplicate window.
     dedup_window: Duration,
+    /// When the mirror last delivered anything.
+    mirror_seen: Instant,
     /// End notices of tracked fires, while leading.
     ends: Option<EndFeed>,
     /// End notices waiting for their job's batch in flight, per job.
@@ -185,6 +194,7 @@ impl Engine {
             res,
             names,
             dedup_window,
+            mirror_seen: Instant::now(),
             ends: None,
             waiting_ends: HashMap::new(),
         }
@@ -235,6 +245,7 @@ impl Engine {
             }
             self.checkpoint();
             self.compact();
+            self.unstick_mirror();
         }
         self.stop().await;
         release.cancel();
@@ -329,6 +340,7 @@ impl Engine {
     /// Applies what the mirror delivered; completes a takeover once it has
     /// seen the term's state fence.
     fn on_mirror(&mut self, updates: Vec<Update>) {
+        self.mirror_seen = Instant::now();
         for u in updates {
             if let Some(seq) = u.seq() {
                 self.mirrored = self.mirrored.max(seq);
@@ -424,6 +436,8 @@ impl Engine {
             stored_through: fence,
             purged_below: 0,
             compacted_at: None,
+            began: Instant::now(),
+            mirror_reopened: false,
             after: HashMap::new(),
         });
         if self.mirrored >= fence {
@@ -436,6 +450,30 @@ impl Engine {
                 "waiting for the mirror to reach the state fence"
             );
         }
+    }
+
+    /// A new leader waits for its mirror to deliver its state fence. A
+    /// mirror whose watch died with the node that served it (a cluster node
+    /// lost) says so only when its heartbeats stop coming, seconds later:
+    /// one that has delivered nothing for [`MIRROR_PATIENCE`] since the term
+    /// began, without reaching the fence, is opened again at once, from a
+    /// full snapshot. A mirror still catching up delivers all along, and is
+    /// left alone.
+    fn unstick_mirror(&mut self) {
+        let Some(term) = self.term.as_mut() else {
+            return;
+        };
+        let quiet = term.began.max(self.mirror_seen).elapsed();
+        if term.ready || term.mirror_reopened || quiet < MIRROR_PATIENCE {
+            return;
+        }
+        term.mirror_reopened = true;
+        warn!(
+            fence = term.fences.seq(Target::State),
+            mirrored = self.mirrored,
+            "the state mirror has not reached this term's fence; opening it again"
+        );
+        self.mirror = Some(Mirror::start(self.res.state.clone(), self.names.clone()));
     }
 
     /// The fire states in memory are what is stored, and the timer holds

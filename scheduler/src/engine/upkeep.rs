@@ -163,6 +163,8 @@ impl Engine {
         for id in purge {
             self.purge(id);
         }
+        // End notices may have waited for these jobs.
+        self.retry_ends();
     }
 
     pub(super) async fn on_checkpoint(
