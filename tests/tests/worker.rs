@@ -145,7 +145,8 @@ impl Env {
         sent
     }
 
-    async fn publish(&self, subject: String, headers: async_nats::HeaderMap, body: Vec<u8>) {
+    /// Publishes into the work stream; the stream sequence it got.
+    async fn publish(&self, subject: String, headers: async_nats::HeaderMap, body: Vec<u8>) -> u64 {
         let deadline = Instant::now() + LIMIT;
         loop {
             let tried = async {
@@ -156,7 +157,7 @@ impl Env {
                     .map_err(async_nats::Error::from)
             };
             match timeout(Duration::from_secs(10), tried).await {
-                Ok(Ok(_)) => return,
+                Ok(Ok(ack)) => return ack.sequence,
                 Ok(Err(e)) => assert!(Instant::now() < deadline, "cannot publish: {e}"),
                 Err(_) => assert!(Instant::now() < deadline, "cannot publish: timed out"),
             }
@@ -832,6 +833,60 @@ async fn a_malformed_message_is_terminated_and_the_worker_carries_on() {
     let r = watch.result().await;
     assert_eq!((r.job.as_str(), r.status), ("fine", RunStatus::Succeeded));
     env.wait_work_empty().await;
+    stop_worker(worker).await;
+}
+
+/// A shard of a `run` kind this worker does not know (written by a newer
+/// jetcron) is not dropped silently: it ends dead with a result, a `dead`
+/// event, its final record and its end notice, each saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_an_unknown_run_kind_ends_dead_saying_why() {
+    let env = Env::start().await;
+    let mut watch = env.watch().await;
+    let mut ends = env
+        .client
+        .subscribe(env.names.ends_subject("newer"))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+    let worker = start_worker(env.config("w1"));
+    let instant = now_ms();
+    let body = json!({
+        "job": "newer", "group": "default", "instant": instant, "shard": 1, "shards": 2,
+        "run": {"grpc": {"service": "x"}}, "timeout_ms": 1000,
+        "retry": {"max_attempts": 3, "backoff": [1000]}, "epoch": 7, "cause": "schedule",
+        "dispatched_at": instant, "record": "newer.s0", "track": true
+    });
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, "newer-1");
+    let seq = env
+        .publish(
+            env.names.work_subject("default", "newer"),
+            headers,
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+
+    let r = watch.result().await;
+    assert_eq!(
+        (r.job.as_str(), r.shard, r.status, r.will_retry),
+        ("newer", 1, RunStatus::Failed, false)
+    );
+    let error = r.error.clone().unwrap_or_default();
+    assert!(error.contains("upgrade the workers"), "{error}");
+    let dead = watch.dead().await;
+    assert_eq!(dead.job(), Some("newer"));
+    let end = timeout(LIMIT, ends.next())
+        .await
+        .expect("no end notice")
+        .unwrap();
+    assert_eq!(RunResult::decode(&end.payload).unwrap().run_id, r.run_id);
+    let record = env.record("newer.s0.1").await.expect("final record");
+    assert_eq!(record.state, ShardState::Failed);
+    assert!(!record.will_retry);
+    // Terminated: it never comes back.
+    env.wait_work_gone(seq).await;
+    watch.no_more_results(Duration::from_secs(2)).await;
     stop_worker(worker).await;
 }
 

@@ -311,9 +311,7 @@ pub async fn handle(
     let shard = match ShardMessage::decode(&message.payload) {
         Ok(shard) => shard,
         Err(e) => {
-            error!(subject = %message.subject, delivered, error = %e, "malformed shard message; terminating it");
-            settle(&message, Settle::Malformed).await;
-            return;
+            return unreadable(&worker, &message, &e, delivered, stream_seq, &hand_back).await;
         }
     };
     let span = info_span!(
@@ -412,6 +410,40 @@ pub async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// A message that does not decode: ended dead with the reason when its
+/// envelope names a shard (see [`crate::unreadable`]), else terminated.
+async fn unreadable(
+    worker: &Worker,
+    message: &jetstream::Message,
+    e: &jetcron_shared::wire::WireError,
+    delivered: u32,
+    stream_seq: u64,
+    hand_back: &CancellationToken,
+) {
+    let Some(shard) = crate::unreadable::envelope(&message.payload) else {
+        error!(subject = %message.subject, delivered, error = %e, "malformed shard message; terminating it");
+        settle(message, Settle::Malformed).await;
+        return;
+    };
+    error!(
+        job = %shard.job,
+        instant = %shard.instant,
+        shard = shard.shard,
+        error = %e,
+        "cannot read this shard message; ending the shard as dead without running it"
+    );
+    let ended = Unrun {
+        status: RunStatus::Failed,
+        error: crate::unreadable::error(e),
+        at: Utc::now(),
+    };
+    let work = end_unrun(worker, &shard, delivered, 0, stream_seq, ended, hand_back);
+    match with_progress(message, worker.progress_every, work).await {
+        Some(how) => settle(message, how).await,
+        None => warn!("result not stored; the shard comes back after the ack wait"),
+    }
 }
 
 /// Runs the shard and stores its result; `None` when the result could not

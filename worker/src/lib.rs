@@ -25,6 +25,7 @@
 //! - [`shutdown`]: stop pulling, let runs finish, hand back the rest.
 //! - [`backoff`]: pauses between retries against the server.
 //! - [`error`]: why a worker could not start.
+//! - [`unreadable`]: a shard message this version cannot read whole.
 //!
 //! A shard message travels: work stream `jetcron.work.<group>.<job>` ->
 //! [`consume`] pulls it into a free slot -> [`attempt`] decodes it and
@@ -63,6 +64,7 @@ pub mod output;
 pub mod record;
 pub mod report;
 pub mod shutdown;
+pub mod unreadable;
 
 use std::sync::Arc;
 use std::time::Duration;
