@@ -881,11 +881,11 @@ async fn a_shard_of_an_unknown_run_kind_ends_dead_saying_why() {
         .expect("no end notice")
         .unwrap();
     assert_eq!(RunResult::decode(&end.payload).unwrap().run_id, r.run_id);
+    // Terminated, after its final record: it never comes back.
+    env.wait_work_gone(seq).await;
     let record = env.record("newer.s0.1").await.expect("final record");
     assert_eq!(record.state, ShardState::Failed);
     assert!(!record.will_retry);
-    // Terminated: it never comes back.
-    env.wait_work_gone(seq).await;
     watch.no_more_results(Duration::from_secs(2)).await;
     stop_worker(worker).await;
 }
