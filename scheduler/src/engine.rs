@@ -644,14 +644,7 @@ impl Engine {
             return;
         }
         let names = self.names.clone();
-        let decider = decide::Decider {
-            names: &names,
-            epoch,
-            now,
-            misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
-                .unwrap_or(chrono::Duration::MAX),
-            give_up: self.give_up(),
-        };
+        let decider = self.decider(&names, epoch, now);
         // A crowd is stored as several batches side by side, each started
         // as soon as it is decided: one's states are written while another's
         // shards are, and the first shards go out at once.

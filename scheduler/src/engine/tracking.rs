@@ -10,7 +10,8 @@
 //! and stores the end.
 
 use async_nats::jetstream;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use jetcron_shared::Names;
 use jetcron_shared::wire::{RunResult, RunStatus};
 use tracing::{debug, warn};
 
@@ -95,14 +96,7 @@ impl Engine {
         };
         let now = Utc::now();
         let names = self.names.clone();
-        let decider = Decider {
-            names: &names,
-            epoch,
-            now,
-            misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
-                .unwrap_or(chrono::Duration::MAX),
-            give_up: self.give_up(),
-        };
+        let decider = self.decider(&names, epoch, now);
         let (item, succeeded) = match decider.ended(job, k, state, &list) {
             Ended::Nothing => {
                 ends::ack_all(notices);
@@ -139,9 +133,27 @@ impl Engine {
         self.attach(id, notices, Some(item));
     }
 
+    /// What the leader of `epoch` decides at `now`, with this replica's
+    /// settings (`names` is a copy, so that `self` stays free to change).
+    pub(super) fn decider<'a>(
+        &self,
+        names: &'a Names,
+        epoch: u64,
+        now: DateTime<Utc>,
+    ) -> Decider<'a> {
+        Decider {
+            names,
+            epoch,
+            now,
+            misfire_threshold: chrono::Duration::from_std(self.settings.misfire_threshold)
+                .unwrap_or(chrono::Duration::MAX),
+            give_up: self.give_up(),
+        }
+    }
+
     /// How long a tracked fire is waited for: the work stream's max age
     /// (none: for ever).
-    pub(super) fn give_up(&self) -> chrono::Duration {
+    fn give_up(&self) -> chrono::Duration {
         let age = self.res.work.cached_info().config.max_age;
         if age.is_zero() {
             return chrono::Duration::MAX;

@@ -37,27 +37,35 @@ pub(super) struct Encoded {
     pub(super) owner: Vec<usize>,
 }
 
+/// `encode(items)`, on the runtime's thread for a small batch and on the
+/// blocking pool for a large one; the items are handed back.
+async fn with_items<T: Send + 'static>(
+    items: Vec<Item>,
+    encode: impl FnOnce(&[Item]) -> T + Send + 'static,
+) -> (Vec<Item>, T) {
+    if items.len() <= INLINE_ITEMS {
+        let out = encode(&items);
+        return (items, out);
+    }
+    match tokio::task::spawn_blocking(move || {
+        let out = encode(&items);
+        (items, out)
+    })
+    .await
+    {
+        Ok(done) => done,
+        // Only a panic in encoding gets here: resume it.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 impl Persist {
     /// The writes of a batch's states and shards, encoded off the runtime's
     /// threads when the batch is large.
     pub(super) async fn encode(&self, batch: Batch, epoch: u64) -> (Vec<Item>, Encoded) {
-        if batch.items.len() <= INLINE_ITEMS {
-            let writes = self.encode_now(&batch.items, epoch, batch.id);
-            return (batch.items, writes);
-        }
         let this = self.clone();
         let id = batch.id;
-        let items = batch.items;
-        match tokio::task::spawn_blocking(move || {
-            let writes = this.encode_now(&items, epoch, id);
-            (items, writes)
-        })
-        .await
-        {
-            Ok(done) => done,
-            // Only a panic in encoding gets here: resume it.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        with_items(batch.items, move |items| this.encode_now(items, epoch, id)).await
     }
 
     pub(super) fn encode_now(&self, items: &[Item], epoch: u64, batch: u64) -> Encoded {
@@ -103,20 +111,11 @@ impl Persist {
         epoch: u64,
         at: DateTime<Utc>,
     ) -> (Vec<Item>, Vec<Write>) {
-        if items.len() <= INLINE_ITEMS {
-            let writes = self.encode_reports_now(&items, epoch, at);
-            return (items, writes);
-        }
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || {
-            let writes = this.encode_reports_now(&items, epoch, at);
-            (items, writes)
+        with_items(items, move |items| {
+            this.encode_reports_now(items, epoch, at)
         })
         .await
-        {
-            Ok(done) => done,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
     }
 
     pub(super) fn encode_reports_now(
