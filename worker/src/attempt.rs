@@ -634,9 +634,8 @@ async fn settle(message: &jetstream::Message, how: Settle) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ending::tests::recorded_shard;
     use bytes::Bytes;
-    use chrono::TimeZone;
-    use jetcron_shared::wire::Cause;
 
     fn ack_bytes(how: Settle) -> Bytes {
         how.ack_kind().into()
@@ -685,18 +684,6 @@ mod tests {
     fn a_single_attempt_job_is_dead_after_one_failure() {
         let retry = RetryPolicy::default();
         assert_eq!(Settle::after(RunStatus::Failed, 1, &retry), Settle::Dead);
-    }
-
-    fn recorded_shard() -> ShardMessage {
-        let job = jetcron_shared::Job::decode(
-            br#"{"id":"sync","schedule":"@every 1h","shards":3,"run":{"shell":"true"}}"#,
-            None,
-        )
-        .unwrap();
-        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let mut shard = ShardMessage::new(&job, at, 2, 7, Cause::Schedule);
-        shard.record = Some("sync.s4".into());
-        shard
     }
 
     /// Lost attempts in a row that end a shard, in these tests.

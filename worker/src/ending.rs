@@ -219,12 +219,13 @@ pub async fn write_record(worker: &Worker, key: Option<&str>, record: &ShardReco
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
     use jetcron_shared::wire::Cause;
 
-    fn recorded_shard() -> ShardMessage {
+    /// Shard 2 of 3 of a fire of `sync`, with a record key.
+    pub(crate) fn recorded_shard() -> ShardMessage {
         let job = jetcron_shared::Job::decode(
             br#"{"id":"sync","schedule":"@every 1h","shards":3,"run":{"shell":"true"}}"#,
             None,
