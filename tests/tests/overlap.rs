@@ -464,3 +464,50 @@ async fn on_success_fires_a_chain_only_after_every_shard_succeeded() {
     }
     c.stop().await;
 }
+
+/// A leader killed while parents run: every parent fire whose shards all
+/// succeeded fires its child exactly once (no fire lost, none doubled),
+/// whichever leader saw its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_successful_parent_fires_its_child_once_across_a_failover() {
+    let mut c = Cluster::start().await;
+    c.put(r#"{"id":"kid","schedule":"@manual","run":{"shell":"true"}}"#)
+        .await;
+    c.put(r#"{"id":"mom","schedule":"@every 1s","shards":2,"on_success":["kid"],"run":{"shell":"sleep 0.6"}}"#)
+        .await;
+    let (b, _) = failover(&mut c, "mom", 3).await;
+    // The last parents' ends reach the new leader.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    b.stop().await;
+    let events = c.stored_events().await;
+    let results = c.results.snapshot();
+    let kids = fired_once(&events, "kid", true);
+    let parents: BTreeSet<String> = kids
+        .values()
+        .map(|(_, cause, parent)| {
+            assert_eq!(*cause, Cause::Parent);
+            parent.clone().expect("a child fire names its parent")
+        })
+        .collect();
+    assert_eq!(
+        parents.len(),
+        kids.len(),
+        "a parent fired its child twice: {kids:?}"
+    );
+    let done: Vec<FireRun> = fire_runs(&results, "mom", 2)
+        .into_iter()
+        .filter(|r| r.statuses.iter().all(|s| *s == RunStatus::Succeeded))
+        .collect();
+    assert!(done.len() >= 4, "{done:#?}");
+    // Parents that ended before the new leader stopped (with a margin for
+    // the last one) each fired the child.
+    let stop = Utc::now() - chrono::Duration::seconds(4);
+    for r in done.iter().filter(|r| r.finished < stop) {
+        let id = jetcron_shared::wire::fire_id("mom", r.instant);
+        assert!(
+            parents.contains(&id),
+            "{id} succeeded and fired no child: {kids:?}"
+        );
+    }
+    c.stop().await;
+}
