@@ -145,6 +145,11 @@ pub fn workers_table(reply: &WorkersReply, now: DateTime<Utc>) -> String {
                 w.concurrency.to_string(),
                 w.running.to_string(),
                 ago(w.last_heartbeat, now),
+                if w.handlers.is_empty() {
+                    "-".to_string()
+                } else {
+                    w.handlers.join(",")
+                },
             ]
         })
         .collect();
@@ -157,6 +162,7 @@ pub fn workers_table(reply: &WorkersReply, now: DateTime<Utc>) -> String {
             "CONCURRENCY",
             "RUNNING",
             "HEARTBEAT",
+            "HANDLERS",
         ],
         &rows,
     )
@@ -258,16 +264,21 @@ mod tests {
             running: 1,
             started_at: t(0),
             last_heartbeat: t(8),
+            handlers: if id == "w1" {
+                vec!["invoice".into(), "remind".into()]
+            } else {
+                vec![]
+            },
         };
         let reply = WorkersReply {
             workers: vec![w("w2", "default"), w("w1", "billing"), w("w0", "default")],
         };
         assert_eq!(
             workers_table(&reply, t(10)),
-            "ID  GROUP    HOST  VERSION  CONCURRENCY  RUNNING  HEARTBEAT\n\
-             w1  billing  h     0.1.0    4            1        2.0s ago\n\
-             w0  default  h     0.1.0    4            1        2.0s ago\n\
-             w2  default  h     0.1.0    4            1        2.0s ago"
+            "ID  GROUP    HOST  VERSION  CONCURRENCY  RUNNING  HEARTBEAT  HANDLERS\n\
+             w1  billing  h     0.1.0    4            1        2.0s ago   invoice,remind\n\
+             w0  default  h     0.1.0    4            1        2.0s ago   -\n\
+             w2  default  h     0.1.0    4            1        2.0s ago   -"
         );
         assert_eq!(
             workers_table(&WorkersReply { workers: vec![] }, t(0)),

@@ -60,9 +60,16 @@ pub struct PurgeError {
 }
 
 /// Removes every shard message of `job` from the work stream, in every
-/// group; returns how many there were.
+/// group and for every handler; returns how many there were.
 pub async fn purge_work<I>(work: &Stream<I>, names: &Names, job: &str) -> Result<u64, PurgeError> {
-    let filter = names.work_job(job);
+    let mut purged = 0;
+    for filter in [names.work_job(job), names.work_job_handlers(job)] {
+        purged += purge_filter(work, job, filter).await?;
+    }
+    Ok(purged)
+}
+
+async fn purge_filter<I>(work: &Stream<I>, job: &str, filter: String) -> Result<u64, PurgeError> {
     let mut last = String::new();
     for tries in 1..=TRIES {
         let purge = work.purge().filter(filter.clone());

@@ -180,7 +180,7 @@ impl Dispatcher {
             reason: e.to_string(),
         })?;
         for msg in messages {
-            let subject = self.names.work_subject(&msg.group, &msg.job);
+            let subject = self.names.shard_subject(&msg.group, &msg.job, &msg.run);
             let ack = self
                 .js
                 .publish_with_headers(subject, msg.headers(), msg.encode().into())

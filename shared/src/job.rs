@@ -328,15 +328,37 @@ pub enum Run {
     /// One HTTP request (see [`http`]); any worker runs it unless started
     /// with `--no-http`.
     Http(HttpSpec),
+    /// A handler registered under this name in a worker embedded in a
+    /// service (the `jetcron-worker` library). Its shards go to a subject of
+    /// their own (`jetcron.work.<group>.<job>.<handler>`), read only by
+    /// workers that registered the handler.
+    Handler(String),
 }
+
+/// Longest handler name: it is a subject token and part of a consumer name.
+pub const MAX_HANDLER_LEN: usize = 64;
 
 impl Run {
     pub fn kind(&self) -> &'static str {
         match self {
             Run::Shell(_) => "shell",
             Run::Http(_) => "http",
+            Run::Handler(_) => "handler",
         }
     }
+
+    /// The handler these shards need, for a `handler` job.
+    pub fn handler(&self) -> Option<&str> {
+        match self {
+            Run::Handler(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `name` can name a handler: 1-64 of `A-Z a-z 0-9 _ -`.
+pub fn is_valid_handler(name: &str) -> bool {
+    check::is_name(name, MAX_HANDLER_LEN)
 }
 
 /// Retry settings as written in a definition.
@@ -567,6 +589,7 @@ impl Job {
             }
             Run::Shell(cmd) => check_no_nul("run.shell", cmd)?,
             Run::Http(http) => http.validate()?,
+            Run::Handler(name) => check_name("run.handler", name, MAX_HANDLER_LEN)?,
         }
         let mut timeout = match &spec.timeout {
             None => DEFAULT_TIMEOUT,
@@ -739,6 +762,25 @@ mod tests {
             Err(JobError::Field { field, reason }) => (field, reason),
             other => panic!("expected a field error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_handler_job_names_one_handler_by_a_token() {
+        let j =
+            job(r#"{"id":"r","schedule":"@hourly","run":{"handler":"send-reminders"}}"#).unwrap();
+        assert_eq!(j.spec.run.handler(), Some("send-reminders"));
+        assert_eq!(j.spec.run.kind(), "handler");
+        let long = "h".repeat(MAX_HANDLER_LEN + 1);
+        for bad in ["", "send.reminders", "a b", "x*", long.as_str()] {
+            let body = format!(r#"{{"id":"r","schedule":"@hourly","run":{{"handler":"{bad}"}}}}"#);
+            let (field, reason) = field_err(&body);
+            assert_eq!(field, "run.handler", "{bad}");
+            assert!(
+                reason.ends_with("must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'"),
+                "{reason}"
+            );
+        }
+        assert!(is_valid_handler(&"h".repeat(MAX_HANDLER_LEN)));
     }
 
     #[test]
@@ -1198,7 +1240,10 @@ mod tests {
             (
                 format!(r#"{{"id":"x","schedule":"@hourly","run":{{"{long}":"t"}}}}"#),
                 "run",
-                format!("unknown variant `{}`, expected `shell` or `http`", cut("a")),
+                format!(
+                    "unknown variant `{}`, expected one of `shell`, `http`, `handler`",
+                    cut("a")
+                ),
             ),
             (
                 format!(r#"{{"id":"x","schedule":"@hourly","run":{{"shell":"t"}},"{long}":1}}"#),

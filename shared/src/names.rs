@@ -8,6 +8,8 @@
 
 use thiserror::Error;
 
+use crate::job::Run;
+
 /// The default prefix for every name.
 pub const DEFAULT_PREFIX: &str = "jetcron";
 
@@ -145,8 +147,9 @@ impl Names {
     }
 
     /// `jetcron.work.fence`: the leader's fence inside the work stream. It has
-    /// three tokens, so no group's filter (`jetcron.work.<group>.>`) matches
-    /// it and no worker ever consumes it.
+    /// three tokens, so no consumer's filter (`jetcron.work.<group>.*`,
+    /// `jetcron.work.<group>.*.<handler>`) matches it and no worker ever
+    /// consumes it.
     pub fn work_fence_subject(&self) -> String {
         format!("{}.work.fence", self.prefix)
     }
@@ -192,20 +195,61 @@ impl Names {
         format!("{}.work.{group}.>", self.prefix)
     }
 
-    /// `jetcron.work.<group>.<job>`: where a job's shard messages go.
+    /// `jetcron.work.<group>.<job>`: where a shell or HTTP job's shard
+    /// messages go.
     pub fn work_subject(&self, group: &str, job: &str) -> String {
         format!("{}.work.{group}.{job}", self.prefix)
     }
 
-    /// `jetcron.work.*.<job>`: a job's shard messages, in whatever group
-    /// they were dispatched to.
+    /// `jetcron.work.<group>.<job>.<handler>`: where a handler job's shard
+    /// messages go, so that only workers with that handler read them.
+    pub fn work_handler_subject(&self, group: &str, job: &str, handler: &str) -> String {
+        format!("{}.work.{group}.{job}.{handler}", self.prefix)
+    }
+
+    /// Where the shard messages of a job that runs `run` go.
+    pub fn shard_subject(&self, group: &str, job: &str, run: &Run) -> String {
+        match run.handler() {
+            Some(handler) => self.work_handler_subject(group, job, handler),
+            None => self.work_subject(group, job),
+        }
+    }
+
+    /// `jetcron.work.*.<job>`: a shell or HTTP job's shard messages, in
+    /// whatever group they were dispatched to.
     pub fn work_job(&self, job: &str) -> String {
         format!("{}.work.*.{job}", self.prefix)
     }
 
-    /// Durable pull consumer shared by every worker of a group.
+    /// `jetcron.work.*.<job>.*`: a handler job's shard messages, in whatever
+    /// group and for whatever handler they were dispatched.
+    pub fn work_job_handlers(&self, job: &str) -> String {
+        format!("{}.work.*.{job}.*", self.prefix)
+    }
+
+    /// `jetcron.work.<group>.*`: the filter of a group's shared consumer,
+    /// its shell and HTTP shards (one token after the group).
+    pub fn work_plain(&self, group: &str) -> String {
+        format!("{}.work.{group}.*", self.prefix)
+    }
+
+    /// `jetcron.work.<group>.*.<handler>`: the filter of one handler's
+    /// consumer in a group.
+    pub fn work_handler(&self, group: &str, handler: &str) -> String {
+        format!("{}.work.{group}.*.{handler}", self.prefix)
+    }
+
+    /// Durable pull consumer shared by every worker of a group, for its
+    /// shell and HTTP shards.
     pub fn work_consumer(&self, group: &str) -> String {
         format!("{}-{group}", self.prefix)
+    }
+
+    /// Durable pull consumer shared by the workers of a group that know
+    /// `handler`: `jetcron-<group>@<handler>`. `@` is in no group name, so
+    /// it cannot be taken for another group's consumer.
+    pub fn work_handler_consumer(&self, group: &str, handler: &str) -> String {
+        format!("{}-{group}@{handler}", self.prefix)
     }
 
     /// `jetcron.results.>`
@@ -306,6 +350,24 @@ mod tests {
             "jetcron.work.billing.nightly"
         );
         assert_eq!(n.work_job("nightly"), "jetcron.work.*.nightly");
+        assert_eq!(
+            n.shard_subject("billing", "remind", &Run::Handler("send-reminders".into())),
+            "jetcron.work.billing.remind.send-reminders"
+        );
+        assert_eq!(
+            n.shard_subject("billing", "nightly", &Run::Shell("true".into())),
+            "jetcron.work.billing.nightly"
+        );
+        assert_eq!(n.work_job_handlers("remind"), "jetcron.work.*.remind.*");
+        assert_eq!(n.work_plain("billing"), "jetcron.work.billing.*");
+        assert_eq!(
+            n.work_handler("billing", "send-reminders"),
+            "jetcron.work.billing.*.send-reminders"
+        );
+        assert_eq!(
+            n.work_handler_consumer("billing", "send-reminders"),
+            "jetcron-billing@send-reminders"
+        );
         assert_eq!(n.results_subject("nightly"), "jetcron.results.nightly");
         assert_eq!(n.event_subject("dead", Some("x")), "jetcron.events.dead.x");
         assert_eq!(n.event_subject("leader", None), "jetcron.events.leader");

@@ -122,6 +122,9 @@ pub struct WorkerHeartbeat {
     pub running: usize,
     pub started_at: DateTime<Utc>,
     pub last_heartbeat: DateTime<Utc>,
+    /// The handlers it registered (a worker embedded in a service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handlers: Vec<String>,
 }
 
 /// A live scheduler replica, refreshed every second.

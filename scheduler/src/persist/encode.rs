@@ -216,7 +216,7 @@ impl Persist {
             .into_iter()
             .map(|m| Write {
                 target: Target::Work,
-                subject: self.names.work_subject(&m.group, &m.job),
+                subject: self.names.shard_subject(&m.group, &m.job, &m.run),
                 headers: m.headers(),
                 body: Bytes::from(m.encode()),
             })
