@@ -48,6 +48,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
+# The examples in the crates' documentation (the embedded worker's) compile.
+cargo test --workspace --doc --locked
 # The chaos run starts the scheduler and worker binaries built next to it.
 cargo build --workspace --bins --locked
 # shellcheck disable=SC2086 # the chaos arguments are separate words

@@ -90,7 +90,7 @@ async def main():
     url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
     nc = await nats.connect(url.split(","), max_reconnect_attempts=-1)  # never gives up
     js, stream, durable = nc.jetstream(), P.upper().replace("-", "_") + "_WORK", f"{P}-{GROUP}"
-    config = ConsumerConfig(durable_name=durable, filter_subject=f"{P}.work.{GROUP}.>", ack_wait=15,
+    config = ConsumerConfig(durable_name=durable, filter_subject=f"{P}.work.{GROUP}.*", ack_wait=15,
                             ack_policy=AckPolicy.EXPLICIT, max_deliver=-1, max_ack_pending=10000)
     subs = [await js.pull_subscribe(config.filter_subject, durable, stream, config)
             for _ in range(int(os.environ.get("JETCRON_CONCURRENCY", "4")))]

@@ -162,6 +162,15 @@ impl Worker {
         Worker { id, inner }
     }
 
+    /// Runs a worker built with handlers (`jetcron_worker::Worker::builder`).
+    pub fn start_built(id: &str, worker: jetcron_worker::Worker) -> Worker {
+        let inner = Isolated::spawn(move |token| worker.run(token));
+        Worker {
+            id: id.to_string(),
+            inner,
+        }
+    }
+
     /// Crash: runs in flight are abandoned, nothing is acked.
     pub fn kill(self) {
         self.inner.kill();

@@ -484,6 +484,54 @@ async fn a_shard_failing_its_last_attempt_on_the_python_worker_is_dead_lettered(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_past_its_timeout_is_timed_out_on_the_python_worker_as_on_the_rust_one() {
+    let s = Setup::start().await;
+    s.put(
+        json!({"id": "slow", "schedule": "@manual", "shards": 8, "timeout": "500ms",
+        "retry": {"max_attempts": 2, "backoff": ["200ms"]},
+        "run": {"shell": "echo started; sleep 30"}}),
+    )
+    .await;
+    s.trigger("slow").await;
+    let results = s.wait_results("slow", 16).await;
+    let mut on_py = 0;
+    for (shard, rs) in &by_shard(&results) {
+        assert_eq!(
+            rs.iter()
+                .map(|r| (r.attempt, r.status, r.exit_code, r.will_retry))
+                .collect::<Vec<_>>(),
+            vec![
+                (1, RunStatus::TimedOut, None, true),
+                (2, RunStatus::TimedOut, None, false)
+            ],
+            "shard {shard}: {rs:#?}"
+        );
+        for r in rs {
+            assert_eq!(r.output, "started\n", "{r:#?}");
+            let error = r.error.clone().unwrap_or_default();
+            assert!(error.starts_with("timed out after 500"), "{r:#?}");
+            // Stopped at its timeout, not when the command would have ended.
+            assert!(
+                r.finished_at - r.started_at < chrono::Duration::seconds(10),
+                "{r:#?}"
+            );
+            on_py += usize::from(r.worker == PY);
+        }
+    }
+    assert!(
+        on_py > 0,
+        "the Python worker timed out attempts: {results:#?}"
+    );
+    let dead = s
+        .events
+        .wait_for("8 dead events", LIMIT, |es| {
+            es.iter().filter(|e| e.kind() == "dead").count() >= 8
+        })
+        .await;
+    assert_eq!(dead.iter().filter(|e| e.kind() == "dead").count(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_python_workers_shards_are_finished_by_the_rust_worker() {
     let mut s = Setup::start().await;
     let dir = s.dir.path().display();

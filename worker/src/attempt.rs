@@ -116,6 +116,7 @@ use crate::ending::{
 };
 use crate::environment::Environment;
 use crate::execute::{Ended, Outcome, ShellCommand, execute};
+use crate::handler::{self, Handlers, ShardContext};
 use crate::heartbeat::RunCount;
 use crate::http::{self, HttpCall, HttpRunner};
 use crate::record::{self, Recorder};
@@ -130,7 +131,7 @@ const PROGRESS_SEND_LIMIT: Duration = Duration::from_secs(1);
 
 /// What every attempt of one worker shares.
 #[derive(Debug)]
-pub struct Worker {
+pub struct Runner {
     pub id: String,
     pub allow_shell: bool,
     /// Runs HTTP jobs, within the worker's `--no-http` and
@@ -149,6 +150,8 @@ pub struct Worker {
     pub running: RunCount,
     /// The latest replaced fire per job (`overlap: replace`).
     pub replacements: Replacements,
+    /// The handlers of a worker embedded in a service (`run.handler`).
+    pub handlers: Handlers,
 }
 
 /// Where a delivery stands, each with the one ack it sends.
@@ -293,7 +296,7 @@ pub fn plan(
 
 /// Handles one delivered message; `_slot` is the run slot it occupies.
 pub async fn handle(
-    worker: Arc<Worker>,
+    worker: Arc<Runner>,
     message: jetstream::Message,
     hand_back: CancellationToken,
     _slot: OwnedSemaphorePermit,
@@ -415,7 +418,7 @@ pub async fn handle(
 /// A message that does not decode: ended dead with the reason when its
 /// envelope names a shard (see [`crate::unreadable`]), else terminated.
 async fn unreadable(
-    worker: &Worker,
+    worker: &Runner,
     message: &jetstream::Message,
     e: &jetcron_shared::wire::WireError,
     delivered: u32,
@@ -449,7 +452,7 @@ async fn unreadable(
 /// Runs the shard and stores its result; `None` when the result could not
 /// be stored and the message must stay unacked.
 async fn run_and_report(
-    worker: &Worker,
+    worker: &Runner,
     shard: &ShardMessage,
     attempt: u32,
     lost: u32,
@@ -500,6 +503,23 @@ async fn run_and_report(
             };
             http::execute(&worker.http, call, hand_back, replaced).await
         }
+        Run::Handler(name) => match worker.handlers.get(name) {
+            Some(handler) => {
+                let ctx = ShardContext::new(shard, attempt, &run_id, &worker.id, worker.max_output);
+                handler::execute(handler, ctx, worker.kill_grace, hand_back, replaced).await
+            }
+            // Handler shards go to the handler's own consumer; only a
+            // message published by hand to another subject gets here.
+            None => Ended::Finished(Outcome::refused(format!(
+                "worker {} has no handler named '{name}'; handler shards belong on \
+                 the subject {}",
+                worker.id,
+                worker
+                    .reporter
+                    .names()
+                    .work_handler_subject(&shard.group, &shard.job, name)
+            ))),
+        },
     };
     let outcome = match ended {
         Ended::Finished(outcome) => outcome,
@@ -561,7 +581,7 @@ async fn run_and_report(
 /// The shard record the message names, as it is before this delivery
 /// runs; `None` when there is none, or when it cannot be read (then the
 /// shard runs on its delivery count, and a repeat execution is recorded).
-async fn read_record(worker: &Worker, shard: &ShardMessage) -> Option<ShardRecord> {
+async fn read_record(worker: &Runner, shard: &ShardMessage) -> Option<ShardRecord> {
     let key = shard.record_key()?;
     let mut backoff = Backoff::default();
     for tries in 1..=READ_TRIES {

@@ -78,7 +78,7 @@ pub struct WorkerConfig {
     )]
     pub allow_http_host: Vec<String>,
 
-    /// Name of this worker in results and logs [default: <hostname>-<pid>].
+    /// Name of this worker in results and logs (default: `<hostname>-<pid>`).
     #[arg(long, env = "JETCRON_WORKER_ID", default_value_t = default_id(), hide_default_value = true)]
     pub id: String,
 

@@ -1,5 +1,14 @@
-//! The pull loop: the group's durable consumer, and pulls sized to the free
-//! run slots.
+//! The pull loops: the group's durable consumers, and pulls sized to the
+//! free run slots.
+//!
+//! A worker pulls from one consumer per [`Route`]: the group's shared one
+//! for shell and HTTP shards (filter `jetcron.work.<group>.*`), and one per
+//! handler it registered (`jetcron.work.<group>.*.<handler>`), shared with
+//! every worker of the group that knows the handler. The filters never
+//! overlap, as a work-queue stream requires, and a handler's shards are
+//! only ever delivered to a worker that has it. Each consumer has a pull
+//! loop and run slots (`--concurrency`) of its own, so a busy handler does
+//! not hold up the others.
 //!
 //! A worker never holds a message it cannot start: a message waiting in a
 //! buffer would have its ack wait running down. So the loop waits for a
@@ -17,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::Statistics;
+use async_nats::jetstream::consumer::FromConsumer;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use jetcron_shared::Names;
@@ -27,7 +37,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, interval, sleep};
 use tracing::{debug, error, info, warn};
 
-use crate::attempt::{self, Settle, Worker};
+use crate::attempt::{self, Runner, Settle};
 use crate::backoff::Backoff;
 use crate::shutdown::Shutdown;
 
@@ -58,12 +68,24 @@ pub enum ConsumeError {
     },
 }
 
-/// Where a group's shard messages come from.
+/// Which of a group's shards a consumer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Shell and HTTP shards (`jetcron.work.<group>.<job>`), on the
+    /// group's shared consumer.
+    Plain,
+    /// The shards of one handler (`jetcron.work.<group>.<job>.<handler>`),
+    /// on that handler's consumer, shared by the workers that know it.
+    Handler(String),
+}
+
+/// Where some of a group's shard messages come from: one durable consumer.
 #[derive(Debug, Clone)]
 pub struct Source {
     js: jetstream::Context,
     names: Names,
     group: String,
+    route: Route,
     ack_wait: Duration,
     setup: SetupOptions,
 }
@@ -73,6 +95,7 @@ impl Source {
         js: jetstream::Context,
         names: Names,
         group: String,
+        route: Route,
         ack_wait: Duration,
         setup: SetupOptions,
     ) -> Source {
@@ -80,43 +103,46 @@ impl Source {
             js,
             names,
             group,
+            route,
             ack_wait,
             setup,
         }
     }
 
-    /// Settings of the group's consumer when this worker creates it.
+    /// The durable consumer's name.
+    pub fn consumer_name(&self) -> String {
+        match &self.route {
+            Route::Plain => self.names.work_consumer(&self.group),
+            Route::Handler(h) => self.names.work_handler_consumer(&self.group, h),
+        }
+    }
+
+    /// The subjects it holds.
+    pub fn filter(&self) -> String {
+        match &self.route {
+            Route::Plain => self.names.work_plain(&self.group),
+            Route::Handler(h) => self.names.work_handler(&self.group, h),
+        }
+    }
+
+    /// Settings of the consumer when this worker creates it.
     pub fn consumer_config(&self) -> consumer::pull::Config {
+        let description = match &self.route {
+            Route::Plain => format!("jetcron workers of group {}", self.group),
+            Route::Handler(h) => {
+                format!("jetcron workers of group {} with handler {h}", self.group)
+            }
+        };
         consumer::pull::Config {
-            durable_name: Some(self.names.work_consumer(&self.group)),
-            description: Some(format!("jetcron workers of group {}", self.group)),
-            filter_subject: self.names.work_group(&self.group),
+            durable_name: Some(self.consumer_name()),
+            description: Some(description),
+            filter_subject: self.filter(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             // Attempts are counted and limited by the workers (see `attempt`).
             max_deliver: -1,
             max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
-        }
-    }
-
-    /// Creates the streams and buckets if needed, then opens the consumer;
-    /// retries until it works. `None` when shutdown came first.
-    pub async fn start(&self, shutdown: &Shutdown) -> Option<(PullConsumer, Resources)> {
-        let mut backoff = Backoff::default();
-        loop {
-            let attempt = async {
-                let resources = setup::ensure(&self.js, &self.names, &self.setup).await?;
-                let consumer = self.open_on(&resources.work).await?;
-                Ok::<_, ConsumeError>((consumer, resources))
-            };
-            match stop_or(shutdown, attempt).await? {
-                Ok(started) => return Some(started),
-                Err(e) => warn!(error = %e, "cannot set up; retrying"),
-            }
-            if !pause(shutdown, backoff.next_delay()).await {
-                return None;
-            }
         }
     }
 
@@ -135,24 +161,45 @@ impl Source {
         &self,
         stream: &jetstream::stream::Stream,
     ) -> Result<PullConsumer, ConsumeError> {
-        let name = self.names.work_consumer(&self.group);
-        let consumer = stream
+        let name = self.consumer_name();
+        let failed = |e: &dyn std::fmt::Display| ConsumeError::Consumer {
+            stream: self.names.work_stream(),
+            consumer: name.clone(),
+            reason: e.to_string(),
+        };
+        let mut consumer: PullConsumer = stream
             .get_or_create_consumer(&name, self.consumer_config())
             .await
-            .map_err(|e| ConsumeError::Consumer {
-                stream: self.names.work_stream(),
-                consumer: name.clone(),
-                reason: e.to_string(),
-            })?;
-        let have = &consumer.cached_info().config;
-        let filter = self.names.work_group(&self.group);
+            .map_err(|e| failed(&e))?;
+        let have = consumer.cached_info().config.clone();
+        let filter = self.filter();
         if have.filter_subject != filter && !have.filter_subjects.contains(&filter) {
-            warn!(
-                consumer = name,
-                filter = have.filter_subject,
-                expected = filter,
-                "consumer exists with another filter; using it as it is"
-            );
+            if self.route == Route::Plain
+                && have.filter_subject == self.names.work_group(&self.group)
+            {
+                // Made by a version without handlers, it would take handler
+                // shards too.
+                info!(
+                    consumer = name,
+                    from = have.filter_subject,
+                    to = filter,
+                    "narrowing the group consumer's filter to shell and HTTP shards"
+                );
+                let mut narrowed = consumer::pull::Config::try_from_consumer_config(have.clone())
+                    .map_err(|e| failed(&e))?;
+                narrowed.filter_subject = filter;
+                consumer = stream
+                    .update_consumer(narrowed)
+                    .await
+                    .map_err(|e| failed(&e))?;
+            } else {
+                warn!(
+                    consumer = name,
+                    filter = have.filter_subject,
+                    expected = filter,
+                    "consumer exists with another filter; using it as it is"
+                );
+            }
         }
         if have.ack_wait != self.ack_wait {
             info!(
@@ -165,11 +212,39 @@ impl Source {
     }
 }
 
+/// Creates the streams and buckets if needed, then opens every source's
+/// consumer; retries until it works. `None` when shutdown came first.
+pub async fn start(
+    sources: &[Source],
+    setup: &SetupOptions,
+    shutdown: &Shutdown,
+) -> Option<(Vec<PullConsumer>, Resources)> {
+    let first = sources.first()?;
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = async {
+            let resources = setup::ensure(&first.js, &first.names, setup).await?;
+            let mut consumers = Vec::with_capacity(sources.len());
+            for source in sources {
+                consumers.push(source.open_on(&resources.work).await?);
+            }
+            Ok::<_, ConsumeError>((consumers, resources))
+        };
+        match stop_or(shutdown, attempt).await? {
+            Ok(started) => return Some(started),
+            Err(e) => warn!(error = %e, "cannot set up; retrying"),
+        }
+        if !pause(shutdown, backoff.next_delay()).await {
+            return None;
+        }
+    }
+}
+
 /// The pull loop of one worker.
 #[derive(Debug)]
 pub struct Puller {
     pub source: Source,
-    pub worker: Arc<Worker>,
+    pub worker: Arc<Runner>,
     pub slots: Arc<Semaphore>,
     pub shutdown: Shutdown,
     /// The client's counters; `connects` moves on every reconnect.

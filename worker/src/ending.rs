@@ -28,7 +28,7 @@ use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus, ShardMessage}
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::attempt::{Settle, Worker};
+use crate::attempt::{Runner, Settle};
 use crate::record;
 use crate::report::{dead_msg_id, expired_msg_id};
 
@@ -84,7 +84,7 @@ pub struct Unrun {
 /// settled like a last failed attempt (an expired one with an `expired`
 /// event in place of the `dead` one, a cancelled one with no event).
 pub async fn end_unrun(
-    worker: &Worker,
+    worker: &Runner,
     shard: &ShardMessage,
     attempt: u32,
     lost: u32,
@@ -125,7 +125,7 @@ pub async fn end_unrun(
 /// `None` when the result, the event or the end notice could not be stored
 /// and the message must stay unacked.
 pub async fn report(
-    worker: &Worker,
+    worker: &Runner,
     shard: &ShardMessage,
     result: &RunResult,
     how: Settle,
@@ -203,7 +203,7 @@ fn ending_event(shard: &ShardMessage, result: &RunResult, how: Settle) -> Option
 }
 
 /// Writes the shard record when the message names one; best effort.
-pub async fn write_record(worker: &Worker, key: Option<&str>, record: &ShardRecord) {
+pub async fn write_record(worker: &Runner, key: Option<&str>, record: &ShardRecord) {
     let Some(key) = key else {
         return;
     };

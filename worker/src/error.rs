@@ -16,4 +16,6 @@ pub enum WorkerError {
     Prefix(#[from] InvalidPrefix),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error("invalid handlers: {0}")]
+    Handlers(String),
 }

@@ -95,6 +95,7 @@ impl Heartbeat {
         config: &WorkerConfig,
         running: RunCount,
         started_at: DateTime<Utc>,
+        handlers: Vec<String>,
     ) -> Heartbeat {
         let max_age = store.stream.cached_info().config.max_age;
         let every = effective_interval(config.heartbeat_interval, max_age);
@@ -123,6 +124,7 @@ impl Heartbeat {
                 running: 0,
                 started_at,
                 last_heartbeat: started_at,
+                handlers,
             },
             store,
             running,

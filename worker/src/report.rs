@@ -78,6 +78,10 @@ impl Reporter {
         Reporter { js, names }
     }
 
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// Stores `result` on `jetcron.results.<job>`. Retries for up to
     /// [`REPORT_PATIENCE`], or until `give_up` fires.
     pub async fn result(
