@@ -30,12 +30,29 @@ pub fn job_id(tag: &str, i: usize) -> String {
 
 /// A job definition as JSON, the way an operator would store it.
 pub fn definition(id: &str, schedule: &str, group: &str, shell: &str, shards: u32) -> Vec<u8> {
+    definition_running(
+        id,
+        schedule,
+        group,
+        serde_json::json!({"shell": shell}),
+        shards,
+    )
+}
+
+/// A definition whose `run` is `run`.
+pub fn definition_running(
+    id: &str,
+    schedule: &str,
+    group: &str,
+    run: serde_json::Value,
+    shards: u32,
+) -> Vec<u8> {
     let v = serde_json::json!({
         "id": id,
         "schedule": schedule,
         "group": group,
         "shards": shards,
-        "run": {"shell": shell},
+        "run": run,
     });
     serde_json::to_vec(&v).unwrap_or_default()
 }

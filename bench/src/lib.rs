@@ -102,6 +102,8 @@ pub struct Config {
     pub api_calls: usize,
     pub worker_shards: usize,
     pub worker_concurrency: usize,
+    /// Run slots of the embedded worker's no-op handler.
+    pub handler_concurrency: usize,
     pub lease_ttl: Duration,
     pub bin_dir: PathBuf,
     /// Tiny counts, short waits: proves every scenario runs.
@@ -121,6 +123,7 @@ impl Config {
             api_calls: 50,
             worker_shards: 20_000,
             worker_concurrency: 16,
+            handler_concurrency: 64,
             lease_ttl: Duration::from_secs(3),
             bin_dir: Binaries::default_dir(),
             smoke: false,
@@ -138,6 +141,7 @@ impl Config {
             api_calls: 5,
             worker_shards: 200,
             worker_concurrency: 8,
+            handler_concurrency: 8,
             smoke: true,
             ..Config::full()
         }

@@ -52,6 +52,9 @@ struct Args {
     /// Worker: --concurrency of the jetcron-worker [default: 16].
     #[arg(long)]
     worker_concurrency: Option<usize>,
+    /// Worker: run slots of the embedded worker's no-op handler [default: 64].
+    #[arg(long)]
+    handler_concurrency: Option<usize>,
     /// Scheduler --lease-ttl (the lease bucket is created with it).
     #[arg(long, default_value = "3s", value_parser = parse_flag_duration)]
     lease_ttl: Duration,
@@ -104,6 +107,7 @@ fn config(args: &Args) -> Config {
     c.api_calls = args.api_calls.unwrap_or(c.api_calls);
     c.worker_shards = args.worker_shards.unwrap_or(c.worker_shards);
     c.worker_concurrency = args.worker_concurrency.unwrap_or(c.worker_concurrency);
+    c.handler_concurrency = args.handler_concurrency.unwrap_or(c.handler_concurrency);
     c.lease_ttl = args.lease_ttl;
     if let Some(dir) = &args.bin_dir {
         c.bin_dir = dir.clone();

@@ -387,6 +387,63 @@ pub fn worker(w: &WorkerReport) -> String {
         "| {case} | results published | {} | | |",
         w.jetcron_results
     );
+    let _ = writeln!(
+        md,
+        "\n### Worker throughput: `run: {{\"handler\": \"noop\"}}`\n"
+    );
+    let _ = writeln!(
+        md,
+        "One worker embedded in the bench process (the `jetcron-worker` library on a runtime of its own, \
+         handler concurrency {}) with a handler that returns at once, from its start until every stored \
+         shard is run, its result published and acked. The same anchor.\n",
+        w.handler_concurrency
+    );
+    let _ = writeln!(
+        md,
+        "| shards | figure | embedded worker | raw pull + ack | jetcron / raw |\n|---:|---|---:|---:|---:|"
+    );
+    compared(
+        &mut md,
+        &case,
+        "messages per s",
+        w.handler_per_s,
+        w.raw_per_s,
+        0,
+    );
+    compared(&mut md, &case, "total (s)", w.handler_s, w.raw_s, 2);
+    let _ = writeln!(
+        md,
+        "| {case} | results published | {} | | |",
+        w.handler_results
+    );
+    let _ = writeln!(
+        md,
+        "\nThe same shards through plain consumers that take them as a worker does ({} at a time, \
+         each settled with a confirmed ack), without and with the work protocol's store operations \
+         per shard (read the shard record, write it `running`, publish the result, write the record \
+         final), and no executor:\n",
+        w.handler_concurrency
+    );
+    let _ = writeln!(
+        md,
+        "| shards | figure | embedded worker | anchor | jetcron / anchor |\n|---:|---|---:|---:|---:|"
+    );
+    compared(
+        &mut md,
+        &case,
+        "per s, vs pull + confirmed ack",
+        w.handler_per_s,
+        w.settled_per_s,
+        0,
+    );
+    compared(
+        &mut md,
+        &case,
+        "per s, vs the same + protocol writes",
+        w.handler_per_s,
+        w.protocol_per_s,
+        0,
+    );
     errors(
         &mut md,
         std::iter::once(("the worker scenario".to_string(), &w.error)),

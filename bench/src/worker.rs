@@ -4,6 +4,11 @@
 //! start until the work stream is empty again (every shard run, its result
 //! published and acked).
 //!
+//! The same with a no-op handler (`run: {"handler": "noop"}`): N handler
+//! shards stored first, then one worker embedded in this process (the
+//! `jetcron-worker` library, on a runtime of its own) with that handler,
+//! timed from its start until the work stream is empty again.
+//!
 //! Anchor: the same number of messages pulled and acked by one plain
 //! consumer in the bench process, timed from the first pull until the
 //! work-queue stream is empty.
@@ -13,11 +18,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use chrono::{DateTime, SecondsFormat};
 use futures::StreamExt;
+use jetcron_shared::connect::ConnectArgs;
+use jetcron_worker::{HandlerResult, Output, ShardContext, Worker, WorkerConfig};
 use serde::Serialize;
 use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{ceil_second, now_ms};
-use crate::deploy::{Deployment, connect, definition, job_id, shard_body};
+use crate::deploy::{Deployment, connect, definition_running, job_id, shard_body};
 use crate::error::{BenchError, Result};
 use crate::publish::{Outgoing, WINDOW, publish_all};
 use crate::server::Server;
@@ -30,6 +38,13 @@ const GROUP: &str = "work";
 pub struct WorkerReport {
     pub shards: usize,
     pub concurrency: usize,
+    /// Run slots of the embedded worker's handler.
+    pub handler_concurrency: usize,
+    /// Embedded worker, no-op handler: from its start until the last shard
+    /// is acked.
+    pub handler_s: Option<f64>,
+    pub handler_per_s: Option<f64>,
+    pub handler_results: u64,
     /// jetcron-worker: from process start until the last shard is acked.
     pub jetcron_s: Option<f64>,
     pub jetcron_per_s: Option<f64>,
@@ -38,6 +53,11 @@ pub struct WorkerReport {
     /// Plain pull + ack: from the first pull until the stream is empty.
     pub raw_s: Option<f64>,
     pub raw_per_s: Option<f64>,
+    /// Pull + confirmed ack, at most `handler_concurrency` at a time.
+    pub settled_per_s: Option<f64>,
+    /// The same with the protocol's store operations per shard (a record
+    /// read, two record writes, a result publish), no executor.
+    pub protocol_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -47,6 +67,7 @@ pub async fn run(bench: &Bench) -> WorkerReport {
     let mut report = WorkerReport {
         shards: n,
         concurrency: bench.config.worker_concurrency,
+        handler_concurrency: bench.config.handler_concurrency,
         ..WorkerReport::default()
     };
     let mut errors = Vec::new();
@@ -69,6 +90,37 @@ pub async fn run(bench: &Bench) -> WorkerReport {
     say(&format!(
         "  {:?} shards/s",
         report.jetcron_per_s.map(|r| r.round())
+    ));
+    let slots = bench.config.handler_concurrency;
+    for writes in [false, true] {
+        say(&format!(
+            "worker: pull + confirmed ack of {n} messages, {slots} at a time{}",
+            if writes {
+                ", with the protocol's record and result writes"
+            } else {
+                ""
+            }
+        ));
+        match settled_step(bench, n, slots, writes).await {
+            Ok(s) if writes => report.protocol_per_s = rate(n, s),
+            Ok(s) => report.settled_per_s = rate(n, s),
+            Err(e) => errors.push(format!("settled (writes: {writes}): {e}")),
+        }
+    }
+    say(&format!(
+        "  {:?} / {:?} messages/s",
+        report.settled_per_s.map(|r| r.round()),
+        report.protocol_per_s.map(|r| r.round())
+    ));
+    say(&format!(
+        "worker: embedded worker running {n} no-op handler shards"
+    ));
+    if let Err(e) = handler_step(bench, n, &mut report).await {
+        errors.push(format!("handler: {e}"));
+    }
+    say(&format!(
+        "  {:?} shards/s",
+        report.handler_per_s.map(|r| r.round())
     ));
     if !errors.is_empty() {
         report.error = Some(errors.join("; "));
@@ -111,7 +163,14 @@ async fn wait_messages(
     }
 }
 
-async fn jetcron_step(bench: &Bench, n: usize, report: &mut WorkerReport) -> Result<()> {
+/// A deployment whose work stream holds `n` shards of jobs that `run`,
+/// dispatched by a scheduler that has stopped since; and the number of
+/// messages the stream held before them (the leader's fence).
+async fn stored_shards(
+    bench: &Bench,
+    n: usize,
+    run: serde_json::Value,
+) -> Result<(Deployment, u64)> {
     let dep = Deployment::start(&bench.bins, bench.config.lease_ttl, &bench.logs).await?;
     let work = dep.names.work_stream();
     let mut scheduler = dep.scheduler("scheduler-1")?;
@@ -134,7 +193,7 @@ async fn jetcron_step(bench: &Bench, n: usize, report: &mut WorkerReport) -> Res
     let defs = (0..n.div_ceil(1000)).map(|j| {
         let shards = (n - j * 1000).min(1000) as u32;
         let id = job_id(GROUP, j);
-        let body = definition(&id, &format!("@at {at}"), GROUP, "true", shards);
+        let body = definition_running(&id, &format!("@at {at}"), GROUP, run.clone(), shards);
         (id, body)
     });
     dep.put_jobs(defs).await;
@@ -144,7 +203,12 @@ async fn jetcron_step(bench: &Bench, n: usize, report: &mut WorkerReport) -> Res
     })
     .await?;
     scheduler.terminate(Duration::from_secs(10)).await?;
+    Ok((dep, base))
+}
 
+async fn jetcron_step(bench: &Bench, n: usize, report: &mut WorkerReport) -> Result<()> {
+    let (dep, base) = stored_shards(bench, n, serde_json::json!({"shell": "true"})).await?;
+    let work = dep.names.work_stream();
     let start = Instant::now();
     let mut worker = dep.worker("worker-1", GROUP, bench.config.worker_concurrency)?;
     let done = wait_messages(
@@ -163,9 +227,60 @@ async fn jetcron_step(bench: &Bench, n: usize, report: &mut WorkerReport) -> Res
     Ok(())
 }
 
-/// Seconds to pull and ack `n` messages with one plain consumer.
-async fn raw_step(bench: &Bench, n: usize) -> Result<f64> {
-    let limit = bench.drain_limit(n);
+async fn noop(_ctx: ShardContext) -> HandlerResult {
+    Ok(Output::empty())
+}
+
+async fn handler_step(bench: &Bench, n: usize, report: &mut WorkerReport) -> Result<()> {
+    let (dep, base) = stored_shards(bench, n, serde_json::json!({"handler": "noop"})).await?;
+    let work = dep.names.work_stream();
+    let config = WorkerConfig {
+        connect: ConnectArgs {
+            nats_url: dep.server.url(),
+            ..ConnectArgs::default()
+        },
+        id: "embedded-1".into(),
+        group: GROUP.into(),
+        concurrency: bench.config.handler_concurrency,
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::builder(config)
+        .handler("noop", noop)
+        .build()
+        .map_err(|e| BenchError::nats("building the embedded worker", e))?;
+    // Its own runtime, as in a service that embeds it; the polling below
+    // stays on the bench's.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::nats("starting a runtime", e))?;
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    let running = runtime.spawn(worker.run(stop.clone()));
+    let done = wait_messages(
+        &dep.js,
+        &work,
+        bench.drain_limit(n) * 4,
+        "the embedded worker running every shard",
+        |m| m <= base,
+    )
+    .await;
+    stop.cancel();
+    let _ = timeout(Duration::from_secs(35), running).await;
+    runtime.shutdown_background();
+    let s = (done? - start).as_secs_f64();
+    report.handler_s = Some(s);
+    report.handler_per_s = rate(n, s);
+    report.handler_results = messages(&dep.js, &dep.names.results_stream()).await?;
+    Ok(())
+}
+
+/// A fresh server whose work-queue stream `RAW_QUEUE` holds `n` shard
+/// bodies.
+async fn raw_queue(
+    bench: &Bench,
+    n: usize,
+) -> Result<(Server, jetstream::Context, stream::Stream)> {
     let server = Server::start(&bench.logs).await?;
     let js = jetstream::new(connect(&server.url()).await?);
     let config = stream::Config {
@@ -189,6 +304,13 @@ async fn raw_step(bench: &Bench, n: usize) -> Result<f64> {
             put.first_error.unwrap_or_default(),
         ));
     }
+    Ok((server, js, s))
+}
+
+/// Seconds to pull and ack `n` messages with one plain consumer.
+async fn raw_step(bench: &Bench, n: usize) -> Result<f64> {
+    let limit = bench.drain_limit(n);
+    let (_server, js, s) = raw_queue(bench, n).await?;
     let consumer = s
         .create_consumer(pull::Config {
             durable_name: Some("raw".into()),
@@ -221,6 +343,97 @@ async fn raw_step(bench: &Bench, n: usize) -> Result<f64> {
                     limit,
                 ));
             }
+        }
+    }
+    let done = wait_messages(
+        &js,
+        "RAW_QUEUE",
+        limit,
+        "the acks removing every message",
+        |m| m == 0,
+    )
+    .await?;
+    Ok((done - start).as_secs_f64())
+}
+
+/// Seconds for one plain consumer to take `n` messages as a worker does:
+/// at most `slots` at a time, each settled with a confirmed ack; and with
+/// `writes`, also the store operations the work protocol makes per shard
+/// (read the shard record, write it `running`, publish the result, write
+/// the record final), in that order, with no executor in between.
+async fn settled_step(bench: &Bench, n: usize, slots: usize, writes: bool) -> Result<f64> {
+    let limit = bench.drain_limit(n) * 4;
+    let (_server, js, s) = raw_queue(bench, n).await?;
+    let kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "RAW_RUNS".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BenchError::nats("creating RAW_RUNS", e))?;
+    js.create_stream(stream::Config {
+        name: "RAW_RESULTS".into(),
+        subjects: vec!["rawresults.>".into()],
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BenchError::nats("creating RAW_RESULTS", e))?;
+    let consumer = s
+        .create_consumer(pull::Config {
+            durable_name: Some("settled".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BenchError::nats("creating the consumer", e))?;
+    let start = Instant::now();
+    let mut stream = consumer
+        .stream()
+        .max_messages_per_batch(slots)
+        .messages()
+        .await
+        .map_err(|e| BenchError::nats("pulling", e))?;
+    let deadline = start + limit;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let (mut got, mut done) = (0usize, 0usize);
+    while done < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(BenchError::timeout(
+                format!("settling {n} messages ({done} done)"),
+                limit,
+            ));
+        }
+        tokio::select! {
+            next = stream.next(), if got < n && in_flight.len() < slots => match next {
+                Some(Ok(m)) => {
+                    got += 1;
+                    let (js, kv) = (js.clone(), kv.clone());
+                    in_flight.push(async move {
+                        if writes {
+                            let key = format!("shard.{got}");
+                            let body = m.payload.clone();
+                            kv.get(&key).await.map_err(|e| BenchError::nats("reading a record", e))?;
+                            kv.put(&key, body.clone()).await.map_err(|e| BenchError::nats("writing a record", e))?;
+                            js.publish(format!("rawresults.{got}"), body.clone())
+                                .await
+                                .map_err(|e| BenchError::nats("publishing a result", e))?
+                                .await
+                                .map_err(|e| BenchError::nats("storing a result", e))?;
+                            kv.put(&key, body).await.map_err(|e| BenchError::nats("writing a record", e))?;
+                        }
+                        m.double_ack().await.map_err(|e| BenchError::nats("acking", e))
+                    });
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "pull stream error"),
+                None => return Err(BenchError::nats("pulling", "the message stream ended")),
+            },
+            Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                settled?;
+                done += 1;
+            }
+            _ = sleep(left) => {}
         }
     }
     let done = wait_messages(
