@@ -13,6 +13,8 @@
 //! `<workspace>/.tools/nats-server/bin/nats-server` (install it with
 //! `./scripts/install-nats-server.sh`), then `nats-server` on `PATH`.
 //!
+//! - [`stack::Stack`]: a server, a scheduler and its API, with every result and event
+//!   collected, for tests that run workers of their own.
 //! - [`Proxy`]: a TCP proxy in front of a server that a test can pause (the client's writes
 //!   wait in the socket buffers and all arrive on resume) or cut.
 //!
@@ -24,6 +26,7 @@
 pub mod harness;
 pub mod proxy;
 pub mod server;
+pub mod stack;
 
 pub use proxy::Proxy;
 pub use server::{NatsCluster, NatsServer, nats_server_bin};

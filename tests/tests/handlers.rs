@@ -9,134 +9,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use bytes::Bytes;
+use async_nats::jetstream::consumer;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use jetcron_shared::Names;
-use jetcron_shared::api::{ApiClient, TriggerReply, TriggerRequest};
-use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus};
-use jetcron_tests::NatsServer;
-use jetcron_tests::harness::{self, Collector, Scheduler, Worker};
+use jetcron_shared::wire::{EventBody, RunStatus};
+use jetcron_tests::harness::Worker;
+use jetcron_tests::stack::{LIMIT, Stack};
 use jetcron_worker::{HandlerResult, Output, ShardContext, WorkerConfig};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
-
-/// Longest wait for anything a test expects; the machine is shared and slow.
-const LIMIT: Duration = Duration::from_secs(45);
-
-/// A nats-server, one scheduler, its API, and every result and event.
-struct Env {
-    server: NatsServer,
-    client: async_nats::Client,
-    _scheduler: Scheduler,
-    api: ApiClient,
-    names: Names,
-    results: Collector<RunResult>,
-    events: Collector<Event>,
-}
-
-impl Env {
-    async fn start() -> Env {
-        harness::init_tracing();
-        let names = Names::default();
-        let server = NatsServer::start().await;
-        let client = server.client().await;
-        let results = harness::results(&client, &names).await;
-        let events = harness::events(&client, &names).await;
-        let scheduler = Scheduler::start(&server.url(), "s1");
-        let api = harness::api(&client, &names).await;
-        Env {
-            server,
-            client,
-            _scheduler: scheduler,
-            api,
-            names,
-            results,
-            events,
-        }
-    }
-
-    /// The work stream, once the scheduler made it.
-    async fn work_stream(&self) -> jetstream::stream::Stream {
-        let js = jetstream::new(self.client.clone());
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match js.get_stream(self.names.work_stream()).await {
-                Ok(s) => return s,
-                Err(e) => assert!(Instant::now() < deadline, "no work stream: {e}"),
-            }
-            sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// An embedded worker's settings: no shell, a short kill grace.
-    fn config(&self, id: &str) -> WorkerConfig {
-        WorkerConfig {
-            allow_shell: false,
-            kill_grace: Duration::from_millis(500),
-            ..harness::worker_config(&self.server.url(), id)
-        }
-    }
-
-    async fn put(&self, spec: Value) {
-        self.api
-            .put_raw(Bytes::from(spec.to_string()))
-            .await
-            .unwrap_or_else(|e| panic!("job.put {spec}: {e}"));
-    }
-
-    async fn trigger(&self, id: &str, payload: Option<Value>) -> TriggerReply {
-        self.api
-            .trigger(&TriggerRequest {
-                id: id.to_string(),
-                shards: None,
-                payload,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("job.trigger {id}: {e}"))
-    }
-
-    /// The first `n` results of `job`, in arrival order.
-    async fn results(&self, job: &str, n: usize) -> Vec<RunResult> {
-        let of = |rs: &[RunResult]| -> Vec<RunResult> {
-            rs.iter().filter(|r| r.job == job).cloned().collect()
-        };
-        let all = self
-            .results
-            .wait_for(&format!("{n} results of {job}"), LIMIT, |rs| {
-                of(rs).len() >= n
-            })
-            .await;
-        of(&all)
-    }
-
-    fn results_now(&self, job: &str) -> Vec<RunResult> {
-        self.results
-            .snapshot()
-            .into_iter()
-            .filter(|r| r.job == job)
-            .collect()
-    }
-
-    /// The `dead` events of `job`, once there are `n`.
-    async fn dead(&self, job: &str, n: usize) -> Vec<EventBody> {
-        let of = |es: &[Event]| -> Vec<EventBody> {
-            es.iter()
-                .filter(|e| matches!(&e.body, EventBody::Dead { job: j, .. } if j == job))
-                .map(|e| e.body.clone())
-                .collect()
-        };
-        let all = self
-            .events
-            .wait_for(&format!("{n} dead events of {job}"), LIMIT, |es| {
-                of(es).len() >= n
-            })
-            .await;
-        of(&all)
-    }
-}
 
 /// What a handler saw of its shard.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,9 +91,9 @@ fn build(
 
 #[tokio::test]
 async fn handler_shards_run_with_their_context_and_report_their_output() {
-    let env = Env::start().await;
+    let env = Stack::start().await;
     let log: Log = Log::default();
-    let worker = build(env.config("w1"), |b| {
+    let worker = build(env.worker_config("w1"), |b| {
         b.handler("send-reminders", logging(&log))
     });
     env.put(json!({
@@ -221,7 +103,7 @@ async fn handler_shards_run_with_their_context_and_report_their_output() {
     }))
     .await;
     let fire = env.trigger("remind", Some(json!({"template": "t2"}))).await;
-    let mut results = env.results("remind", 2).await;
+    let mut results = env.results_of("remind", 2).await;
     results.sort_by_key(|r| r.shard);
     let mut seen = log.lock().unwrap().clone();
     seen.sort_by_key(|s| s.shard);
@@ -271,7 +153,7 @@ fn tally(
 
 #[tokio::test]
 async fn shards_reach_only_workers_that_know_their_handler() {
-    let env = Env::start().await;
+    let env = Stack::start().await;
     // A group consumer as a version without handlers made it: its filter
     // takes every subject of the group, handler shards included. The
     // worker narrows it at start.
@@ -286,10 +168,12 @@ async fn shards_reach_only_workers_that_know_their_handler() {
     .unwrap();
 
     let hits = Arc::new(Mutex::new(Vec::new()));
-    let a = build(env.config("a"), |b| {
+    let a = build(env.worker_config("a"), |b| {
         b.handler("alpha", tally(&hits, "alpha"))
     });
-    let b = build(env.config("b"), |b| b.handler("beta", tally(&hits, "beta")));
+    let b = build(env.worker_config("b"), |b| {
+        b.handler("beta", tally(&hits, "beta"))
+    });
     let plain = Worker::start(&env.server.url(), "plain");
     for (id, run) in [
         ("alpha-job", json!({"handler": "alpha"})),
@@ -302,7 +186,7 @@ async fn shards_reach_only_workers_that_know_their_handler() {
         env.trigger(id, None).await;
     }
     for job in ["alpha-job", "beta-job", "shell-job"] {
-        let results = env.results(job, 6).await;
+        let results = env.results_of(job, 6).await;
         let want = match job {
             "alpha-job" => "a",
             "beta-job" => "b",
@@ -359,10 +243,10 @@ async fn shards_reach_only_workers_that_know_their_handler() {
     );
 
     // A worker that knows it comes along and runs them.
-    let c = build(env.config("c"), |b| {
+    let c = build(env.worker_config("c"), |b| {
         b.handler("gamma", tally(&hits, "gamma"))
     });
-    for r in env.results("gamma-job", 6).await {
+    for r in env.results_of("gamma-job", 6).await {
         assert_eq!((r.status, r.worker.as_str()), (RunStatus::Succeeded, "c"));
     }
     let hits = hits.lock().unwrap().clone();
@@ -380,8 +264,8 @@ async fn shards_reach_only_workers_that_know_their_handler() {
 
 #[tokio::test]
 async fn errors_retry_panics_fail_and_a_last_failure_is_a_dead_letter() {
-    let env = Env::start().await;
-    let worker = build(env.config("w1"), |b| {
+    let env = Stack::start().await;
+    let worker = build(env.worker_config("w1"), |b| {
         b.handler("flaky", |ctx: ShardContext| async move {
             if ctx.attempt() == 1 {
                 return Err("the database is down".into());
@@ -407,7 +291,7 @@ async fn errors_retry_panics_fail_and_a_last_failure_is_a_dead_letter() {
     env.trigger("flaky", None).await;
     env.trigger("boom", None).await;
 
-    let flaky = env.results("flaky", 2).await;
+    let flaky = env.results_of("flaky", 2).await;
     assert_eq!(
         (flaky[0].attempt, flaky[0].status, flaky[0].will_retry),
         (1, RunStatus::Failed, true)
@@ -418,7 +302,7 @@ async fn errors_retry_panics_fail_and_a_last_failure_is_a_dead_letter() {
         (2, RunStatus::Succeeded, "done at attempt 2")
     );
 
-    let boom = env.results("boom", 2).await;
+    let boom = env.results_of("boom", 2).await;
     for (i, r) in boom.iter().enumerate() {
         assert_eq!(
             (r.attempt, r.status, r.will_retry),
@@ -438,15 +322,15 @@ async fn errors_retry_panics_fail_and_a_last_failure_is_a_dead_letter() {
     );
     // The panics did not take the worker down.
     env.trigger("flaky", None).await;
-    let again = env.results("flaky", 4).await;
+    let again = env.results_of("flaky", 4).await;
     assert_eq!(again[3].status, RunStatus::Succeeded, "{again:?}");
     worker.stop(LIMIT).await;
 }
 
 #[tokio::test]
 async fn a_timeout_cancels_the_handler_and_one_that_ignores_it_is_abandoned() {
-    let env = Env::start().await;
-    let worker = build(env.config("w1"), |b| {
+    let env = Stack::start().await;
+    let worker = build(env.worker_config("w1"), |b| {
         b.handler("polite", |ctx: ShardContext| async move {
             ctx.print("waiting");
             ctx.cancelled().await;
@@ -466,11 +350,11 @@ async fn a_timeout_cancels_the_handler_and_one_that_ignores_it_is_abandoned() {
         .await;
         env.trigger(id, None).await;
     }
-    let polite = env.results("polite", 1).await.remove(0);
+    let polite = env.results_of("polite", 1).await.remove(0);
     assert_eq!(polite.status, RunStatus::TimedOut);
     assert_eq!(polite.error.as_deref(), Some("timed out after 300ms"));
     assert_eq!(polite.output, "waiting\ntold to stop\n");
-    let stubborn = env.results("stubborn", 1).await.remove(0);
+    let stubborn = env.results_of("stubborn", 1).await.remove(0);
     assert_eq!(stubborn.status, RunStatus::TimedOut);
     assert_eq!(
         stubborn.error.as_deref(),
@@ -509,10 +393,10 @@ fn blocking(
 
 #[tokio::test]
 async fn a_killed_worker_s_shard_runs_again_on_another_worker() {
-    let env = Env::start().await;
+    let env = Stack::start().await;
     let config = |id: &str| WorkerConfig {
         ack_wait: Duration::from_secs(2),
-        ..env.config(id)
+        ..env.worker_config(id)
     };
     let (started, cancelled) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let doomed = build(config("doomed"), |b| {
@@ -531,7 +415,7 @@ async fn a_killed_worker_s_shard_runs_again_on_another_worker() {
             Ok(Output::text(format!("attempt {}", ctx.attempt())))
         })
     });
-    let results = env.results("report", 1).await;
+    let results = env.results_of("report", 1).await;
     assert_eq!(
         (
             results[0].status,
@@ -548,12 +432,12 @@ async fn a_killed_worker_s_shard_runs_again_on_another_worker() {
 
 #[tokio::test]
 async fn shutdown_cancels_a_running_handler_and_hands_its_shard_back() {
-    let env = Env::start().await;
+    let env = Stack::start().await;
     let (started, cancelled) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let leaving = build(
         WorkerConfig {
             shutdown_grace: Duration::from_millis(300),
-            ..env.config("leaving")
+            ..env.worker_config("leaving")
         },
         |b| b.handler("sync", blocking(&started, &cancelled)),
     );
@@ -575,12 +459,12 @@ async fn shutdown_cancels_a_running_handler_and_hands_its_shard_back() {
         "a handed-back shard has no result"
     );
 
-    let next = build(env.config("next"), |b| {
+    let next = build(env.worker_config("next"), |b| {
         b.handler("sync", |ctx: ShardContext| async move {
             Ok(Output::text(format!("attempt {}", ctx.attempt())))
         })
     });
-    let results = env.results("sync", 1).await;
+    let results = env.results_of("sync", 1).await;
     assert_eq!(
         (results[0].status, results[0].worker.as_str()),
         (RunStatus::Succeeded, "next")
@@ -590,10 +474,10 @@ async fn shutdown_cancels_a_running_handler_and_hands_its_shard_back() {
 
 #[tokio::test]
 async fn a_replaced_fire_cancels_its_running_handler() {
-    let env = Env::start().await;
+    let env = Stack::start().await;
     let first: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::default();
     let started = Arc::new(Notify::new());
-    let worker = build(env.config("w1"), |b| {
+    let worker = build(env.worker_config("w1"), |b| {
         let (first, started) = (first.clone(), started.clone());
         b.handler("export", move |ctx: ShardContext| {
             let (first, started) = (first.clone(), started.clone());

@@ -91,6 +91,7 @@ impl Env {
             allow_shell: true,
             no_http: false,
             allow_http_host: Vec::new(),
+            http_ca: None,
             id: id.into(),
             ack_wait: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),

@@ -6,6 +6,7 @@
 //! `jetcron-worker` binary fills it from flags and environment variables
 //! (it derives `clap::Args`), tests build it by hand.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jetcron_shared::connect::ConnectArgs;
@@ -78,6 +79,11 @@ pub struct WorkerConfig {
     )]
     pub allow_http_host: Vec<String>,
 
+    /// A PEM file of certificate authorities that `http` jobs trust besides
+    /// the machine's roots (an internal CA, say).
+    #[arg(long, value_name = "FILE", env = "JETCRON_HTTP_CA")]
+    pub http_ca: Option<PathBuf>,
+
     /// Name of this worker in results and logs (default: `<hostname>-<pid>`).
     #[arg(long, env = "JETCRON_WORKER_ID", default_value_t = default_id(), hide_default_value = true)]
     pub id: String,
@@ -132,6 +138,7 @@ impl Default for WorkerConfig {
             allow_shell: false,
             no_http: false,
             allow_http_host: Vec::new(),
+            http_ca: None,
             id: default_id(),
             ack_wait: DEFAULT_ACK_WAIT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -180,6 +187,8 @@ pub enum ConfigError {
     MaxLostAttempts,
     #[error(transparent)]
     HttpHost(#[from] PatternError),
+    #[error("http_ca: {file}: {reason}")]
+    HttpCa { file: String, reason: String },
 }
 
 impl WorkerConfig {
@@ -221,6 +230,24 @@ impl WorkerConfig {
     /// What HTTP jobs may do on this worker.
     pub fn http_policy(&self) -> Result<HostPolicy, PatternError> {
         HostPolicy::new(self.no_http, &self.allow_http_host)
+    }
+
+    /// The certificates of `http_ca`, read and parsed (none without it).
+    pub fn http_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.http_ca else {
+            return Ok(Vec::new());
+        };
+        let refuse = |reason: String| ConfigError::HttpCa {
+            file: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| refuse(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(refuse("holds no PEM certificate".into()));
+        }
+        Ok(certs)
     }
 }
 

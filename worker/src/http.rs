@@ -170,10 +170,19 @@ pub struct HttpRunner {
 }
 
 impl HttpRunner {
-    pub fn new(policy: HostPolicy, patterns: &[String]) -> HttpRunner {
+    /// `roots`: certificate authorities trusted besides the machine's.
+    pub fn new(
+        policy: HostPolicy,
+        patterns: &[String],
+        roots: Vec<reqwest::Certificate>,
+    ) -> HttpRunner {
         let client = match policy {
             HostPolicy::Off => Err("unused".to_string()),
-            _ => reqwest::Client::builder()
+            _ => roots
+                .into_iter()
+                .fold(reqwest::Client::builder(), |b, cert| {
+                    b.add_root_certificate(cert)
+                })
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("jetcron-worker/", env!("CARGO_PKG_VERSION")))
                 .build()

@@ -149,6 +149,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 pub struct Worker {
     config: WorkerConfig,
     http_policy: http::HostPolicy,
+    http_roots: Vec<reqwest::Certificate>,
     handlers: Handlers,
     plain: bool,
 }
@@ -194,6 +195,7 @@ impl Worker {
         let Worker {
             config,
             http_policy,
+            http_roots,
             handlers,
             plain,
         } = self;
@@ -256,7 +258,7 @@ impl Worker {
         let runner = Arc::new(Runner {
             id: config.id.clone(),
             allow_shell: config.allow_shell,
-            http: http::HttpRunner::new(http_policy, &config.allow_http_host),
+            http: http::HttpRunner::new(http_policy, &config.allow_http_host, http_roots),
             max_output: config.max_output,
             kill_grace: config.kill_grace,
             progress_every: ack_wait / 3,
@@ -378,6 +380,7 @@ impl WorkerBuilder {
             .config
             .http_policy()
             .map_err(config::ConfigError::from)?;
+        let http_roots = self.config.http_roots()?;
         self.config.connect.names()?;
         if !self.refused.is_empty() {
             return Err(WorkerError::Handlers(self.refused.join("; ")));
@@ -391,6 +394,7 @@ impl WorkerBuilder {
         Ok(Worker {
             config: self.config,
             http_policy,
+            http_roots,
             handlers: self.handlers,
             plain,
         })

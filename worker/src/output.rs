@@ -16,7 +16,7 @@ pub struct Tail {
 impl Tail {
     pub fn new(limit: usize) -> Tail {
         Tail {
-            buf: VecDeque::with_capacity(limit.min(16 * 1024)),
+            buf: VecDeque::new(),
             limit,
             truncated: false,
         }
