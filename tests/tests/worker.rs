@@ -100,6 +100,7 @@ impl Env {
             replicas: 1,
             heartbeat_interval: Duration::from_secs(1),
             max_lost_attempts: 5,
+            metrics_addr: None,
             retention: Default::default(),
         }
     }

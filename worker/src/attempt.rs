@@ -119,6 +119,7 @@ use crate::execute::{Ended, Outcome, ShellCommand, execute};
 use crate::handler::{self, Handlers, ShardContext};
 use crate::heartbeat::RunCount;
 use crate::http::{self, HttpCall, HttpRunner};
+use crate::metrics::WorkerMetrics;
 use crate::record::{self, Recorder};
 use crate::report::Reporter;
 
@@ -152,6 +153,7 @@ pub struct Runner {
     pub replacements: Replacements,
     /// The handlers of a worker embedded in a service (`run.handler`).
     pub handlers: Handlers,
+    pub metrics: WorkerMetrics,
 }
 
 /// Where a delivery stands, each with the one ack it sends.
@@ -311,6 +313,7 @@ pub async fn handle(
             return;
         }
     };
+    worker.metrics.delivered(delivered);
     let shard = match ShardMessage::decode(&message.payload) {
         Ok(shard) => shard,
         Err(e) => {
@@ -539,6 +542,7 @@ async fn run_and_report(
             }
         }
         Ended::Cancelled => {
+            worker.metrics.handed_back();
             warn!("killed at shutdown; handing the shard back");
             let back = record::handed_back(&started, Utc::now());
             write_record(worker, record_key.as_deref(), &back).await;
@@ -546,6 +550,10 @@ async fn run_and_report(
         }
     };
     let how = Settle::after(outcome.status, attempt, &shard.retry);
+    let finished_at = Utc::now();
+    worker
+        .metrics
+        .ran((finished_at - started_at).to_std().unwrap_or_default());
     let result = RunResult {
         job: shard.job.clone(),
         instant: shard.instant,
@@ -556,7 +564,7 @@ async fn run_and_report(
         status: outcome.status,
         worker: worker.id.clone(),
         started_at,
-        finished_at: Utc::now(),
+        finished_at,
         exit_code: outcome.exit_code,
         output: outcome.output,
         output_truncated: outcome.output_truncated,

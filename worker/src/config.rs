@@ -6,6 +6,7 @@
 //! `jetcron-worker` binary fills it from flags and environment variables
 //! (it derives `clap::Args`), tests build it by hand.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -124,6 +125,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "JETCRON_MAX_LOST_ATTEMPTS", default_value_t = DEFAULT_MAX_LOST_ATTEMPTS)]
     pub max_lost_attempts: u32,
 
+    /// Serve Prometheus metrics at http://<ADDR>/metrics (for example
+    /// 127.0.0.1:9465). Off when not given.
+    #[arg(long, value_name = "ADDR", env = "JETCRON_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// The results and events streams' limits, when this worker creates them.
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -147,6 +153,7 @@ impl Default for WorkerConfig {
             replicas: DEFAULT_REPLICAS,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_lost_attempts: DEFAULT_MAX_LOST_ATTEMPTS,
+            metrics_addr: None,
             retention: RetentionArgs::default(),
         }
     }

@@ -136,10 +136,15 @@ pub async fn report(
         error!(error = %e, "cannot store the result");
         return None;
     }
+    worker.metrics.result(result.status);
     if let Some((event, id)) = ending_event(shard, result, how) {
         if let Err(e) = worker.reporter.event(&event, id, hand_back).await {
             error!(error = %e, kind = event.kind(), "cannot store the event");
             return None;
+        }
+        match how {
+            Settle::Expired => worker.metrics.expired(),
+            _ => worker.metrics.dead_letter(),
         }
         warn!(
             attempts = result.attempt,

@@ -18,4 +18,6 @@ pub enum WorkerError {
     Connect(#[from] ConnectError),
     #[error("invalid handlers: {0}")]
     Handlers(String),
+    #[error(transparent)]
+    Metrics(#[from] jetcron_shared::metrics::MetricsError),
 }

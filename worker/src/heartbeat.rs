@@ -10,14 +10,13 @@
 //! A heartbeat that fails (server down) is logged and tried again at the next
 //! tick: heartbeats never stop a worker.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use jetcron_shared::Names;
 use jetcron_shared::runs::{self, WorkerHeartbeat};
+use prometheus_client::metrics::gauge::Gauge;
 use thiserror::Error;
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
@@ -42,27 +41,32 @@ pub enum HeartbeatError {
 
 /// Shards running now on this worker. Clones count the same runs.
 #[derive(Debug, Clone, Default)]
-pub struct RunCount(Arc<AtomicUsize>);
+pub struct RunCount(Gauge);
 
 impl RunCount {
+    /// Counts in `gauge` (the metrics' `jetcron_worker_running`).
+    pub fn new(gauge: Gauge) -> RunCount {
+        RunCount(gauge)
+    }
+
     /// Counts one more run until the guard is dropped.
     pub fn enter(&self) -> RunGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
         RunGuard(self.0.clone())
     }
 
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        usize::try_from(self.0.get()).unwrap_or(0)
     }
 }
 
 /// One run counted by a [`RunCount`].
 #[derive(Debug)]
-pub struct RunGuard(Arc<AtomicUsize>);
+pub struct RunGuard(Gauge);
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 

@@ -62,6 +62,7 @@
 //!   read from the `replaced` events; stops and skips shards of replaced
 //!   fires.
 //! - [`record`]: shard records (run history) in the runs bucket.
+//! - [`metrics`]: the series served at `--metrics-addr`.
 //! - [`heartbeat`]: this worker's liveness key in the workers bucket.
 //! - [`shutdown`]: stop pulling, let runs finish, hand back the rest.
 //! - [`backoff`]: pauses between retries against the server.
@@ -102,6 +103,7 @@ pub mod execute;
 pub mod handler;
 pub mod heartbeat;
 pub mod http;
+pub mod metrics;
 pub mod output;
 pub mod record;
 pub mod report;
@@ -115,6 +117,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::Utc;
 use jetcron_shared::connect::Patience;
+use jetcron_shared::metrics::Endpoint;
 use jetcron_shared::setup::SetupOptions;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -130,6 +133,7 @@ use crate::cancel::{LOAD_LIMIT, Replacements};
 use crate::consume::{PullConsumer, Puller, Route, Source, log_task_end, reap};
 use crate::handler::{Handler, Handlers};
 use crate::heartbeat::{Heartbeat, RunCount};
+use crate::metrics::WorkerMetrics;
 use crate::record::Recorder;
 use crate::report::Reporter;
 use crate::shutdown::{Drained, Shutdown};
@@ -209,6 +213,11 @@ impl Worker {
             .await?;
         let js = jetstream::new(client.clone());
         let started_at = Utc::now();
+        let metrics = WorkerMetrics::new(&config.group, &config.id);
+        let endpoint = match config.metrics_addr {
+            Some(addr) => Some(Endpoint::bind(addr, metrics.registry()).await?),
+            None => None,
+        };
         let shutdown = Shutdown::new(shutdown, config.shutdown_grace);
         let handler_names: Vec<String> = handlers.names().map(str::to_string).collect();
         info!(
@@ -253,7 +262,8 @@ impl Worker {
             .map(|c| c.cached_info().config.ack_wait)
             .filter(|w| !w.is_zero())
             .fold(config.ack_wait, Duration::min);
-        let running = RunCount::default();
+        let running = RunCount::new(metrics.running_gauge());
+        metrics.set_slots(config.concurrency * consumers.len());
         let replacements = Replacements::default();
         let runner = Arc::new(Runner {
             id: config.id.clone(),
@@ -268,6 +278,7 @@ impl Worker {
             running: running.clone(),
             replacements: replacements.clone(),
             handlers,
+            metrics,
         });
         let heartbeat = Heartbeat::new(
             resources.workers,
@@ -323,7 +334,12 @@ impl Worker {
             pull_until_stopped(&shutdown, pullers, config.shutdown_grace).await;
             done.cancel();
         };
-        tokio::join!(heartbeat.run(done.clone()), following, work);
+        let serving = async {
+            if let Some(endpoint) = endpoint {
+                endpoint.serve(done.clone()).await;
+            }
+        };
+        tokio::join!(heartbeat.run(done.clone()), following, work, serving);
         match heartbeat.remove().await {
             Ok(()) => info!("heartbeat deleted"),
             Err(e) => {
