@@ -1,6 +1,7 @@
 //! Scheduler settings: a plain struct with documented defaults, filled by
 //! the binary's flags or built directly by tests.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use jetcron_shared::connect::ConnectArgs;
@@ -19,6 +20,8 @@ pub struct SchedulerConfig {
     /// A fire dispatched later than this after its instant counts as a misfire
     /// and is reported by a `misfired` event. Default 1 s.
     pub misfire_threshold: Duration,
+    /// Serve Prometheus metrics at `http://<addr>/metrics`. Default: off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for SchedulerConfig {
@@ -29,6 +32,7 @@ impl Default for SchedulerConfig {
             setup: SetupOptions::default(),
             takeover_poll: Duration::from_millis(250),
             misfire_threshold: Duration::from_secs(1),
+            metrics_addr: None,
         }
     }
 }

@@ -44,6 +44,7 @@ use crate::decide::{self, Known, ShardEnd, next_instant};
 use crate::ends::EndFeed;
 use crate::fence::{FenceError, Fences, Target};
 use crate::lease::Leadership;
+use crate::metrics::SchedulerMetrics;
 use crate::mirror::{Mirror, Update};
 use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
 use crate::state::Checkpoint;
@@ -77,6 +78,7 @@ pub struct EngineSettings {
     /// Set while the fire states in memory are current (mirrored up to date,
     /// or leading); shown in this replica's heartbeat.
     pub states_current: Arc<AtomicBool>,
+    pub metrics: SchedulerMetrics,
 }
 
 /// A batch being stored.
@@ -174,6 +176,7 @@ impl Engine {
         names: Names,
     ) -> Engine {
         let dedup_window = res.work.cached_info().config.duplicate_window;
+        let metrics = settings.metrics.clone();
         Engine {
             settings,
             table: Table::default(),
@@ -185,7 +188,12 @@ impl Engine {
             leadership,
             resign,
             hold_until: None,
-            persist: Persist::new(res.js.clone(), names.clone(), res.state.stream.clone()),
+            persist: Persist::new(
+                res.js.clone(),
+                names.clone(),
+                res.state.stream.clone(),
+                metrics,
+            ),
             batches: JoinSet::new(),
             checkpoints: JoinSet::new(),
             compactions: JoinSet::new(),
@@ -715,9 +723,11 @@ impl Engine {
         };
         let after = term.after.remove(&outcome.id);
         if let Err(e) = &outcome.result {
+            self.settings.metrics.batch_failed();
             self.resign_term(e).await;
             return;
         }
+        self.settings.metrics.stored(&outcome.items, Utc::now());
         term.done_through = term.done_through.max(Some(open.decided_at));
         let mut purge = Vec::new();
         let mut replan = Vec::new();

@@ -36,6 +36,8 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::metrics::SchedulerMetrics;
+
 /// What this replica may do right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leadership {
@@ -106,7 +108,12 @@ pub struct LeaseHandle {
 
 /// Runs the lease until `shutdown`, publishing changes on the returned channel.
 /// On shutdown a held lease is deleted so that a standby takes over at once.
-pub fn spawn(kv: kv::Store, settings: LeaseSettings, shutdown: CancellationToken) -> LeaseHandle {
+pub fn spawn(
+    kv: kv::Store,
+    settings: LeaseSettings,
+    shutdown: CancellationToken,
+    metrics: SchedulerMetrics,
+) -> LeaseHandle {
     let (tx, rx) = watch::channel(Leadership::Follower);
     let (resign, mut resigned) = mpsc::channel::<u64>(4);
     let task = tokio::spawn(async move {
@@ -120,6 +127,7 @@ pub fn spawn(kv: kv::Store, settings: LeaseSettings, shutdown: CancellationToken
             abandoned: VecDeque::new(),
             lapsed: None,
             since: Utc::now(),
+            metrics,
         };
         loop {
             tokio::select! {
@@ -160,6 +168,7 @@ struct Lease {
     /// still hold it.
     lapsed: Option<String>,
     since: chrono::DateTime<Utc>,
+    metrics: SchedulerMetrics,
 }
 
 /// How long an unanswered create is remembered (a client buffers writes
@@ -380,6 +389,7 @@ impl Lease {
                     .update(&self.settings.key, self.value(), self.revision),
             )
             .await;
+            self.metrics.renewal(matches!(attempt, Ok(Ok(_))));
             match attempt {
                 Ok(Ok(revision)) => {
                     self.revision = revision;

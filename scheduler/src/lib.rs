@@ -32,6 +32,7 @@
 //! each write fenced -> table's timer holds the next instant.
 
 pub mod api;
+pub mod backlog;
 pub mod catalog;
 pub mod config;
 pub mod decide;
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod events;
 pub mod fence;
 pub mod lease;
+pub mod metrics;
 pub mod mirror;
 pub mod persist;
 pub mod replica;
@@ -55,6 +57,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use jetcron_shared::connect::{ConnectError, Patience};
+use jetcron_shared::metrics::Endpoint;
 use jetcron_shared::names::InvalidPrefix;
 use jetcron_shared::setup::{self, Resources, SetupError};
 use thiserror::Error;
@@ -74,6 +77,8 @@ pub enum SchedulerError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Service(#[from] api::ServiceError),
+    #[error(transparent)]
+    Metrics(#[from] jetcron_shared::metrics::MetricsError),
 }
 
 /// Runs a scheduler replica until `shutdown` is cancelled.
@@ -101,6 +106,11 @@ pub async fn run(
         ttl
     };
     info!(id = %config.id, prefix = names.prefix(), lease_ttl = ?ttl, "scheduler starting");
+    let metrics = metrics::SchedulerMetrics::new(&config.id);
+    let endpoint = match config.metrics_addr {
+        Some(addr) => Some(Endpoint::bind(addr, metrics.registry()).await?),
+        None => None,
+    };
 
     let events = events::Events::new(js.clone(), names.clone());
     let index = catalog::JobIndex::new();
@@ -109,8 +119,11 @@ pub async fn run(
         &names,
         &res,
         &config.id,
-        events.clone(),
-        index.clone(),
+        api::Shared {
+            events: events.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+        },
         shutdown.clone(),
     )
     .await?;
@@ -134,7 +147,29 @@ pub async fn run(
             poll: config.takeover_poll,
         },
         lease_stop.clone(),
+        metrics.clone(),
     );
+    let observing = tokio::spawn({
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let leadership = lease.leadership.clone();
+        let backlog = metrics.clone().follow_backlog(
+            res.work.clone(),
+            names.clone(),
+            index.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            let serving = async {
+                if let Some(endpoint) = endpoint {
+                    endpoint.serve(shutdown.clone()).await;
+                }
+            };
+            tokio::select! {
+                _ = async { tokio::join!(serving, backlog) } => {}
+                _ = metrics.follow_leadership(leadership) => {}
+            }
+        }
+    });
     let states_current = Arc::new(AtomicBool::new(false));
     let heartbeat = tokio::spawn(replica::beat(
         res.lease.clone(),
@@ -157,6 +192,7 @@ pub async fn run(
             holder: config.id.clone(),
             misfire_threshold: config.misfire_threshold,
             states_current,
+            metrics,
         },
         lease.leadership.clone(),
         lease.resign.clone(),
@@ -171,6 +207,7 @@ pub async fn run(
     let _ = sweeper.await;
     let _ = catalog.await;
     let _ = api.await;
+    let _ = observing.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     info!(id = %config.id, "scheduler stopped");
     Ok(())

@@ -33,6 +33,10 @@ struct Args {
     /// A fire dispatched later than this after its instant is reported as a misfire.
     #[arg(long, default_value = "1s", value_parser = parse_flag_duration)]
     misfire_threshold: Duration,
+    /// Serve Prometheus metrics at http://<ADDR>/metrics (for example
+    /// 127.0.0.1:9464). Off when not given.
+    #[arg(long, value_name = "ADDR", env = "JETCRON_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     retention: RetentionArgs,
 }
@@ -65,6 +69,7 @@ fn config(args: Args) -> SchedulerConfig {
             ..SetupOptions::default()
         }),
         misfire_threshold: args.misfire_threshold,
+        metrics_addr: args.metrics_addr,
         ..SchedulerConfig::default()
     }
 }

@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 use crate::deletion;
 use crate::dispatch::Fire;
 use crate::fence::{FenceError, Fences, Target};
+use crate::metrics::SchedulerMetrics;
 use crate::state::{Checkpoint, FireState};
 
 mod encode;
@@ -152,6 +153,7 @@ pub struct Persist {
     acks: Arc<Semaphore>,
     reports: Arc<Semaphore>,
     shard_phases: Arc<ShardPhases>,
+    metrics: SchedulerMetrics,
 }
 
 /// How many batches are storing shard messages, and a wake-up when one is
@@ -182,7 +184,12 @@ impl Drop for ShardPhase {
 }
 
 impl Persist {
-    pub fn new(js: jetstream::Context, names: Names, state: jetstream::stream::Stream) -> Persist {
+    pub fn new(
+        js: jetstream::Context,
+        names: Names,
+        state: jetstream::stream::Stream,
+        metrics: SchedulerMetrics,
+    ) -> Persist {
         Persist {
             js,
             names,
@@ -190,6 +197,7 @@ impl Persist {
             acks: Arc::new(Semaphore::new(OUTSTANDING)),
             reports: Arc::new(Semaphore::new(REPORTS_OUTSTANDING)),
             shard_phases: Arc::default(),
+            metrics,
         }
     }
 
@@ -372,6 +380,9 @@ impl Persist {
             let mut failed = self
                 .round(acks, fences, &writes, &todo, &mut duplicate)
                 .await;
+            for (i, _) in &failed {
+                self.metrics.write_failed(writes[*i].target);
+            }
             failed.retain(|(i, f)| match f {
                 Failure::Permanent(reason) => {
                     error!(subject = %writes[*i].subject, reason, "write can never be stored; dropped");

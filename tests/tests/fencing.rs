@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use jetcron_scheduler::fence::{FenceError, Fences, Target};
 use jetcron_scheduler::lease::Leadership;
+use jetcron_scheduler::metrics::SchedulerMetrics;
 use jetcron_scheduler::persist::{Persist, Write};
 use jetcron_shared::Names;
 use jetcron_shared::setup::{self, Resources, SetupOptions};
@@ -118,7 +119,12 @@ async fn a_deposed_leaders_buffered_writes_are_refused_by_the_server() {
         .await
         .unwrap();
     let old = Arc::new(old);
-    let persist = Persist::new(old_js.clone(), names(), old_res.state.stream.clone());
+    let persist = Persist::new(
+        old_js.clone(),
+        names(),
+        old_res.state.stream.clone(),
+        SchedulerMetrics::new("old"),
+    );
 
     // While it leads, each kind of write is stored.
     persist.store_all(&old, writes_for("before")).await.unwrap();
@@ -168,6 +174,7 @@ async fn a_deposed_leaders_buffered_writes_are_refused_by_the_server() {
         jetstream::new(direct.clone()),
         names(),
         res.state.stream.clone(),
+        SchedulerMetrics::new("new"),
     );
     new_persist
         .store_all(&new, writes_for("new"))

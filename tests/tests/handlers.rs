@@ -226,6 +226,12 @@ async fn shards_reach_only_workers_that_know_their_handler() {
             6
         )]
     );
+    // `status` counts them as waiting in their group, though no consumer
+    // holds them.
+    let status = env.api.status().await.unwrap();
+    let group = status.groups.iter().find(|g| g.group == "default").unwrap();
+    assert_eq!((group.pending, group.in_flight), (6, 0), "{group:?}");
+    assert!(group.oldest_pending_age_ms.is_some(), "{group:?}");
     let workers = env.api.workers().await.unwrap();
     let mut listed: Vec<(String, Vec<String>)> = workers
         .workers

@@ -1,13 +1,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
-//! The worker's metrics endpoint (`--metrics-addr`), scraped over HTTP
-//! while it runs real shards from a real scheduler, and its text parsed.
+//! The metrics endpoints (`--metrics-addr`) of the worker and of the
+//! scheduler, scraped over HTTP while they run real shards and fires, and
+//! their text parsed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use jetcron_scheduler::SchedulerConfig;
+use jetcron_shared::Names;
 use jetcron_shared::wire::RunStatus;
-use jetcron_tests::harness::{self, Worker};
+use jetcron_tests::NatsServer;
+use jetcron_tests::harness::{self, Scheduler, Worker};
 use jetcron_tests::stack::{LIMIT, Stack};
 use jetcron_worker::WorkerConfig;
 use serde_json::json;
@@ -133,4 +137,101 @@ async fn a_scrape_shows_runs_by_status_durations_dead_letters_and_slots() {
         "{error}"
     );
     worker.stop(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_scrape_of_the_leader_and_a_standby_shows_fires_lateness_lease_and_backlog() {
+    harness::init_tracing();
+    let server = NatsServer::start().await;
+    let (leader_addr, standby_addr) = (free_addr(), free_addr());
+    let scheduler = |id: &str, addr| {
+        Scheduler::start_with(SchedulerConfig {
+            metrics_addr: Some(addr),
+            ..harness::scheduler_config(&server.url(), id)
+        })
+    };
+    let s1 = scheduler("s1", leader_addr);
+    let client = server.client().await;
+    let api = harness::api(&client, &Names::default()).await;
+    let s2 = scheduler("s2", standby_addr);
+    api.put_raw(
+        json!({"id": "tick", "schedule": "@every 1s", "run": {"shell": "true"}})
+            .to_string()
+            .into(),
+    )
+    .await
+    .unwrap();
+
+    // No worker: the shards wait in the work stream, and the backlog says so.
+    let one = |name: &str, extra: &str, replica: &str| {
+        format!("jetcron_scheduler_{name}{{replica=\"{replica}\"{extra}}}")
+    };
+    let deadline = Instant::now() + LIMIT;
+    let s = loop {
+        let (status, _, body) = get(leader_addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let s = samples(&body);
+        let fired = s
+            .get(&one("fires_total", r#",cause="schedule""#, "s1"))
+            .copied()
+            .unwrap_or(0.0);
+        let pending = s
+            .get(&one("group_pending", r#",group="default""#, "s1"))
+            .copied()
+            .unwrap_or(0.0);
+        if fired >= 3.0 && pending >= 2.0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(s[&one("leader", "", "s1")], 1.0, "{s:#?}");
+    assert!(s[&one("epoch", "", "s1")] >= 1.0, "{s:#?}");
+    assert!(
+        s[&one("lease_renewals_total", r#",result="ok""#, "s1")] >= 1.0,
+        "{s:#?}"
+    );
+    assert!(
+        s[&one("fire_lateness_seconds_count", "", "s1")] >= 3.0,
+        "{s:#?}"
+    );
+    assert_eq!(s[&one("jobs", r#",state="active""#, "s1")], 1.0, "{s:#?}");
+    assert_eq!(
+        s[&one("group_in_flight", r#",group="default""#, "s1")],
+        0.0,
+        "{s:#?}"
+    );
+    assert!(
+        s[&one("group_oldest_age_seconds", r#",group="default""#, "s1")] > 0.0,
+        "{s:#?}"
+    );
+
+    let (_, _, body) = get(standby_addr, "/metrics").await;
+    let standby = samples(&body);
+    assert_eq!(standby[&one("leader", "", "s2")], 0.0, "{body}");
+    assert_eq!(standby[&one("epoch", "", "s2")], 0.0, "{body}");
+    assert!(
+        !standby.contains_key(&one("fires_total", r#",cause="schedule""#, "s2")),
+        "a standby fires nothing: {body}"
+    );
+    // A trigger's fire is counted by whichever replica answered it.
+    api.trigger(&jetcron_shared::api::TriggerRequest {
+        id: "tick".into(),
+        shards: None,
+        payload: None,
+    })
+    .await
+    .unwrap();
+    let manual = r#",cause="manual""#;
+    let mut counted = 0.0;
+    for (addr, id) in [(leader_addr, "s1"), (standby_addr, "s2")] {
+        let (_, _, body) = get(addr, "/metrics").await;
+        counted += samples(&body)
+            .get(&one("fires_total", manual, id))
+            .copied()
+            .unwrap_or(0.0);
+    }
+    assert_eq!(counted, 1.0);
+    s2.stop().await;
+    s1.stop().await;
 }

@@ -59,6 +59,7 @@ use tracing::{debug, warn};
 use crate::catalog::JobIndex;
 use crate::dispatch::Dispatcher;
 use crate::events::Events;
+use crate::metrics::SchedulerMetrics;
 use crate::state::StateStore;
 
 /// Longest a request may take; the client (`nats req`, `jetcron`) waits 5 s.
@@ -153,6 +154,16 @@ struct Ctx {
     /// Last manual instant (unix ms) this replica used, so two triggers of
     /// one job never share an instant (and so a dedup id).
     last_manual_ms: AtomicI64,
+    metrics: SchedulerMetrics,
+}
+
+/// What the service shares with the rest of the replica.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub events: Events,
+    /// Every job definition, as this replica's catalog read it.
+    pub index: JobIndex,
+    pub metrics: SchedulerMetrics,
 }
 
 /// Starts the service; it answers until `shutdown`, then lets the requests
@@ -162,10 +173,14 @@ pub async fn spawn(
     names: &Names,
     res: &Resources,
     replica: &str,
-    events: Events,
-    index: JobIndex,
+    shared: Shared,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ServiceError> {
+    let Shared {
+        events,
+        index,
+        metrics,
+    } = shared;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         names: names.clone(),
@@ -180,6 +195,7 @@ pub async fn spawn(
         dispatcher: Dispatcher::new(res.js.clone(), names.clone()),
         index,
         last_manual_ms: AtomicI64::new(0),
+        metrics,
     });
     let specs = Endpoint::ALL
         .iter()

@@ -6,18 +6,14 @@
 //! - jobs: counted as active, paused and invalid by the job index, in
 //!   memory (the first invalid ones named); no read of the jobs bucket;
 //! - groups: every group named by a job or a worker heartbeat, with its
-//!   jobs, workers, the group consumer's pending and ack-pending counts (before
-//!   any worker created the consumer: the group's messages in the work
-//!   stream), and the age of its oldest message in the work stream.
+//!   jobs, workers, and backlog in the work stream (see [`crate::backlog`]):
+//!   shards waiting, shards delivered and not settled, and the age of its
+//!   oldest message.
 
 use std::collections::BTreeMap;
 
-use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::kv::Operation;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
-use chrono::Utc;
-use futures::{StreamExt, TryStreamExt, stream};
 use jetcron_shared::api::{
     ApiError, GroupStatus, InvalidJob, JobCounts, LeaderInfo, STATUS_INVALID_LISTED, StatusReply,
     WorkersReply, encode_ok,
@@ -25,10 +21,8 @@ use jetcron_shared::api::{
 use jetcron_shared::runs::{self, ReplicaHeartbeat, WorkerHeartbeat};
 
 use super::{Ctx, IndexState, index_current, no_params, scan, unavailable};
+use crate::backlog::backlogs;
 use crate::lease::LeaseValue;
-
-/// Groups queried at once.
-const GROUP_CONCURRENCY: usize = 16;
 
 pub(super) async fn status(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     no_params(body)?;
@@ -47,11 +41,23 @@ pub(super) async fn status(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     for w in &workers {
         per_group.entry(w.group.clone()).or_default().1 += 1;
     }
-    let groups = stream::iter(per_group)
-        .map(|(group, (jobs, workers))| group_status(ctx, group, jobs, workers))
-        .buffered(GROUP_CONCURRENCY)
-        .try_collect()
-        .await?;
+    let backlogs = backlogs(&ctx.work, &ctx.names, per_group.keys().cloned().collect())
+        .await
+        .map_err(|e| unavailable("work stream", e))?;
+    let groups = per_group
+        .into_iter()
+        .map(|(group, (jobs, workers))| {
+            let b = backlogs.get(&group).copied().unwrap_or_default();
+            GroupStatus {
+                group,
+                jobs,
+                workers,
+                pending: b.pending,
+                in_flight: b.in_flight,
+                oldest_pending_age_ms: b.oldest_age_ms,
+            }
+        })
+        .collect();
     Ok(encode_ok(&StatusReply {
         leader,
         replicas,
@@ -129,56 +135,4 @@ async fn count_jobs(ctx: &Ctx) -> Result<(JobCounts, Vec<(String, u64)>), ApiErr
     };
     let groups = c.groups.into_iter().map(|(g, n)| (g, n.total())).collect();
     Ok((counts, groups))
-}
-
-async fn group_status(
-    ctx: &Ctx,
-    group: String,
-    jobs: u64,
-    workers: u64,
-) -> Result<GroupStatus, ApiError> {
-    let consumer = ctx
-        .work
-        .consumer_info(ctx.names.work_consumer(&group))
-        .await;
-    let (pending, in_flight) = match consumer {
-        Ok(info) => (info.num_pending, info.num_ack_pending as u64),
-        // No worker ever joined: everything the stream holds for the group waits.
-        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => (stored(ctx, &group).await?, 0),
-        Err(e) => return Err(unavailable("work stream", e)),
-    };
-    let oldest = ctx
-        .work
-        .get_first_raw_message_by_subject(ctx.names.work_group(&group), 0)
-        .await;
-    let oldest_pending_age_ms = match oldest {
-        Ok(m) => {
-            let stored_ms = i64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok();
-            stored_ms.map(|ms| (Utc::now().timestamp_millis() - ms).max(0))
-        }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-        Err(e) => return Err(unavailable("work stream", e)),
-    };
-    Ok(GroupStatus {
-        group,
-        jobs,
-        workers,
-        pending,
-        in_flight,
-        oldest_pending_age_ms,
-    })
-}
-
-/// Messages the work stream holds for a group.
-async fn stored(ctx: &Ctx, group: &str) -> Result<u64, ApiError> {
-    let counts = ctx
-        .work
-        .info_with_subjects(ctx.names.work_group(group))
-        .await
-        .map_err(|e| unavailable("work stream", e))?;
-    counts
-        .map_ok(|(_, n)| u64::try_from(n).unwrap_or(0))
-        .try_fold(0, |sum, n| async move { Ok(sum + n) })
-        .await
-        .map_err(|e| unavailable("work stream", e))
 }

@@ -136,6 +136,7 @@ pub(super) async fn fire_now(ctx: &Ctx, m: Manual) -> Result<TriggerReply, ApiEr
     ctx.events
         .publish(&event, Some(format!("triggered:{fire_id}")))
         .await;
+    ctx.metrics.fired(Cause::Manual);
     Ok(TriggerReply {
         id,
         fire_id,
