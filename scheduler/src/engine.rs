@@ -728,6 +728,7 @@ impl Engine {
             return;
         }
         self.settings.metrics.stored(&outcome.items, Utc::now());
+        crate::persist::log_fires(&outcome.items);
         term.done_through = term.done_through.max(Some(open.decided_at));
         let mut purge = Vec::new();
         let mut replan = Vec::new();

@@ -5,6 +5,7 @@ use clap::Parser;
 use jetcron_scheduler::SchedulerConfig;
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::job::parse_flag_duration;
+use jetcron_shared::logging::{self, LogArgs};
 use jetcron_shared::setup::{RetentionArgs, SetupOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -39,16 +40,15 @@ struct Args {
     metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     retention: RetentionArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let config = config(Args::parse());
+    let args = Args::parse();
+    logging::init(args.log.log_format, "info");
+    let config = config(args);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     jetcron_scheduler::run(config, shutdown)

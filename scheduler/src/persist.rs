@@ -523,6 +523,22 @@ impl Persist {
     }
 }
 
+/// One `fire` span (job, instant) per stored fire, with a `fire stored`
+/// line in it, at debug level (`RUST_LOG=jetcron_scheduler=debug`): at
+/// thousands of fires a second, info would drown everything else.
+pub fn log_fires(items: &[Item]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for item in items {
+        if let Action::Fire(f) = &item.action {
+            let _fire =
+                tracing::debug_span!("fire", job = %item.job, instant = %f.instant).entered();
+            debug!(cause = ?f.cause, missed = f.missed, shards = ?f.shards, "fire stored");
+        }
+    }
+}
+
 /// A write sent and not yet acknowledged.
 struct Pending {
     index: usize,

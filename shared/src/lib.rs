@@ -17,6 +17,7 @@
 pub mod api;
 pub mod connect;
 pub mod job;
+pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod quote;

@@ -1,26 +1,24 @@
 //! `jetcron-worker`: pulls the shard messages of one group and runs them.
 
 use clap::Parser;
+use jetcron_shared::logging::{self, LogArgs};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(name = "jetcron-worker", version, about)]
 struct Cli {
     #[command(flatten)]
     config: jetcron_worker::WorkerConfig,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    logging::init(cli.log.log_format, "info");
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
