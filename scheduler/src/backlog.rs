@@ -4,12 +4,14 @@
 //!
 //! A group's shards are read through several consumers: the group's own,
 //! `jetcron-<group>`, for shell and HTTP shards, and one per handler,
-//! `jetcron-<group>@<handler>`. Shards of a handler no worker serves have no
-//! consumer at all. So the backlog is counted from the stream: every
-//! message the group's subjects hold (a work queue drops a message once it
-//! is acked) less those the group's consumers have delivered and await.
+//! `jetcron-<group>@<handler>`. Their counters say what waits and what is
+//! in flight, at no cost per message. Shards of a handler no worker serves
+//! have no consumer: they are counted from the stream, listing only the
+//! subjects of handler jobs (`jetcron.work.<group>.*.*`), so a burst of
+//! shell jobs costs no listing. Before any worker made the group's own
+//! consumer, its shell and HTTP shards are counted from the stream too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use chrono::Utc;
@@ -35,47 +37,69 @@ pub async fn backlogs(
     names: &Names,
     groups: Vec<String>,
 ) -> Result<BTreeMap<String, Backlog>, String> {
-    // Delivered and unsettled, per consumer name.
-    let consumers: Vec<(String, u64)> = work
+    // (waiting, delivered and unsettled) per consumer name.
+    let consumers: BTreeMap<String, (u64, u64)> = work
         .consumers()
-        .map_ok(|info| (info.name, info.num_ack_pending as u64))
+        .map_ok(|info| (info.name, (info.num_pending, info.num_ack_pending as u64)))
         .try_collect()
         .await
         .map_err(|e| e.to_string())?;
+    let consumers = &consumers;
     stream::iter(groups)
-        .map(|group| {
+        .map(|group| async move {
             let own = names.work_consumer(&group);
-            let handlers = format!("{own}@");
-            let in_flight = consumers
-                .iter()
-                .filter(|(name, _)| *name == own || name.starts_with(&handlers))
-                .map(|(_, n)| n)
-                .sum::<u64>();
-            async move {
-                let (stored, oldest_age_ms) = tokio::try_join!(
-                    stored(work, names, &group),
-                    oldest_age_ms(work, names, &group)
-                )?;
-                let backlog = Backlog {
-                    pending: stored.saturating_sub(in_flight),
-                    in_flight,
-                    oldest_age_ms,
-                };
-                Ok((group, backlog))
+            let served = format!("{own}@");
+            let (mut pending, mut in_flight) = (0, 0);
+            let mut handlers = BTreeSet::new();
+            for (name, (waiting, delivered)) in consumers {
+                let handler = name.strip_prefix(&served);
+                if *name == own || handler.is_some() {
+                    pending += waiting;
+                    in_flight += delivered;
+                    handlers.extend(handler.map(str::to_string));
+                }
             }
+            let plain_unserved = if consumers.contains_key(&own) {
+                0
+            } else {
+                stored(work, &names.work_plain(&group), |_| true).await?
+            };
+            let handler_subjects = format!("{}.work.{group}.*.*", names.prefix());
+            let unserved = stored(work, &handler_subjects, |subject| {
+                subject
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|h| !handlers.contains(h))
+            })
+            .await?;
+            let oldest_age_ms = oldest_age_ms(work, names, &group).await?;
+            let backlog = Backlog {
+                pending: pending + plain_unserved + unserved,
+                in_flight,
+                oldest_age_ms,
+            };
+            Ok((group, backlog))
         })
         .buffered(CONCURRENCY)
         .try_collect()
         .await
 }
 
-/// Messages the work stream holds for a group.
-async fn stored(work: &Stream, names: &Names, group: &str) -> Result<u64, String> {
-    work.info_with_subjects(names.work_group(group))
+/// Messages the work stream holds on the subjects of `filter` that `count`
+/// picks.
+async fn stored(work: &Stream, filter: &str, count: impl Fn(&str) -> bool) -> Result<u64, String> {
+    let count = &count;
+    work.info_with_subjects(filter)
         .await
         .map_err(|e| e.to_string())?
-        .map_ok(|(_, n)| u64::try_from(n).unwrap_or(0))
-        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .try_fold(0u64, |sum, (subject, n)| async move {
+            Ok(sum
+                + if count(&subject) {
+                    u64::try_from(n).unwrap_or(0)
+                } else {
+                    0
+                })
+        })
         .await
         .map_err(|e| e.to_string())
 }

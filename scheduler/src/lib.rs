@@ -159,13 +159,14 @@ pub async fn run(
             shutdown.clone(),
         );
         async move {
+            // Nobody reads the gauges without the endpoint: no refresh then.
             let serving = async {
                 if let Some(endpoint) = endpoint {
-                    endpoint.serve(shutdown.clone()).await;
+                    tokio::join!(endpoint.serve(shutdown.clone()), backlog);
                 }
             };
             tokio::select! {
-                _ = async { tokio::join!(serving, backlog) } => {}
+                _ = serving => {}
                 _ = metrics.follow_leadership(leadership) => {}
             }
         }
