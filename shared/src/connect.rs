@@ -29,9 +29,19 @@ pub struct ConnectArgs {
     /// NATS credentials file (JWT and NKey seed).
     #[arg(long, env = "NATS_CREDS")]
     pub creds: Option<PathBuf>,
+    /// NKey seed file (`SU...`): sign in as the NKey user it belongs to.
+    #[arg(long, env = "NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
     /// CA certificate to verify the server's TLS certificate; implies TLS.
     #[arg(long, env = "NATS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (mutual
+    /// TLS), with --tls-key; implies TLS.
+    #[arg(long, env = "NATS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "NATS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ConnectArgs {
@@ -43,7 +53,10 @@ impl Default for ConnectArgs {
             password: None,
             token: None,
             creds: None,
+            nkey: None,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -60,6 +73,14 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read NKey seed file {path}: {source}")]
+    NKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--tls-cert and --tls-key go together")]
+    CertWithoutKey,
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -117,8 +138,24 @@ impl ConnectArgs {
                     source,
                 })?;
         }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path).map_err(|source| ConnectError::NKey {
+                path: path.clone(),
+                source,
+            })?;
+            opts = opts.nkey(seed.trim().to_string());
+        }
         if let Some(ca) = &self.tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                opts = opts
+                    .add_client_certificate(cert.clone(), key.clone())
+                    .require_tls(true);
+            }
+            (None, None) => {}
+            _ => return Err(ConnectError::CertWithoutKey),
         }
         let urls: Vec<&str> = self
             .nats_url

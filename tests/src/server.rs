@@ -293,6 +293,39 @@ impl NatsServer {
         panic!("nats-server failed to start {START_ATTEMPTS} times:{failures}")
     }
 
+    /// Starts a standalone server like [`NatsServer::start`], with `extra`
+    /// added to its config (an `authorization` or `tls` block, say). It is
+    /// ready once it listens: a server that wants credentials cannot be
+    /// probed without them.
+    pub async fn start_with_config(extra: &str) -> NatsServer {
+        let port = free_port();
+        let mut server =
+            NatsServer::create(nats_server_bin(), format!("jetcron-{port}"), port, extra);
+        server.spawn("secured start");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = server.exited() {
+                panic!(
+                    "nats-server exited ({status:?}); log:\n{}",
+                    server.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                // Listening comes last in the server's start-up.
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not listening within {READY_TIMEOUT:?}; log:\n{}",
+                server.log_tail(LOG_TAIL_LINES)
+            );
+            sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// A not yet running server with its own temporary directory and a config
     /// file for it: name, listen address, JetStream on the private store, and
     /// `extra` (a cluster block for cluster nodes).
