@@ -16,7 +16,9 @@ pub async fn connect(args: &ConnectArgs) -> Result<(async_nats::Client, Names), 
             ConnectError::Connect { .. } => Failure::Unavailable(e.to_string()),
             ConnectError::Prefix(_)
             | ConnectError::UserWithoutPassword
-            | ConnectError::Creds { .. } => Failure::Input(e.to_string()),
+            | ConnectError::Creds { .. }
+            | ConnectError::NKey { .. }
+            | ConnectError::CertWithoutKey => Failure::Input(e.to_string()),
         })?;
     Ok((client, names))
 }
