@@ -256,7 +256,12 @@ async fn workers_lists_live_workers() {
             "HANDLERS"
         ]
     );
-    let w1 = out.lines().iter().find(|l| l.starts_with("w1 ")).cloned().unwrap();
+    let w1 = out
+        .lines()
+        .iter()
+        .find(|l| l.starts_with("w1 "))
+        .cloned()
+        .unwrap();
     assert_eq!(w1.split_whitespace().last(), Some("-"), "{w1}");
     let out = jetcron(&url, &["--json", "workers"]).await;
     out.ok();
