@@ -22,6 +22,8 @@ pub struct SchedulerConfig {
     pub misfire_threshold: Duration,
     /// Serve Prometheus metrics at `http://<addr>/metrics`. Default: off.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where events are posted (see [`crate::webhooks`]). Default: none.
+    pub webhooks: Vec<crate::webhooks::Sink>,
 }
 
 impl Default for SchedulerConfig {
@@ -33,6 +35,7 @@ impl Default for SchedulerConfig {
             takeover_poll: Duration::from_millis(250),
             misfire_threshold: Duration::from_secs(1),
             metrics_addr: None,
+            webhooks: Vec::new(),
         }
     }
 }

@@ -50,6 +50,7 @@ pub mod replica;
 pub mod state;
 pub mod sweep;
 pub mod table;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -183,6 +184,12 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
+    let posting = tokio::spawn(webhooks::run(
+        res.events.clone(),
+        names.clone(),
+        config.webhooks.clone(),
+        shutdown.clone(),
+    ));
     let sweeper = tokio::spawn(sweep::run(
         res.work.clone(),
         lease.leadership.clone(),
@@ -206,6 +213,7 @@ pub async fn run(
     let _ = lease.task.await;
     let _ = heartbeat.await;
     let _ = sweeper.await;
+    let _ = posting.await;
     let _ = catalog.await;
     let _ = api.await;
     let _ = observing.await;

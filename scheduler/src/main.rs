@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use jetcron_scheduler::SchedulerConfig;
+use jetcron_scheduler::{SchedulerConfig, webhooks};
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::job::parse_flag_duration;
 use jetcron_shared::logging::{self, LogArgs};
@@ -38,6 +38,34 @@ struct Args {
     /// 127.0.0.1:9464). Off when not given.
     #[arg(long, value_name = "ADDR", env = "JETCRON_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Post events to this URL (repeatable, or comma-separated): a JSON body
+    /// per event, retried until a 2xx answer, once per event however many
+    /// schedulers run.
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "JETCRON_WEBHOOK",
+        value_delimiter = ','
+    )]
+    webhooks: Vec<String>,
+    /// Event kinds posted to the webhooks
+    /// [default: dead,misfired,expired,invalid,leader].
+    #[arg(
+        long,
+        value_name = "KINDS",
+        env = "JETCRON_WEBHOOK_KINDS",
+        value_delimiter = ','
+    )]
+    webhook_kinds: Vec<String>,
+    /// Post only the events of these jobs (repeatable, or comma-separated;
+    /// no `leader` events then) [default: every job].
+    #[arg(
+        long = "webhook-job",
+        value_name = "JOB",
+        env = "JETCRON_WEBHOOK_JOBS",
+        value_delimiter = ','
+    )]
+    webhook_jobs: Vec<String>,
     #[command(flatten)]
     retention: RetentionArgs,
     #[command(flatten)]
@@ -48,7 +76,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.log.log_format, "info");
-    let config = config(args);
+    let config = config(args)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     jetcron_scheduler::run(config, shutdown)
@@ -57,8 +85,25 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The scheduler's settings from its flags.
-fn config(args: Args) -> SchedulerConfig {
-    SchedulerConfig {
+fn config(args: Args) -> anyhow::Result<SchedulerConfig> {
+    let kinds = webhooks::parse_kinds(&args.webhook_kinds).map_err(anyhow::Error::msg)?;
+    for url in &args.webhooks {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("webhook: '{url}' is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            anyhow::bail!("webhook: '{url}' is not an http or https URL");
+        }
+    }
+    let sinks = args
+        .webhooks
+        .iter()
+        .map(|url| webhooks::Sink {
+            url: url.clone(),
+            kinds: kinds.clone(),
+            jobs: args.webhook_jobs.clone(),
+        })
+        .collect();
+    Ok(SchedulerConfig {
         connect: args.connect,
         id: args
             .id
@@ -70,8 +115,9 @@ fn config(args: Args) -> SchedulerConfig {
         }),
         misfire_threshold: args.misfire_threshold,
         metrics_addr: args.metrics_addr,
+        webhooks: sinks,
         ..SchedulerConfig::default()
-    }
+    })
 }
 
 async fn stop_on_signal(token: CancellationToken) {
@@ -95,7 +141,7 @@ mod tests {
 
     fn parsed(flags: &[&str]) -> SetupOptions {
         let argv = std::iter::once("jetcron-scheduler").chain(flags.iter().copied());
-        config(Args::try_parse_from(argv).unwrap()).setup
+        config(Args::try_parse_from(argv).unwrap()).unwrap().setup
     }
 
     #[test]
@@ -128,5 +174,37 @@ mod tests {
         let e =
             Args::try_parse_from(["jetcron-scheduler", "--events-max-bytes", "lots"]).unwrap_err();
         assert!(e.to_string().contains("is not a size"), "{e}");
+    }
+
+    #[test]
+    fn webhook_flags_make_one_sink_per_url_and_bad_ones_are_refused() {
+        let parse = |flags: &[&str]| {
+            let argv = std::iter::once("jetcron-scheduler").chain(flags.iter().copied());
+            config(Args::try_parse_from(argv).unwrap())
+        };
+        let c = parse(&[
+            "--webhook",
+            "https://a.example/x,http://b.example/y",
+            "--webhook-kinds",
+            "dead,leader",
+            "--webhook-job",
+            "nightly",
+        ])
+        .unwrap();
+        assert_eq!(c.webhooks.len(), 2);
+        assert_eq!(c.webhooks[1].url, "http://b.example/y");
+        assert_eq!(c.webhooks[0].kinds, ["dead", "leader"]);
+        assert_eq!(c.webhooks[0].jobs, ["nightly"]);
+        let e = parse(&["--webhook", "ftp://x/y"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "webhook: 'ftp://x/y' is not an http or https URL"
+        );
+        let e = parse(&["--webhook", "http://x", "--webhook-kinds", "boom"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("webhook_kinds: 'boom' is not an event kind"),
+            "{e}"
+        );
     }
 }
