@@ -12,9 +12,10 @@
 //! `Jetcron-Event-Id` (`<stream sequence>`: the same on a retry, so a
 //! receiver can drop a repeat). A 2xx answer acks it. Anything else, or no
 //! answer within [`POST_LIMIT`], and the event is retried after
-//! [`RETRY_DELAYS`], at most [`MAX_ATTEMPTS`] times. A replica that dies
-//! mid-post leaves the event to another after the ack wait. Redirects are
-//! not followed.
+//! [`RETRY_DELAYS`], at most [`MAX_ATTEMPTS`] times. Events are pulled a few
+//! at a time with requests that expire within a second; a stopping replica
+//! posts what it pulled before it goes. One that dies mid-post leaves its
+//! events to another after [`ACK_WAIT`]. Redirects are not followed.
 
 use std::time::Duration;
 
@@ -30,6 +31,16 @@ use tracing::{debug, error, info, warn};
 pub const DEFAULT_KINDS: [&str; 5] = ["dead", "misfired", "expired", "invalid", "leader"];
 /// Longest one post may take.
 pub const POST_LIMIT: Duration = Duration::from_secs(10);
+/// How long an event taken by a replica waits for it before going to
+/// another: a post's limit and some slack.
+pub const ACK_WAIT: Duration = Duration::from_secs(15);
+/// Events asked for at a time, and how long one request for them waits at
+/// the server. Short: a replica that stops leaves at most that many events
+/// for the ack wait, and only those delivered within that second.
+const BATCH: usize = 16;
+const BATCH_EXPIRES: Duration = Duration::from_secs(1);
+/// How long a stopping replica goes on posting the batch it pulled.
+const STOP_SLACK: Duration = Duration::from_secs(3);
 /// Posts of one event, the first included.
 pub const MAX_ATTEMPTS: i64 = 8;
 /// Pause before attempt 2, 3, ...; the last repeats.
@@ -161,7 +172,7 @@ async fn deliver(
         filter_subjects: sink.filters(&names),
         deliver_policy: DeliverPolicy::New,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: POST_LIMIT * 3,
+        ack_wait: ACK_WAIT,
         max_deliver: MAX_ATTEMPTS,
         ..Default::default()
     };
@@ -172,20 +183,37 @@ async fn deliver(
                 .get_or_create_consumer(&name, config.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| e.to_string())?;
-                post(&http, &sink, &m).await;
+            while !shutdown.is_cancelled() {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(BATCH)
+                    .expires(BATCH_EXPIRES)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| e.to_string())?;
+                    post(&http, &sink, &m).await;
+                }
             }
             Ok::<(), String>(())
         };
+        // A batch under way is finished (posted, settled) at shutdown, for
+        // a while: an event dropped here would wait out the ack wait.
+        let stopped = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(STOP_SLACK).await;
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
             ended = pass => {
                 if let Err(e) = ended {
                     warn!(url = %sink.url, error = %e, "webhook consumer failed; retrying");
                 }
             }
+            _ = stopped => return,
+        }
+        if shutdown.is_cancelled() {
+            return;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

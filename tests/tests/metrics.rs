@@ -153,6 +153,12 @@ async fn a_scrape_of_the_leader_and_a_standby_shows_fires_lateness_lease_and_bac
     let s1 = scheduler("s1", leader_addr);
     let client = server.client().await;
     let api = harness::api(&client, &Names::default()).await;
+    // s1 leads before its standby starts.
+    let deadline = Instant::now() + LIMIT;
+    while !matches!(api.status().await, Ok(s) if s.leader.is_some_and(|l| l.holder == "s1")) {
+        assert!(Instant::now() < deadline, "s1 does not lead");
+        sleep(Duration::from_millis(100)).await;
+    }
     let s2 = scheduler("s2", standby_addr);
     api.put_raw(
         json!({"id": "tick", "schedule": "@every 1s", "run": {"shell": "true"}})

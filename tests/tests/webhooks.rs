@@ -153,7 +153,22 @@ async fn each_event_is_posted_once_across_schedulers_and_a_failed_post_is_retrie
     )
     .await;
     // `leader`: the leader stops, the other takes over.
-    s1.stop().await;
+    let deadline = Instant::now() + LIMIT;
+    let leader = loop {
+        if let Ok(status) = api.status().await
+            && let Some(l) = status.leader
+        {
+            break l.holder;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        sleep(Duration::from_millis(100)).await;
+    };
+    let (stopping, heir, staying) = if leader == "s1" {
+        (s1, "s2", s2)
+    } else {
+        (s2, "s1", s1)
+    };
+    stopping.stop().await;
 
     let posted = |kind: &str, rs: &[Posted]| rs.iter().filter(|p| p.kind == kind).count();
     let deadline = Instant::now() + LIMIT;
@@ -162,7 +177,27 @@ async fn each_event_is_posted_once_across_schedulers_and_a_failed_post_is_retrie
         if posted("dead", &rs) >= 1 && posted("invalid", &rs) >= 1 && posted("leader", &rs) >= 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "events not posted: {rs:#?}");
+        if Instant::now() >= deadline {
+            let events = js.get_stream(names.events_stream()).await.unwrap();
+            let info = events.consumer_info(sink.consumer_name()).await.unwrap();
+            let leaders: Vec<_> = harness::stream_messages(&client, &names.events_stream())
+                .await
+                .into_iter()
+                .filter(|m| m.subject.as_str() == names.event_subject("leader", None))
+                .collect();
+            panic!(
+                "events not posted: {rs:#?}\nconsumer: pending {} ack pending {} redelivered {} delivered {:?} ack floor {:?}\nleader events: {:?}",
+                info.num_pending,
+                info.num_ack_pending,
+                info.num_redelivered,
+                info.delivered,
+                info.ack_floor,
+                leaders
+                    .iter()
+                    .map(|m| (m.sequence, String::from_utf8_lossy(&m.payload).to_string()))
+                    .collect::<Vec<_>>()
+            );
+        }
         sleep(Duration::from_millis(100)).await;
     }
     // Room for duplicates to show up, if there were any.
@@ -200,8 +235,8 @@ async fn each_event_is_posted_once_across_schedulers_and_a_failed_post_is_retrie
         "{body:?}"
     );
     let leader = rs.iter().rfind(|p| p.kind == "leader").unwrap();
-    assert_eq!(leader.body["holder"], "s2", "{leader:?}");
+    assert_eq!(leader.body["holder"], heir, "{leader:?}");
 
     worker.stop(LIMIT).await;
-    s2.stop().await;
+    staying.stop().await;
 }
