@@ -155,7 +155,8 @@ async fn a_scrape_of_the_leader_and_a_standby_shows_fires_lateness_lease_and_bac
     let api = harness::api(&client, &Names::default()).await;
     // s1 leads before its standby starts.
     let deadline = Instant::now() + LIMIT;
-    while !matches!(api.status().await, Ok(s) if s.leader.is_some_and(|l| l.holder == "s1")) {
+    while !matches!(api.status().await, Ok(s) if s.leader.as_ref().is_some_and(|l| l.holder == "s1"))
+    {
         assert!(Instant::now() < deadline, "s1 does not lead");
         sleep(Duration::from_millis(100)).await;
     }
