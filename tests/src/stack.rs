@@ -17,7 +17,7 @@ use crate::harness::{self, Collector, Scheduler};
 
 /// Longest wait for anything a stack test expects; the machine is shared
 /// and slow.
-pub const LIMIT: Duration = Duration::from_secs(45);
+pub const LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Stack {

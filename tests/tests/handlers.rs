@@ -529,3 +529,39 @@ async fn a_replaced_fire_cancels_its_running_handler() {
     );
     worker.stop(LIMIT).await;
 }
+
+#[tokio::test]
+async fn a_deleted_handler_job_s_waiting_shards_never_run() {
+    let env = Stack::start().await;
+    let work = env.work_stream().await;
+    // Nobody serves `export` yet: the shards wait in the work stream.
+    env.put(
+        json!({"id": "gone", "schedule": "@manual", "shards": 3, "run": {"handler": "export"}}),
+    )
+    .await;
+    env.trigger("gone", None).await;
+    let waiting = || async {
+        work.info_with_subjects(env.names.work_job_handlers("gone"))
+            .await
+            .unwrap()
+            .try_collect::<Vec<(String, usize)>>()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + LIMIT;
+    while waiting().await.is_empty() {
+        assert!(Instant::now() < deadline, "the shards were never stored");
+        sleep(Duration::from_millis(50)).await;
+    }
+    env.api.delete("gone").await.unwrap();
+    assert_eq!(waiting().await, Vec::<(String, usize)>::new());
+    // A worker with the handler comes and finds nothing of it.
+    let ran: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let worker = build(env.worker_config("late"), |b| {
+        b.handler("export", tally(&ran, "export"))
+    });
+    sleep(Duration::from_secs(2)).await;
+    assert!(ran.lock().unwrap().is_empty(), "{:?}", ran.lock().unwrap());
+    assert!(env.results_now("gone").is_empty());
+    worker.stop(LIMIT).await;
+}

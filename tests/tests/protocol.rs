@@ -16,10 +16,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use chrono::{DateTime, SecondsFormat, Utc};
 use jetcron_shared::Names;
-use jetcron_shared::api::{ApiClient, TriggerRequest};
 use jetcron_shared::wire::{Event, EventBody, RunResult, RunStatus};
-use jetcron_tests::NatsServer;
-use jetcron_tests::harness::{self, Collector, Scheduler, Worker};
+use jetcron_tests::harness::{self, Worker};
+use jetcron_tests::stack::Stack;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -99,85 +98,50 @@ impl Drop for PyWorker {
 }
 
 /// A server, a scheduler, a Rust worker and the Python worker in group
-/// `default`, both pulling; results and events collected from the start.
-/// Fields drop in this order: the workers go before the server.
+/// `default`, both pulling; results and events collected from the start
+/// (the [`Stack`] it derefs to). Fields drop in this order: the workers go
+/// before the server.
 struct Setup {
     py: PyWorker,
     _rust: Worker,
-    _scheduler: Scheduler,
-    client: async_nats::Client,
-    api: ApiClient,
-    results: Collector<RunResult>,
-    events: Collector<Event>,
     /// Commands leave a file here per execution.
     dir: tempfile::TempDir,
-    _server: NatsServer,
+    stack: Stack,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
 }
 
 impl Setup {
     async fn start() -> Setup {
-        harness::init_tracing();
         nats_py();
-        let names = Names::default();
-        let server = NatsServer::start().await;
-        let client = server.client().await;
-        let results = harness::results(&client, &names).await;
-        let events = harness::events(&client, &names).await;
-        let scheduler = Scheduler::start(&server.url(), "s1");
-        let api = harness::api(&client, &names).await;
+        let stack = Stack::start().await;
+        let url = stack.server.url();
         // The Rust worker comes first and creates the group's consumer.
         let rust = Worker::start_with(jetcron_worker::WorkerConfig {
             concurrency: SLOTS,
             ack_wait: ACK_WAIT,
-            ..harness::worker_config(&server.url(), RUST)
+            ..harness::worker_config(&url, RUST)
         });
-        wait_pulling(&client, 1).await;
-        let py = PyWorker::start(&server.url());
+        wait_pulling(&stack.client, 1).await;
+        let py = PyWorker::start(&url);
         // One pull request of the Rust worker and one per Python slot.
-        wait_pulling(&client, 1 + SLOTS).await;
+        wait_pulling(&stack.client, 1 + SLOTS).await;
         Setup {
             py,
             _rust: rust,
-            _scheduler: scheduler,
-            client,
-            api,
-            results,
-            events,
             dir: tempfile::tempdir().unwrap(),
-            _server: server,
+            stack,
         }
     }
 
-    async fn put(&self, job: serde_json::Value) {
-        self.api.put_raw(job.to_string().into()).await.unwrap();
-    }
-
-    async fn trigger(&self, id: &str) -> DateTime<Utc> {
-        let req = TriggerRequest {
-            id: id.into(),
-            shards: None,
-            payload: None,
-        };
-        self.api.trigger(&req).await.unwrap().instant
-    }
-
-    /// Results of `job`, in arrival order.
-    fn results_of(&self, job: &str) -> Vec<RunResult> {
-        self.results
-            .snapshot()
-            .into_iter()
-            .filter(|r| r.job == job)
-            .collect()
-    }
-
-    async fn wait_results(&self, job: &str, n: usize) -> Vec<RunResult> {
-        let job = job.to_string();
-        self.results
-            .wait_for(&format!("{n} results of {job}"), LIMIT, |rs| {
-                rs.iter().filter(|r| r.job == job).count() >= n
-            })
-            .await;
-        self.results_of(&job)
+    /// Triggers every shard of `id`; the fire's instant.
+    async fn fire(&self, id: &str) -> DateTime<Utc> {
+        self.stack.trigger(id, None).await.instant
     }
 
     /// Names of the files the commands left, sorted.
@@ -289,8 +253,8 @@ async fn shards_run_on_the_python_and_the_rust_worker_alike() {
         "run": {"shell": cmd}, "payload": payload, "on_success": ["after"]}),
     )
     .await;
-    let results = s.wait_results("mixed", 16).await;
-    let chained = s.wait_results("after", 1).await;
+    let results = s.results_of("mixed", 16).await;
+    let chained = s.results_of("after", 1).await;
     assert_eq!(chained[0].status, RunStatus::Succeeded, "{chained:#?}");
 
     let instant = results[0].instant;
@@ -359,8 +323,8 @@ async fn a_failed_attempt_is_retried_after_its_backoff_on_either_worker() {
         "retry": {"max_attempts": 2, "backoff": ["1s"]},
         "run": {"shell": "sleep 0.3; [ \"$JETCRON_ATTEMPT\" -ge 2 ] || { echo no; exit 3; }; echo yes"}}))
     .await;
-    let instant = s.trigger("flaky").await;
-    let results = s.wait_results("flaky", 32).await;
+    let instant = s.fire("flaky").await;
+    let results = s.results_of("flaky", 32).await;
     for (shard, rs) in by_shard(&results) {
         assert_eq!(rs.len(), 2, "shard {shard}: {rs:#?}");
         let (first, second) = (&rs[0], &rs[1]);
@@ -415,8 +379,8 @@ async fn a_shard_failing_its_last_attempt_on_the_python_worker_is_dead_lettered(
         "retry": {"max_attempts": 2, "backoff": ["500ms"]},
         "run": {"shell": "sleep 0.3; echo no luck; exit 7"}}))
         .await;
-    let instant = s.trigger("doomed").await;
-    let results = s.wait_results("doomed", 24).await;
+    let instant = s.fire("doomed").await;
+    let results = s.results_of("doomed", 24).await;
     let dead = s
         .events
         .wait_for("12 dead events", LIMIT, |es| {
@@ -480,7 +444,7 @@ async fn a_shard_failing_its_last_attempt_on_the_python_worker_is_dead_lettered(
     // Terminated: never delivered again.
     s.wait_settled().await;
     sleep(ACK_WAIT + Duration::from_secs(1)).await;
-    assert_eq!(s.results_of("doomed").len(), 24);
+    assert_eq!(s.results_now("doomed").len(), 24);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,8 +456,8 @@ async fn a_shard_past_its_timeout_is_timed_out_on_the_python_worker_as_on_the_ru
         "run": {"shell": "echo started; sleep 30"}}),
     )
     .await;
-    s.trigger("slow").await;
-    let results = s.wait_results("slow", 16).await;
+    s.fire("slow").await;
+    let results = s.results_of("slow", 16).await;
     let mut on_py = 0;
     for (shard, rs) in &by_shard(&results) {
         assert_eq!(
@@ -542,7 +506,7 @@ async fn a_killed_python_workers_shards_are_finished_by_the_rust_worker() {
     );
     s.put(json!({"id": "long", "schedule": "@manual", "shards": 8, "run": {"shell": cmd}}))
         .await;
-    s.trigger("long").await;
+    s.fire("long").await;
     let deadline = Instant::now() + LIMIT;
     while !s.marks().iter().any(|m| m.contains(".py.")) {
         assert!(
@@ -568,7 +532,7 @@ async fn a_killed_python_workers_shards_are_finished_by_the_rust_worker() {
             .unwrap();
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
-    let results = s.wait_results("long", 8).await;
+    let results = s.results_of("long", 8).await;
     for (shard, rs) in by_shard(&results) {
         assert_eq!(rs.len(), 1, "shard {shard}: {rs:#?}");
         let r = &rs[0];
