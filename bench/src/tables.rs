@@ -356,6 +356,24 @@ pub fn api(a: &ApiReport) -> String {
     md
 }
 
+/// One worker's figures in the worker scenario.
+struct Throughput {
+    per_s: Option<f64>,
+    s: Option<f64>,
+    results: u64,
+}
+
+/// The rows of one worker's figures next to raw pull + ack.
+fn against_raw(md: &mut String, w: &WorkerReport, case: &str, who: &str, t: &Throughput) {
+    let _ = writeln!(
+        md,
+        "| shards | figure | {who} | raw pull + ack | jetcron / raw |\n|---:|---|---:|---:|---:|"
+    );
+    compared(md, case, "messages per s", t.per_s, w.raw_per_s, 0);
+    compared(md, case, "total (s)", t.s, w.raw_s, 2);
+    let _ = writeln!(md, "| {case} | results published | {} | | |", t.results);
+}
+
 pub fn worker(w: &WorkerReport) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -368,25 +386,13 @@ pub fn worker(w: &WorkerReport) -> String {
          its result published and acked. Anchor: one plain pull consumer acking the same number of messages.\n",
         w.concurrency
     );
-    let _ = writeln!(
-        md,
-        "| shards | figure | jetcron-worker | raw pull + ack | jetcron / raw |\n|---:|---|---:|---:|---:|"
-    );
     let case = thousands(w.shards as u64);
-    compared(
-        &mut md,
-        &case,
-        "messages per s",
-        w.jetcron_per_s,
-        w.raw_per_s,
-        0,
-    );
-    compared(&mut md, &case, "total (s)", w.jetcron_s, w.raw_s, 2);
-    let _ = writeln!(
-        md,
-        "| {case} | results published | {} | | |",
-        w.jetcron_results
-    );
+    let shell = Throughput {
+        per_s: w.jetcron_per_s,
+        s: w.jetcron_s,
+        results: w.jetcron_results,
+    };
+    against_raw(&mut md, w, &case, "jetcron-worker", &shell);
     let _ = writeln!(
         md,
         "\n### Worker throughput: `run: {{\"handler\": \"noop\"}}`\n"
@@ -398,24 +404,12 @@ pub fn worker(w: &WorkerReport) -> String {
          shard is run, its result published and acked. The same anchor.\n",
         w.handler_concurrency
     );
-    let _ = writeln!(
-        md,
-        "| shards | figure | embedded worker | raw pull + ack | jetcron / raw |\n|---:|---|---:|---:|---:|"
-    );
-    compared(
-        &mut md,
-        &case,
-        "messages per s",
-        w.handler_per_s,
-        w.raw_per_s,
-        0,
-    );
-    compared(&mut md, &case, "total (s)", w.handler_s, w.raw_s, 2);
-    let _ = writeln!(
-        md,
-        "| {case} | results published | {} | | |",
-        w.handler_results
-    );
+    let handler = Throughput {
+        per_s: w.handler_per_s,
+        s: w.handler_s,
+        results: w.handler_results,
+    };
+    against_raw(&mut md, w, &case, "embedded worker", &handler);
     let _ = writeln!(
         md,
         "\nThe same shards through plain consumers that take them as a worker does ({} at a time, \
