@@ -58,8 +58,9 @@ use upkeep::Compacted;
 /// Longest sleep, so wall-clock jumps are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How long a new leader waits for its mirror to reach the state fence
-/// before it opens the mirror again.
-const MIRROR_PATIENCE: Duration = Duration::from_secs(1);
+/// before it opens the mirror again: a live mirror delivers the fence
+/// within milliseconds of its write.
+const MIRROR_PATIENCE: Duration = Duration::from_millis(500);
 /// Batches being stored at once.
 const MAX_BATCHES: usize = 64;
 /// Decisions stored in one batch, at most.
@@ -299,6 +300,13 @@ impl Engine {
         {
             let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             at = at.min(now + wait);
+        }
+        if let Some(t) = self
+            .term
+            .as_ref()
+            .filter(|t| !t.ready && !t.mirror_reopened)
+        {
+            at = at.min(t.began.max(self.mirror_seen) + MIRROR_PATIENCE);
         }
         match self.hold_until {
             Some(h) => at.max(h),

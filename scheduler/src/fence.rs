@@ -46,7 +46,13 @@ use tracing::{debug, info, warn};
 
 use crate::lease::Leadership;
 
-/// Longest wait for one fence read or write.
+/// Wait for an answer to a fence read or write while a stream may be
+/// electing a leader (a cluster node lost): a request sent then is lost,
+/// not refused, so it is sent again soon.
+const FENCE_SHORT_WAIT: Duration = Duration::from_millis(400);
+/// Requests given the short wait; an election takes a few seconds.
+const FENCE_SHORT_TRIES: u32 = 12;
+/// Wait for an answer after that, for a server that is merely slow.
 const FENCE_LIMIT: Duration = Duration::from_secs(2);
 /// Pause before trying a fence again after the server did not answer.
 const FENCE_RETRY: Duration = Duration::from_millis(100);
@@ -205,11 +211,18 @@ impl Fences {
     /// Reads the fence in `slot` and stores ours over it unless it is newer;
     /// if it already is ours, adopts its sequence.
     async fn store(&self, slot: &Slot, previous: u64) -> Result<(), FenceError> {
+        let mut tries = 0u32;
         loop {
+            tries += 1;
+            let wait = if tries <= FENCE_SHORT_TRIES {
+                FENCE_SHORT_WAIT
+            } else {
+                FENCE_LIMIT
+            };
             if !self.is_valid() {
                 return Err(FenceError::NotLeader);
             }
-            let last = match self.read(slot).await {
+            let last = match self.read(slot, wait).await {
                 Ok(last) => last,
                 Err(reason) => {
                     debug!(stream = %Self::stream_name(slot), reason, "cannot read the fence; retrying");
@@ -241,7 +254,7 @@ impl Fences {
                 .publish_with_headers(slot.subject.clone(), headers, body)
                 .await;
             let acked = match sent {
-                Ok(ack) => timeout(FENCE_LIMIT, ack).await,
+                Ok(ack) => timeout(wait, ack).await,
                 Err(e) => Ok(Err(e)),
             };
             match acked {
@@ -264,9 +277,9 @@ impl Fences {
     }
 
     /// The last fence on the slot's subject: its sequence and epoch.
-    async fn read(&self, slot: &Slot) -> Result<Option<(u64, u64)>, String> {
+    async fn read(&self, slot: &Slot, wait: Duration) -> Result<Option<(u64, u64)>, String> {
         let got = timeout(
-            FENCE_LIMIT,
+            wait,
             slot.stream.get_last_raw_message_by_subject(&slot.subject),
         )
         .await
