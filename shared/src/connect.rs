@@ -109,6 +109,18 @@ impl ConnectArgs {
         name: &str,
         patience: Patience,
     ) -> Result<async_nats::Client, ConnectError> {
+        let opts = self.options(name, patience).await?;
+        self.connect_with(opts).await
+    }
+
+    /// The connection options of [`ConnectArgs::connect`], for a caller
+    /// that adds its own (an event callback) before connecting with
+    /// [`ConnectArgs::connect_with`].
+    pub async fn options(
+        &self,
+        name: &str,
+        patience: Patience,
+    ) -> Result<async_nats::ConnectOptions, ConnectError> {
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
@@ -157,6 +169,14 @@ impl ConnectArgs {
             (None, None) => {}
             _ => return Err(ConnectError::CertWithoutKey),
         }
+        Ok(opts)
+    }
+
+    /// Connects to the configured servers with `opts`.
+    pub async fn connect_with(
+        &self,
+        opts: async_nats::ConnectOptions,
+    ) -> Result<async_nats::Client, ConnectError> {
         let urls: Vec<&str> = self
             .nats_url
             .split(',')

@@ -108,6 +108,25 @@ pub struct ShardRecord {
     /// the row; one that reported does.
     #[serde(default)]
     pub lost: u32,
+    /// The last [`OUTPUT_TAIL`] bytes of an ended attempt's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
+    /// Why an ended attempt failed, as its result says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Bytes of output a shard record keeps (its end); the whole output, up to
+/// the worker's `--max-output`, is in the result.
+pub const OUTPUT_TAIL: usize = 1024;
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut from = text.len().saturating_sub(max);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    &text[from..]
 }
 
 /// A live worker, refreshed every few seconds.
@@ -160,6 +179,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_is_the_end_cut_at_a_character() {
+        assert_eq!(tail("hello", 10), "hello");
+        assert_eq!(tail("hello", 3), "llo");
+        assert_eq!(tail("", 3), "");
+        // "é" is two bytes: a cut through it starts after it.
+        assert_eq!(tail("aéb", 2), "b");
+        assert_eq!(tail("aéb", 3), "éb");
+    }
 
     #[test]
     fn shard_records_without_lost_attempts_read_as_none_lost() {

@@ -134,6 +134,8 @@ pub fn running(
         exit_code: None,
         will_retry: false,
         lost,
+        output_tail: None,
+        error: None,
     }
 }
 
@@ -153,6 +155,9 @@ pub fn finished(result: &RunResult, lost: u32) -> ShardRecord {
         exit_code: result.exit_code,
         will_retry: result.will_retry,
         lost,
+        output_tail: (!result.output.is_empty())
+            .then(|| runs::tail(&result.output, runs::OUTPUT_TAIL).to_string()),
+        error: result.error.clone(),
     }
 }
 

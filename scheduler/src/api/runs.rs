@@ -195,6 +195,8 @@ fn shard_run(shard: u32, record: Option<&ShardRecord>) -> ShardRun {
             finished_at: None,
             duration_ms: None,
             exit_code: None,
+            output_tail: None,
+            error: None,
         };
     };
     let retrying = r.will_retry && matches!(r.state, ShardState::Failed | ShardState::TimedOut);
@@ -212,6 +214,8 @@ fn shard_run(shard: u32, record: Option<&ShardRecord>) -> ShardRun {
         finished_at: r.finished_at,
         duration_ms: r.finished_at.map(|f| (f - r.started_at).num_milliseconds()),
         exit_code: r.exit_code,
+        output_tail: r.output_tail.clone(),
+        error: r.error.clone(),
     }
 }
 
@@ -270,6 +274,8 @@ mod tests {
             exit_code: Some(1),
             will_retry,
             lost: 0,
+            output_tail: Some("out".into()),
+            error: Some("exit status 1".into()),
         }
     }
 

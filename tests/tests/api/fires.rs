@@ -255,7 +255,7 @@ async fn runs_show_each_shard_succeeded_failed_or_timed_out() {
         "schedule": "@yearly",
         "shards": 3,
         "timeout": "1s",
-        "run": {"shell": "case $JETCRON_SHARD in 0) exit 0;; 1) exit 3;; *) sleep 30;; esac"},
+        "run": {"shell": "case $JETCRON_SHARD in 0) exit 0;; 1) seq 1 2000; echo last line; exit 3;; *) sleep 30;; esac"},
     });
     api.put_raw(definition.to_string().into()).await.unwrap();
     assert!(api.runs("mixed", None).await.unwrap().runs.is_empty());
@@ -289,6 +289,13 @@ async fn runs_show_each_shard_succeeded_failed_or_timed_out() {
     assert_eq!(by_shard[&1].state, ShardState::Failed);
     assert_eq!(by_shard[&1].exit_code, Some(3));
     assert_eq!(by_shard[&2].state, ShardState::TimedOut);
+    // The end of the output, at most 1 KiB of it, and why it failed.
+    let tail = by_shard[&1].output_tail.as_deref().unwrap();
+    assert!(tail.ends_with("1999\n2000\nlast line\n"), "{tail:?}");
+    assert!(tail.len() <= 1024 && tail.len() > 1000, "{}", tail.len());
+    assert_eq!(by_shard[&0].output_tail, None, "no output, no tail");
+    assert_eq!(by_shard[&1].error, None, "an exit code says it all");
+    assert_eq!(by_shard[&2].error.as_deref(), Some("timed out after 1s"));
     for s in &run.shards {
         assert_eq!(s.attempts, 1);
         assert_eq!(s.worker.as_deref(), Some("w1"));
