@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, the whole test suite against a
 # real nats-server (installed into .tools/ on first use, with nats-py for the
-# Python worker's test), then a short chaos
+# Python worker's test, and Chromium from the distribution's packages for the
+# web console's browser test), then a short chaos
 # run (docs/reliability.md) and the benchmark's smoke run (docs/performance.md).
 set -euo pipefail
 
@@ -41,6 +42,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-nats-server.sh
 # For tests/tests/protocol.rs, which runs the Python example worker.
 ./scripts/install-nats-py.sh
+# For tests/tests/console.rs, which drives the web console in headless Chromium.
+./scripts/install-chromium.sh
 export NATS_SERVER_BIN="$PWD/.tools/nats-server/bin/nats-server"
 # A clean build gains nothing from incremental caches, which would take
 # another 3 GB of disk (set CARGO_INCREMENTAL=1 to keep them).

@@ -24,6 +24,8 @@ pub struct SchedulerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Where events are posted (see [`crate::webhooks`]). Default: none.
     pub webhooks: Vec<crate::webhooks::Sink>,
+    /// Serve the web console (see [`crate::console`]). Default: off.
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -36,6 +38,7 @@ impl Default for SchedulerConfig {
             misfire_threshold: Duration::from_secs(1),
             metrics_addr: None,
             webhooks: Vec::new(),
+            console: None,
         }
     }
 }

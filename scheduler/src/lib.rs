@@ -35,6 +35,7 @@ pub mod api;
 pub mod backlog;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod decide;
 pub mod deletion;
 pub mod dispatch;
@@ -80,6 +81,8 @@ pub enum SchedulerError {
     Service(#[from] api::ServiceError),
     #[error(transparent)]
     Metrics(#[from] jetcron_shared::metrics::MetricsError),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
 }
 
 /// Runs a scheduler replica until `shutdown` is cancelled.
@@ -112,6 +115,21 @@ pub async fn run(
         Some(addr) => Some(Endpoint::bind(addr, metrics.registry()).await?),
         None => None,
     };
+    let console = match &config.console {
+        Some(c) => Some(
+            console::Console::bind(c, client.clone(), config.connect.clone(), names.clone())
+                .await?,
+        ),
+        None => None,
+    };
+    let console = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            if let Some(console) = console {
+                console.serve(shutdown).await;
+            }
+        }
+    });
 
     let events = events::Events::new(js.clone(), names.clone());
     let index = catalog::JobIndex::new();
@@ -217,6 +235,7 @@ pub async fn run(
     let _ = catalog.await;
     let _ = api.await;
     let _ = observing.await;
+    let _ = console.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     info!(id = %config.id, "scheduler stopped");
     Ok(())

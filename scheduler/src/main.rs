@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use jetcron_scheduler::console::{ConsoleConfig, ConsoleToken};
 use jetcron_scheduler::{SchedulerConfig, webhooks};
 use jetcron_shared::connect::ConnectArgs;
 use jetcron_shared::job::parse_flag_duration;
@@ -66,6 +67,24 @@ struct Args {
         value_delimiter = ','
     )]
     webhook_jobs: Vec<String>,
+    /// Serve the web console at http://<ADDR>/ (for example
+    /// 127.0.0.1:8080). Off when not given; needs a way to sign in.
+    #[arg(long, value_name = "ADDR", env = "JETCRON_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
+    /// A console token and its role, `operator:SECRET` or `viewer:SECRET`
+    /// (repeatable, or comma-separated; at least 16 characters of secret).
+    #[arg(
+        long = "console-token",
+        value_name = "ROLE:SECRET",
+        env = "JETCRON_CONSOLE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    console_tokens: Vec<String>,
+    /// Let people sign in to the console as a NATS user (user and
+    /// password), acting with that user's permissions.
+    #[arg(long, env = "JETCRON_CONSOLE_NATS_LOGIN")]
+    console_nats_login: bool,
     #[command(flatten)]
     retention: RetentionArgs,
     #[command(flatten)]
@@ -103,6 +122,25 @@ fn config(args: Args) -> anyhow::Result<SchedulerConfig> {
             jobs: args.webhook_jobs.clone(),
         })
         .collect();
+    let tokens = args
+        .console_tokens
+        .iter()
+        .map(|t| t.parse::<ConsoleToken>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let console = match args.http_addr {
+        Some(addr) => Some(ConsoleConfig {
+            addr,
+            tokens,
+            nats_login: args.console_nats_login,
+        }),
+        None if !tokens.is_empty() || args.console_nats_login => {
+            anyhow::bail!(
+                "http_addr: console sign-in options given, but no --http-addr to serve the console at"
+            )
+        }
+        None => None,
+    };
     Ok(SchedulerConfig {
         connect: args.connect,
         id: args
@@ -116,6 +154,7 @@ fn config(args: Args) -> anyhow::Result<SchedulerConfig> {
         misfire_threshold: args.misfire_threshold,
         metrics_addr: args.metrics_addr,
         webhooks: sinks,
+        console,
         ..SchedulerConfig::default()
     })
 }
@@ -205,6 +244,41 @@ mod tests {
             e.to_string()
                 .starts_with("webhook_kinds: 'boom' is not an event kind"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn console_flags_need_an_address_and_good_tokens() {
+        let parse = |flags: &[&str]| {
+            let argv = std::iter::once("jetcron-scheduler").chain(flags.iter().copied());
+            config(Args::try_parse_from(argv).unwrap())
+        };
+        assert!(parse(&[]).unwrap().console.is_none());
+        let c = parse(&[
+            "--http-addr",
+            "127.0.0.1:8080",
+            "--console-token",
+            "operator:0123456789abcdef,viewer:fedcba9876543210",
+            "--console-nats-login",
+        ])
+        .unwrap()
+        .console
+        .unwrap();
+        assert_eq!(c.addr.port(), 8080);
+        assert_eq!(c.tokens.len(), 2);
+        assert!(c.nats_login);
+        let e = parse(&["--console-token", "operator:0123456789abcdef"]).unwrap_err();
+        assert!(e.to_string().starts_with("http_addr: "), "{e}");
+        let e = parse(&[
+            "--http-addr",
+            "127.0.0.1:8080",
+            "--console-token",
+            "root:0123456789abcdef",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "console_token: 'root' is not a role (operator or viewer)"
         );
     }
 }

@@ -15,6 +15,8 @@
 //!
 //! - [`stack::Stack`]: a server, a scheduler and its API, with every result and event
 //!   collected, for tests that run workers of their own.
+//! - [`users`]: the least-privilege users file, for servers started with it.
+//! - [`browser::Browser`]: a headless Chromium over WebDriver, for the web console.
 //! - [`Proxy`]: a TCP proxy in front of a server that a test can pause (the client's writes
 //!   wait in the socket buffers and all arrive on resume) or cut.
 //!
@@ -23,10 +25,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is a failed test
 
+pub mod browser;
 pub mod harness;
 pub mod proxy;
 pub mod server;
 pub mod stack;
+pub mod users;
 
 pub use proxy::Proxy;
 pub use server::{NatsCluster, NatsServer, nats_server_bin};

@@ -32,13 +32,22 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_configured(|_| {}).await
+    }
+
+    /// A stack whose scheduler's settings `configure` changes first.
+    pub async fn start_configured(
+        configure: impl FnOnce(&mut jetcron_scheduler::SchedulerConfig),
+    ) -> Stack {
         harness::init_tracing();
         let names = Names::default();
         let server = NatsServer::start().await;
         let client = server.client().await;
         let results = harness::results(&client, &names).await;
         let events = harness::events(&client, &names).await;
-        let scheduler = Scheduler::start(&server.url(), "s1");
+        let mut config = harness::scheduler_config(&server.url(), "s1");
+        configure(&mut config);
+        let scheduler = Scheduler::start_with(config);
         let api = harness::api(&client, &names).await;
         Stack {
             server,

@@ -10,37 +10,15 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use jetcron_shared::Names;
-use jetcron_shared::connect::{ConnectArgs, Patience};
+use jetcron_shared::connect::Patience;
 use jetcron_shared::wire::{RunResult, RunStatus};
 use jetcron_tests::NatsServer;
 use jetcron_tests::harness::{self, Collector, Scheduler, Worker};
+use jetcron_tests::users::{as_role, users_conf};
 use serde_json::json;
 use tokio::time::{Instant, sleep, timeout};
 
 const LIMIT: Duration = Duration::from_secs(45);
-const ROLES: [&str; 4] = ["scheduler", "worker", "operator", "viewer"];
-
-/// The committed users file, each password variable replaced by a
-/// literal (the test cannot set nats-server's environment).
-fn users_conf() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/jetcron-users.conf");
-    let mut text = std::fs::read_to_string(path).unwrap();
-    for role in ROLES {
-        let var = format!("${}", format!("JETCRON_{role}_PASSWORD").to_uppercase());
-        assert!(text.contains(&var), "{var} not in the users file");
-        text = text.replace(&var, &format!("\"pw-{role}\""));
-    }
-    text
-}
-
-fn as_role(server: &NatsServer, role: &str) -> ConnectArgs {
-    ConnectArgs {
-        nats_url: server.url(),
-        user: Some(role.into()),
-        password: Some(format!("pw-{role}")),
-        ..ConnectArgs::default()
-    }
-}
 
 async fn client(server: &NatsServer, role: &str) -> async_nats::Client {
     as_role(server, role)
