@@ -11,6 +11,7 @@ const app = {
   me: null,
   feed: [],
   source: null,
+  feedKey: null,
   page: null,
 };
 
@@ -132,7 +133,6 @@ function signedIn(me) {
   app.me = me;
   document.getElementById("bar").hidden = false;
   document.getElementById("who").textContent = me.name + " (" + me.role + ")";
-  openFeed();
   route();
 }
 
@@ -140,6 +140,7 @@ function signedOut() {
   app.me = null;
   if (app.source) app.source.close();
   app.source = null;
+  app.feedKey = null;
   document.getElementById("bar").hidden = true;
   document.getElementById("who").textContent = "";
   fetch("/api/session", { credentials: "same-origin" })
@@ -187,9 +188,19 @@ function loginPage(ways) {
 
 // ---- live feed ---------------------------------------------------------------
 
-function openFeed() {
+// One feed at a time: a job's page follows its job only, the other pages
+// every job. What arrives is kept (the events page shows it) and handed to
+// the page shown.
+function openFeed(job) {
+  const key = job || "*";
+  if (app.source && app.feedKey === key) return;
   if (app.source) app.source.close();
-  const source = new EventSource("/api/feed");
+  const source = new EventSource("/api/feed" + (job ? "?job=" + encodeURIComponent(job) : ""));
+  const keep = (kind, data) => {
+    app.feed.unshift({ kind, data });
+    app.feed.length = Math.min(app.feed.length, FEED_KEPT);
+    if (app.page && app.page.live) app.page.live(kind, data);
+  };
   const take = (kind) => (m) => {
     let data;
     try {
@@ -197,23 +208,27 @@ function openFeed() {
     } catch (_) {
       return;
     }
-    app.feed.unshift({ kind, data });
-    app.feed.length = Math.min(app.feed.length, FEED_KEPT);
-    if (app.page && app.page.live) app.page.live(kind, data);
+    keep(kind, data);
   };
   source.addEventListener("event", take("event"));
   source.addEventListener("result", take("result"));
+  source.addEventListener("dropped", (m) => keep("dropped", { count: Number(m.data), at: new Date().toISOString() }));
   source.addEventListener("open", () => document.body.setAttribute("data-feed", "open"));
   source.addEventListener("error", () => document.body.setAttribute("data-feed", "retrying"));
   app.source = source;
+  app.feedKey = key;
 }
 
-// Calls fn at most once per `ms`, the last time after the last call.
-function debounce(fn, ms) {
+// Calls fn `ms` after a call, once for every call in between: a page
+// follows a busy job at most once per `ms`, and never misses the last call.
+function throttle(fn, ms) {
   let timer = null;
   return () => {
-    clearTimeout(timer);
-    timer = setTimeout(fn, ms);
+    if (timer !== null) return;
+    timer = setTimeout(() => {
+      timer = null;
+      fn();
+    }, ms);
   };
 }
 
@@ -227,7 +242,9 @@ function route() {
     a.classList.toggle("current", a.dataset.nav === parts[0] || (parts[0] === "job" && a.dataset.nav === "jobs"));
   }
   notice("", false);
-  if (parts[0] === "job" && parts[1]) app.page = jobPage(decodeURIComponent(parts.slice(1).join("/")));
+  const job = parts[0] === "job" && parts[1] ? decodeURIComponent(parts.slice(1).join("/")) : null;
+  openFeed(job);
+  if (job) app.page = jobPage(job);
   else if (parts[0] === "workers") app.page = workersPage();
   else if (parts[0] === "events") app.page = eventsPage();
   else app.page = jobsPage();
@@ -273,9 +290,9 @@ function jobsPage() {
   state.addEventListener("change", () => load(false));
   group.addEventListener("change", () => load(false));
   more.addEventListener("click", () => load(true));
-  const reload = debounce(() => load(false), 700);
+  const reload = throttle(() => load(false), 3000);
   page.live = (kind, data) => {
-    if (data && page.ids.has(data.job)) reload();
+    if (kind === "dropped" || (data && page.ids.has(data.job))) reload();
   };
   show(el("h1", {}, "Jobs"), el("div", { class: "filters" }, state, group), table, el("p", {}, more));
   load(false);
@@ -426,12 +443,12 @@ function jobPage(id) {
     if (!r.runs.length) runs.append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No fires yet.")));
   };
 
-  const reload = debounce(() => {
+  const reload = throttle(() => {
     loadRuns();
     loadHead().catch(() => {});
-  }, 300);
+  }, 500);
   page.live = (kind, data) => {
-    if (data && data.job === id) reload();
+    if (kind === "dropped" || (data && data.job === id)) reload();
   };
   show(el("h1", { id: "job-title" }, id), head, el("h2", {}, "Runs ", el("span", { class: "live" }, "live")), table);
   head.replaceChildren(facts, operator ? actions() : null);
@@ -487,6 +504,11 @@ function workersPage() {
 
 function feedRow(item) {
   const d = item.data || {};
+  if (item.kind === "dropped") {
+    return el("tr", { class: "dropped" },
+      el("td", {}, when(d.at)), el("td", {}, "…"), el("td", {}),
+      el("td", { class: "muted" }, d.count + " more in that second, not shown (the feed carries at most 100 a second)"));
+  }
   if (item.kind === "result") {
     return el("tr", { class: "result", "data-job": d.job },
       el("td", {}, when(d.finished_at)),
