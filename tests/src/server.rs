@@ -129,7 +129,7 @@ fn free_port() -> u16 {
 }
 
 /// `n` distinct free ports (all probe listeners are held at the same time, so no duplicates).
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| {
             TcpListener::bind("127.0.0.1:0")
