@@ -508,6 +508,8 @@ mod tests {
             finished_at: None,
             duration_ms: None,
             exit_code: None,
+            output_tail: None,
+            error: None,
         }
     }
 

@@ -14,11 +14,12 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::quote::{clip, clip_quoted_runs, quote};
+use crate::quote::quote;
 use crate::schedule::Schedule;
 
 mod chain;
 mod check;
+mod decode;
 mod definition;
 pub mod http;
 
@@ -117,7 +118,7 @@ pub struct JobSpec {
     /// it ends `expired`. None: no deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "decode::object")]
     pub retry: RetrySpec,
     /// Free-form data handed to every shard of every fire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,7 +328,7 @@ pub enum Run {
     Shell(String),
     /// One HTTP request (see [`http`]); any worker runs it unless started
     /// with `--no-http`.
-    Http(HttpSpec),
+    Http(#[serde(deserialize_with = "decode::object")] HttpSpec),
     /// A handler registered under this name in a worker embedded in a
     /// service (the `jetcron-worker` library). Its shards go to a subject of
     /// their own (`jetcron.work.<group>.<job>.<handler>`), read only by
@@ -686,23 +687,7 @@ impl JobSpec {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(JobError::Syntax("definition is empty".into()));
         }
-        // The common case, fast; a definition that does not decode is read
-        // again, tracking the path, to name the field in the error.
-        if let Ok(spec) = serde_json::from_slice(bytes) {
-            return Ok(spec);
-        }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data if path != "." => {
-                    JobError::field(clip(&path), clip_quoted_runs(&strip_position(&inner)))
-                }
-                serde_json::error::Category::Data => missing_or_unknown(&inner),
-                _ => JobError::Syntax(inner.to_string()),
-            }
-        })
+        decode::decode(bytes)
     }
 
     /// The definition as stored: indented JSON, or compact JSON when the
@@ -716,36 +701,6 @@ impl JobSpec {
             return pretty;
         }
         serde_json::to_vec(self).unwrap_or_default()
-    }
-}
-
-/// Top-level data errors carry no path; name the field from serde's text.
-fn missing_or_unknown(e: &serde_json::Error) -> JobError {
-    let text = strip_position(e);
-    for marker in ["missing field `", "unknown field `"] {
-        if let Some(rest) = text.strip_prefix(marker)
-            && let Some(end) = rest.find('`')
-        {
-            let field = &rest[..end];
-            let reason = if marker.starts_with("missing") {
-                "is required".to_string()
-            } else {
-                "unknown field (known: id, schedule, timezone, start_at, end_at, shards, group, \
-                 run, timeout, deadline, retry, payload, description, paused, history, misfire, \
-                 misfire_limit, overlap, on_success)"
-                    .to_string()
-            };
-            return JobError::field(clip(field), reason);
-        }
-    }
-    JobError::Syntax(clip_quoted_runs(&text))
-}
-
-fn strip_position(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
     }
 }
 
@@ -813,7 +768,7 @@ mod tests {
                 "run.http.expect[0]",
                 "invalid value: integer `70000`, expected u16",
             ),
-            (r#"{"method":"GET"}"#, "run.http", "missing field `url`"),
+            (r#"{"method":"GET"}"#, "run.http.url", "is required"),
             (
                 r#"{"url":"mailto:a@b.c"}"#,
                 "run.http.url",

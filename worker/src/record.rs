@@ -223,7 +223,7 @@ mod tests {
             exit_code: None,
             output: "x".into(),
             output_truncated: false,
-            error: None,
+            error: Some("timed out after 3s".into()),
             will_retry: true,
             epoch: 7,
             stream_seq: None,
@@ -237,6 +237,8 @@ mod tests {
                 state: ShardState::TimedOut,
                 finished_at: Some(finished_at),
                 will_retry: true,
+                output_tail: Some("x".into()),
+                error: Some("timed out after 3s".into()),
                 ..r.clone()
             }
         );

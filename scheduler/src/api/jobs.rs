@@ -16,12 +16,13 @@
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use jetcron_shared::api::{
     ApiError, DeleteReply, EXPECTED_REVISION_FIELD, ErrorCode, GetReply, IdRequest, PutReply,
     encode_ok,
 };
 use jetcron_shared::job::MAX_DEFINITION_BYTES;
+use jetcron_shared::quote::clip;
 use jetcron_shared::wire::{Event, EventBody};
 use jetcron_shared::{Job, JobError};
 use tracing::{info, warn};
@@ -35,12 +36,7 @@ const RAW_LIMIT: usize = 4096;
 
 pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let (expected, definition) = split_expected(body)?;
-    let checked = Job::decode(&definition, None).and_then(|job| {
-        job.check_put(Utc::now())?;
-        let value = stored_form(&job)?;
-        Ok((job, value))
-    });
-    let (job, value) = match checked {
+    let (job, value) = match checked(&definition, Utc::now()) {
         Ok(checked) => checked,
         Err(e) => {
             let id = claimed_id(&definition);
@@ -51,7 +47,7 @@ pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
                 error: e.to_string(),
             });
             ctx.events.publish(&event, None).await;
-            return Err(ApiError::new(ErrorCode::InvalidJob, e.to_string()));
+            return Err(invalid(&e));
         }
     };
     // Checked against what is stored now: see `chain` for the race two
@@ -89,6 +85,19 @@ pub(super) async fn put(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     }))
 }
 
+/// A definition being put, validated as of `now`, and the bytes to store.
+pub(super) fn checked(definition: &[u8], now: DateTime<Utc>) -> Result<(Job, Bytes), JobError> {
+    let job = Job::decode(definition, None)?;
+    job.check_put(now)?;
+    let value = stored_form(&job)?;
+    Ok((job, value))
+}
+
+/// The reply to a definition that does not validate.
+pub(super) fn invalid(e: &JobError) -> ApiError {
+    ApiError::new(ErrorCode::InvalidJob, e.to_string())
+}
+
 /// The bytes to store: what the catalog loads must pass the size limit,
 /// whatever the body was (a number such as `1e5` is written `100000.0`).
 fn stored_form(job: &Job) -> Result<Bytes, JobError> {
@@ -101,7 +110,7 @@ fn stored_form(job: &Job) -> Result<Bytes, JobError> {
 
 /// Takes a top-level `expected_revision` out of a put body. The rest is the
 /// definition, byte for byte when there is no such field.
-fn split_expected(body: &[u8]) -> Result<(Option<u64>, Bytes), ApiError> {
+pub(super) fn split_expected(body: &[u8]) -> Result<(Option<u64>, Bytes), ApiError> {
     let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(body) else {
         // Not a JSON object: the definition check says what is wrong.
         return Ok((None, Bytes::copy_from_slice(body)));
@@ -114,7 +123,8 @@ fn split_expected(body: &[u8]) -> Result<(Option<u64>, Bytes), ApiError> {
             ErrorCode::BadRequest,
             format!(
                 "{EXPECTED_REVISION_FIELD}: must be a revision number (0: the job must not \
-                 exist yet), found {raw}"
+                 exist yet), found {}",
+                clip(&raw.to_string())
             ),
         ));
     };
@@ -223,7 +233,8 @@ mod tests {
         let (e, rest) = split_expected(b"{broken").unwrap();
         assert_eq!((e, rest.as_ref()), (None, &b"{broken"[..]));
 
-        for bad in [r#""5""#, "-1", "1.5", "null"] {
+        let long = format!("\"{}\"", "9".repeat(5000));
+        for bad in [r#""5""#, "-1", "1.5", "null", long.as_str()] {
             let body = format!(r#"{{"id":"a","expected_revision":{bad}}}"#);
             let err = split_expected(body.as_bytes()).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest);
@@ -232,6 +243,7 @@ mod tests {
                 "{}",
                 err.message
             );
+            assert!(err.message.len() < 300, "{}", err.message);
         }
     }
 

@@ -11,6 +11,8 @@ use jetcron_shared::api::{
     ApiError, ErrorCode, JobSummary, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, ListRequest,
 };
 
+use jetcron_shared::quote::quote;
+
 use super::{Ctx, IndexState, bad_request, index_current, is_blank, parse, valid_id};
 use crate::catalog::{Def, Listed, Page, Query};
 
@@ -44,7 +46,7 @@ pub(super) async fn list(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
 }
 
 /// Decodes and checks a request; an empty body asks for the first page.
-fn request(body: &[u8]) -> Result<ListRequest, ApiError> {
+pub(super) fn request(body: &[u8]) -> Result<ListRequest, ApiError> {
     let req: ListRequest = if is_blank(body) {
         ListRequest::default()
     } else {
@@ -61,15 +63,17 @@ fn request(body: &[u8]) -> Result<ListRequest, ApiError> {
         && !valid_id(cursor)
     {
         return Err(bad_request(format!(
-            "cursor: '{cursor}' is not a job id (1-128 characters of A-Z, a-z, 0-9, '_' or \
-             '-'); pass the `next` of the previous page"
+            "cursor: {} is not a job id (1-128 characters of A-Z, a-z, 0-9, '_' or '-'); pass \
+             the `next` of the previous page",
+            quote(cursor)
         )));
     }
     if let Some(group) = &req.group
         && !(valid_id(group) && group.len() <= MAX_GROUP_LEN)
     {
         return Err(bad_request(format!(
-            "group: '{group}' must be 1-{MAX_GROUP_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
+            "group: {} must be 1-{MAX_GROUP_LEN} characters of A-Z, a-z, 0-9, '_' or '-'",
+            quote(group)
         )));
     }
     Ok(req)
@@ -158,6 +162,22 @@ mod tests {
 
     fn decode(bytes: &Bytes) -> ListReply {
         decode_reply("jetcron.api.job.list", bytes).unwrap()
+    }
+
+    #[test]
+    fn a_refused_cursor_or_group_is_quoted_cut_to_80_characters() {
+        let long = "a.".repeat(2500);
+        for field in ["cursor", "group"] {
+            let body = format!(r#"{{"{field}":"{long}"}}"#);
+            let e = request(body.as_bytes()).unwrap_err();
+            assert!(
+                e.message
+                    .starts_with(&format!("{field}: '{}…'", "a.".repeat(40))),
+                "{}",
+                e.message
+            );
+            assert!(e.message.len() < 400, "{}", e.message);
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ mod jobs;
 mod list;
 mod next;
 mod pause;
+#[cfg(test)]
+mod properties;
 mod retry;
 mod runs;
 mod scan;
@@ -48,6 +50,7 @@ use async_nats::jetstream::stream;
 use bytes::Bytes;
 use futures::StreamExt;
 use jetcron_shared::api::{ApiError, ErrorCode, encode_err, endpoint};
+use jetcron_shared::quote::{clip, clip_quoted_runs, quote};
 use jetcron_shared::setup::Resources;
 use jetcron_shared::{Job, Names};
 use serde::de::DeserializeOwned;
@@ -314,7 +317,8 @@ fn is_blank(body: &[u8]) -> bool {
 }
 
 /// Decodes a request body. Errors say which field is wrong and what the
-/// body should look like (`shape`).
+/// body should look like (`shape`); they quote at most 80 characters of any
+/// input ([`quote`]).
 fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
     let bad = |why: String| bad_request(format!("body must be {shape}: {why}"));
     if is_blank(body) {
@@ -332,27 +336,31 @@ fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
             Some((field, reason)) => {
                 bad_request(format!("{field}: {reason} (body must be {shape})"))
             }
-            None => bad(inner),
+            None => bad(clip_quoted_runs(&inner)),
         }
     })
 }
 
 /// The field a decode error is about, and why.
 fn field_of(path: &str, message: &str) -> Option<(String, String)> {
-    if path != "." && !path.is_empty() {
-        return Some((path.to_string(), message.to_string()));
+    match path {
+        // A key written `""`.
+        "" => return Some(("\"\"".to_string(), clip_quoted_runs(message))),
+        "." => {}
+        _ => return Some((clip(path), clip_quoted_runs(message))),
     }
-    for (marker, reason) in [
-        ("missing field `", "is required"),
-        ("unknown field `", "unknown field"),
-    ] {
-        if let Some(rest) = message.strip_prefix(marker)
-            && let Some(end) = rest.find('`')
-        {
-            return Some((rest[..end].to_string(), reason.to_string()));
-        }
-    }
-    None
+    // `` missing field `name` `` and `` unknown field `name`, expected ... ``;
+    // the name may hold a backtick.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+        .map(|name| (name, "is required"));
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.find("`, ").map(|end| (&rest[..end], "unknown field")));
+    missing
+        .or(unknown)
+        .map(|(name, reason)| (clip(name), reason.to_string()))
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -372,7 +380,10 @@ fn no_params(body: &[u8]) -> Result<(), ApiError> {
         Ok(serde_json::Value::Object(m)) if m.is_empty() => Ok(()),
         Ok(serde_json::Value::Object(m)) => Err(bad_request(format!(
             "{}: unknown field (this endpoint takes no parameters: send an empty body or {{}})",
-            m.keys().next().map_or("", String::as_str)
+            m.keys().next().map_or(String::new(), |k| match k.as_str() {
+                "" => "\"\"".to_string(),
+                k => clip(k),
+            })
         ))),
         _ => Err(bad_request(
             "body must be empty or {}: this endpoint takes no parameters",
@@ -389,7 +400,8 @@ fn check_id(id: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(bad_request(format!(
-            "id: '{id}' must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'"
+            "id: {} must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
+            quote(id)
         )))
     }
 }
@@ -505,6 +517,53 @@ mod tests {
         assert_eq!(
             parse::<IdRequest>(br#"{"id":"a"}"#, ID_SHAPE).unwrap().id,
             "a"
+        );
+    }
+
+    #[test]
+    fn request_errors_quote_at_most_80_characters_of_the_input() {
+        let long = "k".repeat(5000);
+        let cut = format!("{}…", "k".repeat(80));
+        let e = err(parse::<IdRequest>(
+            format!(r#"{{"id":"a","{long}":1}}"#).as_bytes(),
+            ID_SHAPE,
+        ));
+        assert!(e.message.starts_with(&format!("{cut}: ")), "{}", e.message);
+        assert!(e.message.len() < 500, "{}", e.message);
+        let e = err(parse::<NextRequest>(
+            format!(r#"{{"id":"a","count":"{long}"}}"#).as_bytes(),
+            "S",
+        ));
+        assert!(e.message.starts_with("count: "), "{}", e.message);
+        assert!(e.message.len() < 500, "{}", e.message);
+        let e = err(check_id(&long));
+        assert_eq!(
+            e.message,
+            format!("id: '{cut}' must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'")
+        );
+        let e = err(no_params(format!(r#"{{"{long}":1}}"#).as_bytes()));
+        assert!(
+            e.message.starts_with(&format!("{cut}: unknown field")),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_whole_and_as_written() {
+        let e = err(parse::<IdRequest>(br#"{"id":"a","x`y":1}"#, "S"));
+        assert!(e.message.starts_with("x`y: unknown field"), "{}", e.message);
+        let e = err(parse::<IdRequest>(br#"{"id":"a","":1}"#, "S"));
+        assert!(
+            e.message.starts_with(r#""": unknown field"#),
+            "{}",
+            e.message
+        );
+        let e = err(no_params(br#"{"":1}"#));
+        assert!(
+            e.message.starts_with(r#""": unknown field"#),
+            "{}",
+            e.message
         );
     }
 

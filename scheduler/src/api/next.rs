@@ -14,14 +14,7 @@ const DEFAULT_COUNT: u32 = 5;
 const MAX_COUNT: u32 = 100;
 
 pub(super) async fn next(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: NextRequest = parse(body, SHAPE)?;
-    check_id(&req.id)?;
-    let count = req.count.unwrap_or(DEFAULT_COUNT);
-    if !(1..=MAX_COUNT).contains(&count) {
-        return Err(bad_request(format!(
-            "count: must be 1-{MAX_COUNT}, found {count}"
-        )));
-    }
+    let (req, count) = request(body)?;
     let (job, _) = valid_job(&req.id, load_job(ctx, &req.id).await?, "planned")?;
     let tz = job.schedule.timezone();
     let instants = job
@@ -39,6 +32,19 @@ pub(super) async fn next(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         paused: job.paused(),
         instants,
     }))
+}
+
+/// Decodes and checks a request: the request and how many instants.
+pub(super) fn request(body: &[u8]) -> Result<(NextRequest, u32), ApiError> {
+    let req: NextRequest = parse(body, SHAPE)?;
+    check_id(&req.id)?;
+    let count = req.count.unwrap_or(DEFAULT_COUNT);
+    if !(1..=MAX_COUNT).contains(&count) {
+        return Err(bad_request(format!(
+            "count: must be 1-{MAX_COUNT}, found {count}"
+        )));
+    }
+    Ok((req, count))
 }
 
 /// RFC 3339 in `tz`, with fractions of a second only when there are some.

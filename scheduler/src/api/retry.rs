@@ -24,13 +24,7 @@ use super::{Ctx, bad_request, check_id, load_job, parse, valid_job};
 const SHAPE: &str = r#"{"id": "<job id>", "fire_id": "<fire id from job.runs>"}"#;
 
 pub(super) async fn retry(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: RetryRequest = parse(body, SHAPE)?;
-    check_id(&req.id)?;
-    if req.fire_id.trim().is_empty() {
-        return Err(bad_request(
-            "fire_id: must name a fire of the job (a fire_id of job.runs), found an empty string",
-        ));
-    }
+    let req = request(body)?;
     let (job, revision) = valid_job(&req.id, load_job(ctx, &req.id).await?, "retried")?;
     let fires = history(ctx, &req.id, None).await?;
     let Some((record, run)) = fires.into_iter().find(|(_, r)| r.fire_id == req.fire_id) else {
@@ -83,6 +77,18 @@ pub(super) async fn retry(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         instant: reply.instant,
         shards: reply.shards,
     }))
+}
+
+/// Decodes and checks a request.
+pub(super) fn request(body: &[u8]) -> Result<RetryRequest, ApiError> {
+    let req: RetryRequest = parse(body, SHAPE)?;
+    check_id(&req.id)?;
+    if req.fire_id.trim().is_empty() {
+        return Err(bad_request(
+            "fire_id: must name a fire of the job (a fire_id of job.runs), found an empty string",
+        ));
+    }
+    Ok(req)
 }
 
 /// `2 succeeded, 1 running`: the shard states of a fire, counted.

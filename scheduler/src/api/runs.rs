@@ -32,11 +32,7 @@ use crate::catalog::Def;
 const SHAPE: &str = r#"{"id": "<job id>", "limit": <fires, default all>}"#;
 
 pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: RunsRequest = parse(body, SHAPE)?;
-    check_id(&req.id)?;
-    if req.limit == Some(0) {
-        return Err(bad_request("limit: must be at least 1, found 0"));
-    }
+    let req = request(body)?;
     let want = req.limit.map(|l| l as usize);
     let mut runs: Vec<FireRun> = history(ctx, &req.id, want)
         .await?
@@ -47,6 +43,16 @@ pub(super) async fn runs(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
         runs.truncate(limit as usize);
     }
     Ok(encode_ok(&RunsReply { id: req.id, runs }))
+}
+
+/// Decodes and checks a request.
+pub(super) fn request(body: &[u8]) -> Result<RunsRequest, ApiError> {
+    let req: RunsRequest = parse(body, SHAPE)?;
+    check_id(&req.id)?;
+    if req.limit == Some(0) {
+        return Err(bad_request("limit: must be at least 1, found 0"));
+    }
+    Ok(req)
 }
 
 /// The job's recent fires, newest first, each with its record and where

@@ -37,9 +37,7 @@ const CLAIM_ATTEMPTS: usize = 5;
 const SHAPE: &str = r#"{"id": "<job id>", "shards": [<shard index>, ...] (optional), "payload": <JSON> (optional)}"#;
 
 pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: TriggerRequest = parse(body, SHAPE)?;
-    check_id(&req.id)?;
-    check_payload(req.payload.as_ref())?;
+    let req = request(body)?;
     let (job, revision) = valid_job(&req.id, load_job(ctx, &req.id).await?, "triggered")?;
     let shards = chosen_shards(&job, req.shards.as_deref())?;
     let reply = fire_now(
@@ -54,6 +52,14 @@ pub(super) async fn trigger(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     )
     .await?;
     Ok(encode_ok(&reply))
+}
+
+/// Decodes and checks a request (its shards are checked against the job).
+pub(super) fn request(body: &[u8]) -> Result<TriggerRequest, ApiError> {
+    let req: TriggerRequest = parse(body, SHAPE)?;
+    check_id(&req.id)?;
+    check_payload(req.payload.as_ref())?;
+    Ok(req)
 }
 
 /// A fire outside the schedule: a trigger, or a retry of a fire's failed

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::JobError;
-use crate::quote::quote;
+use crate::quote::{clip, quote};
 
 /// Method of a request whose definition names none: a job asks a service
 /// to do something, and the envelope it sends by default is a body.
@@ -47,7 +47,11 @@ pub struct HttpSpec {
     /// `http://` or `https://`; may hold variables.
     pub url: String,
     /// Values may hold variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "super::decode::unique_keys"
+    )]
     pub headers: BTreeMap<String, String>,
     /// A string is sent as it is (after substitution); any other JSON value
     /// is sent as JSON, a string in it that is exactly one `{{var}}` becoming
@@ -141,7 +145,7 @@ impl HttpSpec {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (name, value) in &self.headers {
-            let field = format!("run.http.headers.{name}");
+            let field = clip(&format!("run.http.headers.{name}"));
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(JobError::field(
                     "run.http.headers",
@@ -233,7 +237,8 @@ pub fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
         let name = after[..close].trim();
         if !VARIABLES.contains(&name) {
             return Err(format!(
-                "unknown variable {{{{{name}}}}} in {} (known: {})",
+                "unknown variable {{{{{}}}}} in {} (known: {})",
+                clip(name),
                 quote(template),
                 VARIABLES.join(", ")
             ));
@@ -326,6 +331,18 @@ mod tests {
             JobError::Field { field, reason } => (field, reason),
             other => panic!("not a field error: {other:?}"),
         }
+    }
+
+    #[test]
+    fn errors_quote_at_most_80_characters_of_a_name() {
+        let long = "v".repeat(5000);
+        let (field, reason) = err(json!({"url": format!("http://h/{{{{{long}}}}}")}));
+        assert_eq!(field, "run.http.url");
+        assert!(reason.chars().count() < 400, "{reason}");
+        assert!(reason.starts_with(&format!("unknown variable {{{{{}…}}}}", "v".repeat(80))));
+        let name = "H".repeat(5000);
+        let (field, _) = err(json!({"url": "http://h", "headers": {name.clone(): "a\nb"}}));
+        assert_eq!(field, format!("run.http.headers.{}…", "H".repeat(63)));
     }
 
     #[test]
