@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs jetcron locally: a nats-server with JetStream, one scheduler, two
 # workers, and a sample sharded job whose results stream to this terminal.
+# The scheduler serves the web console on 127.0.0.1:8080 (JETCRON_DEV_HTTP
+# for another address), with an operator token made for this run.
 # Ctrl-C stops everything. Set JETCRON_DEV_PORT to use another port.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +39,10 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-"$bin/jetcron-scheduler" --id scheduler-1 >"$run/scheduler-1.log" 2>&1 &
+http="${JETCRON_DEV_HTTP:-127.0.0.1:8080}"
+token="dev-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+"$bin/jetcron-scheduler" --id scheduler-1 --http-addr "$http" --console-token "operator:$token" \
+  >"$run/scheduler-1.log" 2>&1 &
 pids+=($!)
 for w in 1 2; do
   "$bin/jetcron-worker" --id "worker-$w" --group default --concurrency 4 --allow-shell >"$run/worker-$w.log" 2>&1 &
@@ -50,5 +55,6 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 echo "NATS at $NATS_URL; logs in $run"
+echo "web console at http://$http/ (token: $token)"
 echo "watching results and events (Ctrl-C to stop everything):"
 "$bin/jetcron" watch
