@@ -22,7 +22,8 @@
 //! starts over, as any replica would, from what is stored.
 //!
 //! Beside firing, the leader's [`upkeep`] stores checkpoints and compacts
-//! fire states out of tick records.
+//! fire states out of tick records; a replica that does not lead keeps its
+//! copy of the fire states in [`standby`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -45,13 +46,15 @@ use crate::ends::EndFeed;
 use crate::fence::{FenceError, Fences, Target};
 use crate::lease::Leadership;
 use crate::metrics::SchedulerMetrics;
-use crate::mirror::{Mirror, Update};
+use crate::mirror::Mirror;
 use crate::persist::{Action, Batch, Item, Outcome, Persist, StateWrite};
 use crate::state::Checkpoint;
 use crate::table::Table;
 
+mod standby;
 mod tracking;
 mod upkeep;
+use standby::mirrored;
 use tracking::After;
 use upkeep::Compacted;
 
@@ -333,74 +336,6 @@ impl Engine {
         }
     }
 
-    /// Stops leading, if it did, and mirrors the stored fire states again
-    /// from a full snapshot: batches cut short may have stored more than
-    /// this replica knows. The timer stays: a standby keeps it planned.
-    fn stand_by(&mut self) {
-        let Some(term) = self.term.take() else {
-            return;
-        };
-        self.batches.abort_all();
-        self.checkpoints.abort_all();
-        self.compactions.abort_all();
-        // Notices not acked come back to the next leader.
-        self.ends = None;
-        self.waiting_ends.clear();
-        for id in term.in_flight {
-            self.plan(&id);
-        }
-        self.settings.states_current.store(false, Ordering::Release);
-        self.mirror = Some(Mirror::start(self.res.state.clone(), self.names.clone()));
-    }
-
-    /// Applies what the mirror delivered; completes a takeover once it has
-    /// seen the term's state fence.
-    fn on_mirror(&mut self, updates: Vec<Update>) {
-        self.mirror_seen = Instant::now();
-        for u in updates {
-            if let Some(seq) = u.seq() {
-                self.mirrored = self.mirrored.max(seq);
-            }
-            match u {
-                Update::State {
-                    job,
-                    state: Some(s),
-                    ..
-                } => {
-                    self.table.set_state(&job, *s);
-                    self.table.clear_ticked(&job);
-                    self.plan(&job);
-                }
-                Update::State { job, .. } | Update::Removed { job, .. } => {
-                    self.table.remove_state(&job);
-                    self.plan(&job);
-                }
-                Update::Tick { seq, states } => {
-                    for (job, s) in states {
-                        self.table.set_state(&job, s);
-                        self.table.set_ticked(&job, seq);
-                        self.plan(&job);
-                    }
-                }
-                Update::Checkpoint { checkpoint, .. } => {
-                    self.stored_checkpoint = Some(checkpoint);
-                }
-                Update::Other { .. } => {}
-                Update::Current => {
-                    debug!(states = self.table.states(), "fire states current");
-                    self.settings.states_current.store(true, Ordering::Release);
-                }
-            }
-        }
-        let fence = match &self.term {
-            Some(t) if !t.ready => t.fences.seq(Target::State),
-            _ => return,
-        };
-        if self.mirrored >= fence {
-            self.ready();
-        }
-    }
-
     /// Gives up this term: the server refused its writes or its lease lapsed
     /// under a batch, so what it holds in memory may not be what is stored.
     async fn resign_term(&mut self, why: &FenceError) {
@@ -466,30 +401,6 @@ impl Engine {
                 "waiting for the mirror to reach the state fence"
             );
         }
-    }
-
-    /// A new leader waits for its mirror to deliver its state fence. A
-    /// mirror whose watch died with the node that served it (a cluster node
-    /// lost) says so only when its heartbeats stop coming, seconds later:
-    /// one that has delivered nothing for [`MIRROR_PATIENCE`] since the term
-    /// began, without reaching the fence, is opened again at once, from a
-    /// full snapshot. A mirror still catching up delivers all along, and is
-    /// left alone.
-    fn unstick_mirror(&mut self) {
-        let Some(term) = self.term.as_mut() else {
-            return;
-        };
-        let quiet = term.began.max(self.mirror_seen).elapsed();
-        if term.ready || term.mirror_reopened || quiet < MIRROR_PATIENCE {
-            return;
-        }
-        term.mirror_reopened = true;
-        warn!(
-            fence = term.fences.seq(Target::State),
-            mirrored = self.mirrored,
-            "the state mirror has not reached this term's fence; opening it again"
-        );
-        self.mirror = Some(Mirror::start(self.res.state.clone(), self.names.clone()));
     }
 
     /// The fire states in memory are what is stored, and the timer holds
@@ -792,14 +703,6 @@ impl Engine {
 async fn ended(feed: &mut Option<EndFeed>) -> Option<jetstream::Message> {
     match feed {
         Some(f) => f.notices.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next delivery of the mirror, if one runs.
-async fn mirrored(mirror: &mut Option<Mirror>) -> Option<Vec<Update>> {
-    match mirror {
-        Some(m) => m.updates.recv().await,
         None => std::future::pending().await,
     }
 }
