@@ -346,20 +346,56 @@ pub fn next_table(reply: &NextReply, now: DateTime<Utc>) -> String {
     text
 }
 
-/// `job runs ID [--limit N]`: recent fires, newest first.
+/// `job runs ID [--limit N] [--output]`: recent fires, newest first; with
+/// `--output`, each shard's error and the end of its output after them.
 pub async fn runs(
     args: &ConnectArgs,
     out: &Output,
     id: &str,
     limit: Option<u32>,
+    output: bool,
 ) -> Result<(), Failure> {
     let reply = connect::api(args).await?.runs(id, limit).await?;
     if out.json {
         out.json(&reply);
     } else {
         println!("{}", runs_table(&reply, Utc::now()));
+        if output {
+            print!("{}", runs_output(&reply));
+        }
     }
     Ok(())
+}
+
+/// Each shard's error and output tail, fire by fire, newest first; shards
+/// with neither are left out.
+pub fn runs_output(reply: &RunsReply) -> String {
+    let mut text = String::new();
+    for fire in &reply.runs {
+        for s in &fire.shards {
+            if s.error.is_none() && s.output_tail.is_none() {
+                continue;
+            }
+            text.push_str(&format!(
+                "\n{} shard {} ({})",
+                fire.fire_id,
+                s.shard,
+                shard_token(s)
+            ));
+            if let Some(e) = &s.error {
+                text.push_str(&format!(": {e}"));
+            }
+            text.push('\n');
+            if let Some(tail) = &s.output_tail {
+                for line in tail.lines() {
+                    text.push_str("  ");
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    text
 }
 
 pub fn runs_table(reply: &RunsReply, now: DateTime<Utc>) -> String {
@@ -583,6 +619,34 @@ mod tests {
             runs: vec![],
         };
         assert_eq!(runs_table(&empty, now), "job x has not fired yet");
+    }
+
+    #[test]
+    fn runs_output_shows_errors_and_output_tails_of_the_shards_that_have_them() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 21, 30, 0).unwrap();
+        let mut failed = shard(1, ShardState::TimedOut, 2, Some("w2"));
+        failed.error = Some("timed out after 1s".into());
+        failed.output_tail = Some("step 1\nstep 2\n".into());
+        let mut printed = shard(0, ShardState::Succeeded, 1, Some("w1"));
+        printed.output_tail = Some("done".into());
+        let silent = shard(2, ShardState::Succeeded, 1, Some("w1"));
+        let reply = RunsReply {
+            id: "hello".into(),
+            runs: vec![FireRun {
+                fire_id: "hello:1".into(),
+                instant: at,
+                cause: Cause::Schedule,
+                fired_at: at,
+                retry_of: None,
+                state: ShardState::TimedOut,
+                shards: vec![printed, failed, silent],
+            }],
+        };
+        assert_eq!(
+            runs_output(&reply),
+            "\nhello:1 shard 0 (ok)\n  done\n\
+             \nhello:1 shard 1 (timed_out(2)): timed out after 1s\n  step 1\n  step 2\n"
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ enum JobCommand {
         /// At most this many fires.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        /// Also print each shard's error and the end of its output (the
+        /// last 1 KiB, as the run history keeps it).
+        #[arg(long)]
+        output: bool,
     },
 }
 
@@ -207,7 +211,9 @@ async fn main() -> ExitCode {
             } => jobs::trigger(args, &out, &id, shards, payload.as_deref()).await,
             JobCommand::Retry { id, fire_id } => jobs::retry(args, &out, &id, &fire_id).await,
             JobCommand::Next { id, count } => jobs::next(args, &out, &id, count).await,
-            JobCommand::Runs { id, limit } => jobs::runs(args, &out, &id, limit).await,
+            JobCommand::Runs { id, limit, output } => {
+                jobs::runs(args, &out, &id, limit, output).await
+            }
         },
         Command::Status => status::status(args, &out).await,
         Command::Workers => status::workers(args, &out).await,

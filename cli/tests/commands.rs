@@ -128,6 +128,14 @@ async fn trigger_and_runs() {
         lines[1].contains("manual") && lines[1].contains("0:ok 2:ok"),
         "{out:#?}"
     );
+    // With --output, each shard's output follows the table.
+    let out = jetcron(&url, &["job", "runs", "hello", "--output"]).await;
+    out.ok();
+    let fire = lines[1].split_whitespace().next().unwrap();
+    for shard in [0, 2] {
+        let at = format!("{fire} shard {shard} (ok)\n  shard {shard} {{\"a\":1}}\n");
+        assert!(out.stdout.contains(&at), "{at:?} in {out:#?}");
+    }
 
     let out = jetcron(&url, &["--json", "job", "trigger", "hello"]).await;
     out.ok();
