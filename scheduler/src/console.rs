@@ -89,6 +89,9 @@ pub enum ConsoleError {
 struct App {
     names: Names,
     sessions: Sessions,
+    /// Cancelled when the scheduler stops: live feeds end with it, so that
+    /// the server's graceful stop is not held open by them.
+    stopping: CancellationToken,
 }
 
 /// A bound console; [`Console::serve`] answers until shutdown.
@@ -100,12 +103,14 @@ pub struct Console {
 
 impl Console {
     /// Binds `config.addr`; `client` (the scheduler's own connection)
-    /// serves token sessions, `connect` opens NATS users' sessions.
+    /// serves token sessions, `connect` opens NATS users' sessions. It
+    /// answers until `shutdown`.
     pub async fn bind(
         config: &ConsoleConfig,
         client: async_nats::Client,
         connect: ConnectArgs,
         names: Names,
+        shutdown: CancellationToken,
     ) -> Result<Console, ConsoleError> {
         if config.tokens.is_empty() && !config.nats_login {
             return Err(ConsoleError::NoLogin);
@@ -125,7 +130,11 @@ impl Console {
         );
         Ok(Console {
             listener,
-            app: Arc::new(App { names, sessions }),
+            app: Arc::new(App {
+                names,
+                sessions,
+                stopping: shutdown,
+            }),
         })
     }
 
@@ -133,9 +142,10 @@ impl Console {
         self.listener.local_addr()
     }
 
-    pub async fn serve(self, shutdown: CancellationToken) {
+    pub async fn serve(self) {
         let addr = self.local_addr().ok();
         info!(addr = ?addr, "web console up");
+        let stopping = self.app.stopping.clone();
         let router = Router::new()
             .route("/", get(page))
             .route("/app.js", get(script))
@@ -147,7 +157,6 @@ impl Console {
             .route("/api/feed", get(feed::feed))
             .route("/api/call/{endpoint}", post(call))
             .with_state(self.app);
-        let stopping = shutdown.clone();
         if let Err(e) = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { stopping.cancelled().await })
             .await

@@ -117,17 +117,20 @@ pub async fn run(
     };
     let console = match &config.console {
         Some(c) => Some(
-            console::Console::bind(c, client.clone(), config.connect.clone(), names.clone())
-                .await?,
+            console::Console::bind(
+                c,
+                client.clone(),
+                config.connect.clone(),
+                names.clone(),
+                shutdown.clone(),
+            )
+            .await?,
         ),
         None => None,
     };
-    let console = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            if let Some(console) = console {
-                console.serve(shutdown).await;
-            }
+    let console = tokio::spawn(async move {
+        if let Some(console) = console {
+            console.serve().await;
         }
     });
 

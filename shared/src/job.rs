@@ -24,7 +24,9 @@ mod definition;
 pub mod http;
 
 pub use chain::{Cycle, children_first, find_cycle, find_cycle_in};
-pub use check::{MAX_CHILDREN, MAX_ID_LEN, is_valid_id, parse_duration, parse_flag_duration};
+pub use check::{
+    MAX_CHILDREN, MAX_ID_LEN, is_valid_id, not_an_id, parse_duration, parse_flag_duration,
+};
 use check::{bound, check_children, check_name, check_no_nul};
 pub use definition::Definition;
 pub use http::HttpSpec;

@@ -408,7 +408,40 @@ async fn nats_users_sign_in_and_act_with_their_own_permissions() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403, "no x-jetcron header, no sign-in");
 
-    // The operator pauses.
+    // The viewer signs in and follows the live feed as itself.
+    let (status, body, cookie) = post(
+        &http,
+        login.clone(),
+        None,
+        json!({"user": "viewer", "password": "pw-viewer"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["role"].as_str()),
+        (200, Some("viewer")),
+        "{body}"
+    );
+    let viewer = cookie.unwrap();
+    let mut feed = http
+        .get(format!("http://{addr}/api/feed"))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status().as_u16(), 200);
+    // A feed of something that is not a job id is refused, quoting it briefly.
+    let bad = http
+        .get(format!("http://{addr}/api/feed?job={}", "x.".repeat(300)))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let why: Value = serde_json::from_str(&bad.text().await.unwrap()).unwrap();
+    let why = why["error"]["message"].as_str().unwrap();
+    assert!(why.starts_with("job: 'x.x.") && why.len() < 200, "{why}");
+
+    // The operator pauses; the viewer's feed shows it.
     let (status, body, cookie) = post(
         &http,
         login.clone(),
@@ -432,20 +465,19 @@ async fn nats_users_sign_in_and_act_with_their_own_permissions() {
     assert_eq!((status, body["ok"].as_bool()), (200, Some(true)), "{body}");
     assert!(api.get("nightly").await.unwrap().job.unwrap().paused);
 
+    let mut seen = String::new();
+    let deadline = Instant::now() + LIMIT;
+    while !(seen.contains("event: event") && seen.contains(r#""kind":"paused""#)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, feed.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no paused event in the viewer's feed: {seen:?}"))
+            .unwrap()
+            .expect("the feed stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
     // The viewer reads, and the NATS server refuses its resume.
-    let (status, body, cookie) = post(
-        &http,
-        login.clone(),
-        None,
-        json!({"user": "viewer", "password": "pw-viewer"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["role"].as_str()),
-        (200, Some("viewer")),
-        "{body}"
-    );
-    let viewer = cookie.unwrap();
     let (status, body, _) = post(
         &http,
         call("job.get"),

@@ -50,7 +50,7 @@ use async_nats::jetstream::stream;
 use bytes::Bytes;
 use futures::StreamExt;
 use jetcron_shared::api::{ApiError, ErrorCode, encode_err, endpoint};
-use jetcron_shared::quote::{clip, clip_quoted_runs, quote};
+use jetcron_shared::quote::{clip, clip_quoted_runs};
 use jetcron_shared::setup::Resources;
 use jetcron_shared::{Job, Names};
 use serde::de::DeserializeOwned;
@@ -400,8 +400,8 @@ fn check_id(id: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(bad_request(format!(
-            "id: {} must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
-            quote(id)
+            "id: {}",
+            jetcron_shared::job::not_an_id(id)
         )))
     }
 }

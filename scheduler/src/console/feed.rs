@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{App, refusal};
 
@@ -51,7 +52,7 @@ pub async fn feed(
             return refusal(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("job: '{job}' must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'"),
+                format!("job: {}", jetcron_shared::job::not_an_id(job)),
             )
             .into_response();
         }
@@ -84,7 +85,7 @@ pub async fn feed(
     );
     let (tx, rx) = mpsc::channel(FEED_RATE as usize);
     // The subscriptions end with this task, which ends when the page goes.
-    tokio::spawn(relay(merged, tx));
+    tokio::spawn(relay(merged, tx, app.stopping.clone()));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -98,6 +99,7 @@ pub async fn feed(
 async fn relay(
     mut merged: impl futures::Stream<Item = (&'static str, Bytes)> + Unpin,
     tx: mpsc::Sender<Event>,
+    stopping: CancellationToken,
 ) {
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let (mut sent, mut dropped) = (0u32, 0u64);
@@ -127,6 +129,9 @@ async fn relay(
                 sent = 0;
             }
             _ = tx.closed() => return,
+            // The page's stream ends with the sender, and its connection
+            // with it.
+            _ = stopping.cancelled() => return,
         }
     }
 }
@@ -163,7 +168,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(FEED_RATE as usize);
         // The source stays open after its items, as a subscription does.
         let source = futures::stream::iter(items).chain(futures::stream::pending());
-        let task = tokio::spawn(relay(Box::pin(source), tx));
+        let stopping = CancellationToken::new();
+        let task = tokio::spawn(relay(Box::pin(source), tx, stopping.clone()));
         let mut got = 0;
         while got < FEED_RATE {
             let _relayed = rx.recv().await.unwrap();
@@ -176,6 +182,19 @@ mod tests {
         drop(rx);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(task.is_finished(), "the relay ends with the page");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_relay_ends_when_the_scheduler_stops() {
+        let (tx, mut rx) = mpsc::channel(FEED_RATE as usize);
+        let stopping = CancellationToken::new();
+        let source = futures::stream::pending::<(&'static str, Bytes)>();
+        let task = tokio::spawn(relay(Box::pin(source), tx, stopping.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!task.is_finished(), "a quiet feed stays open");
+        stopping.cancel();
+        assert!(rx.recv().await.is_none(), "the page's stream ends");
+        assert!(task.await.is_ok());
     }
 
     #[test]

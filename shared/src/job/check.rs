@@ -30,14 +30,22 @@ pub(super) fn check_name(field: &str, value: &str, max: usize) -> Result<(), Job
     if is_name(value, max) {
         Ok(())
     } else {
-        Err(JobError::field(
-            field,
-            format!(
-                "{} must be 1-{max} characters of A-Z, a-z, 0-9, '_' or '-'",
-                quote(value)
-            ),
-        ))
+        Err(JobError::field(field, not_a_name(value, max)))
     }
+}
+
+/// Why `value` is not a name of at most `max` characters, quoting at most
+/// the start of it.
+fn not_a_name(value: &str, max: usize) -> String {
+    format!(
+        "{} must be 1-{max} characters of A-Z, a-z, 0-9, '_' or '-'",
+        quote(value)
+    )
+}
+
+/// Why `id` is not a job id (for a caller that checked [`is_valid_id`]).
+pub fn not_an_id(id: &str) -> String {
+    not_a_name(id, MAX_ID_LEN)
 }
 
 /// Refuses a NUL byte. Ids, groups, shard parameters and command lines reach a process as
