@@ -270,7 +270,7 @@ async fn call(
         )
         .into_response();
     }
-    match session.request(&app.names.api_subject(&ep), body).await {
+    match session.request(&ep, body).await {
         Ok(reply) => json_reply(reply),
         Err(r) => r.into_response(),
     }
@@ -289,10 +289,7 @@ async fn jobs(
         Err(r) => return r.into_response(),
     };
     let body = Bytes::from(serde_json::to_vec(&list).unwrap_or_default());
-    let page = match session
-        .request(&app.names.api_subject(endpoint::JOB_LIST), body)
-        .await
-    {
+    let page = match session.request(endpoint::JOB_LIST, body).await {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
@@ -310,7 +307,7 @@ async fn jobs(
     if let Some(list) = page["jobs"].as_array_mut() {
         let details = futures::future::join_all(
             list.iter()
-                .map(|job| job_details(&app, &session, job["id"].as_str().unwrap_or(""))),
+                .map(|job| job_details(&session, job["id"].as_str().unwrap_or(""))),
         )
         .await;
         for (job, (next, last)) in list.iter_mut().zip(details) {
@@ -322,18 +319,15 @@ async fn jobs(
 }
 
 /// A job's next instants and latest fire, each `null` when not known.
-async fn job_details(app: &App, session: &Session, id: &str) -> (Value, Value) {
-    let ask = |ep: &str, body: Value| {
-        let subject = app.names.api_subject(ep);
-        async move {
-            let reply = session
-                .request(&subject, Bytes::from(body.to_string()))
-                .await
-                .ok()?;
-            serde_json::from_slice::<Value>(&reply)
-                .ok()
-                .filter(|v| v["ok"] == Value::Bool(true))
-        }
+async fn job_details(session: &Session, id: &str) -> (Value, Value) {
+    let ask = |ep: &'static str, body: Value| async move {
+        let reply = session
+            .request(ep, Bytes::from(body.to_string()))
+            .await
+            .ok()?;
+        serde_json::from_slice::<Value>(&reply)
+            .ok()
+            .filter(|v| v["ok"] == Value::Bool(true))
     };
     let (next, runs) = tokio::join!(
         ask(endpoint::JOB_NEXT, json!({"id": id, "count": NEXT_SHOWN})),

@@ -496,7 +496,13 @@ impl ApiClient {
         endpoint: &str,
         body: Bytes,
     ) -> Result<T, ClientError> {
-        let subject = self.names.api_subject(endpoint);
+        let reply = self.call_raw(endpoint, body).await?;
+        decode_reply(&self.subject(endpoint), &reply)
+    }
+
+    /// Sends `body` to an endpoint; the reply as it came, error or not.
+    pub async fn call_raw(&self, endpoint: &str, body: Bytes) -> Result<Bytes, ClientError> {
+        let subject = self.subject(endpoint);
         let request = async_nats::Request::new()
             .payload(body)
             .timeout(Some(self.timeout));
@@ -504,11 +510,13 @@ impl ApiClient {
             .client
             .send_request(subject.clone(), request)
             .await
-            .map_err(|source| ClientError::Request {
-                subject: subject.clone(),
-                source,
-            })?;
-        decode_reply(&subject, &msg.payload)
+            .map_err(|source| ClientError::Request { subject, source })?;
+        Ok(msg.payload)
+    }
+
+    /// The subject of an endpoint: `<prefix>.api.<endpoint>`.
+    pub fn subject(&self, endpoint: &str) -> String {
+        self.names.api_subject(endpoint)
     }
 
     /// Stores a definition given as raw JSON (validated by the server).

@@ -57,6 +57,7 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
+            // Test support: a machine that cannot bind loopback fails the test here.
             .expect("a free port for chromedriver");
         let driver = Command::new(&driver_bin)
             .arg(format!("--port={port}"))
@@ -274,6 +275,7 @@ impl Browser {
         let v = self.send("GET", &self.at("/screenshot"), None).await;
         base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or_default())
+            // WebDriver sends screenshots as base64; anything else fails the test.
             .expect("a base64 screenshot")
     }
 

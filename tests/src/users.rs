@@ -12,7 +12,8 @@ pub const ROLES: [&str; 4] = ["scheduler", "worker", "operator", "viewer"];
 /// literal `pw-<role>` (a test cannot set nats-server's environment).
 pub fn users_conf() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/jetcron-users.conf");
-    let mut text = std::fs::read_to_string(path).unwrap();
+    let mut text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the users file {path}: {e}"));
     for role in ROLES {
         let var = format!("${}", format!("JETCRON_{role}_PASSWORD").to_uppercase());
         assert!(text.contains(&var), "{var} not in the users file");

@@ -32,6 +32,8 @@ mod jobs;
 mod list;
 mod next;
 mod pause;
+// Test-only (never in the binary): its unwraps build generated inputs, and
+// a panic there is a failed property.
 #[cfg(test)]
 mod properties;
 mod retry;

@@ -29,7 +29,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jetcron_shared::Names;
-use jetcron_shared::api::endpoint;
+use jetcron_shared::api::{ApiClient, endpoint};
 use jetcron_shared::connect::{ConnectArgs, Patience};
 use serde::Deserialize;
 use serde_json::json;
@@ -114,28 +114,26 @@ impl FromStr for ConsoleToken {
 #[derive(Debug)]
 enum Via {
     /// The scheduler's own connection; the console checks the role.
-    Console(async_nats::Client),
-    /// A connection as the signed-in NATS user, and what the server refused
+    Console,
+    /// A connection as the signed-in NATS user; what the server refused
     /// on it.
-    Nats {
-        client: async_nats::Client,
-        refused: broadcast::Sender<String>,
-    },
+    Nats { refused: broadcast::Sender<String> },
 }
 
 #[derive(Debug)]
 pub struct Session {
     pub name: String,
     pub role: Role,
+    /// The control API on the session's connection.
+    api: ApiClient,
+    client: async_nats::Client,
     via: Via,
     last_seen: Mutex<Instant>,
 }
 
 impl Session {
     pub fn client(&self) -> &async_nats::Client {
-        match &self.via {
-            Via::Console(c) | Via::Nats { client: c, .. } => c,
-        }
+        &self.client
     }
 
     /// Whether the session acts as a NATS user of its own (whose
@@ -145,16 +143,13 @@ impl Session {
     }
 
     /// A control API request; a failure is the response to give.
-    pub async fn request(&self, subject: &str, body: Bytes) -> Result<Bytes, Refusal> {
-        let request = async_nats::Request::new()
-            .payload(body)
-            .timeout(Some(CALL_LIMIT));
-        let send = self.client().send_request(subject.to_string(), request);
+    pub async fn request(&self, endpoint: &str, body: Bytes) -> Result<Bytes, Refusal> {
+        let send = self.api.call_raw(endpoint, body);
         let reply = match &self.via {
-            Via::Console(_) => send.await,
+            Via::Console => send.await,
             Via::Nats { refused, .. } => {
                 let mut refused = refused.subscribe();
-                let quoted = format!("\"{subject}\"");
+                let quoted = format!("\"{}\"", self.api.subject(endpoint));
                 let refusal_of_this = async {
                     loop {
                         match refused.recv().await {
@@ -178,13 +173,7 @@ impl Session {
                 }
             }
         };
-        reply.map(|m| m.payload).map_err(|e| {
-            refusal(
-                StatusCode::GATEWAY_TIMEOUT,
-                "unavailable",
-                format!("no reply from {subject}: {e} (is a jetcron scheduler running?)"),
-            )
-        })
+        reply.map_err(|e| refusal(StatusCode::GATEWAY_TIMEOUT, "unavailable", e.to_string()))
     }
 }
 
@@ -272,6 +261,11 @@ impl Sessions {
         }
     }
 
+    /// The control API over `client`, waiting at most [`CALL_LIMIT`].
+    fn api(&self, client: &async_nats::Client) -> ApiClient {
+        ApiClient::new(client.clone(), self.names.clone()).with_timeout(CALL_LIMIT)
+    }
+
     fn by_token(&self, given: &str) -> Option<Session> {
         let token = self
             .tokens
@@ -280,7 +274,9 @@ impl Sessions {
         Some(Session {
             name: format!("{} token", token.role.as_str()),
             role: token.role,
-            via: Via::Console(self.client.clone()),
+            api: self.api(&self.client),
+            client: self.client.clone(),
+            via: Via::Console,
             last_seen: Mutex::new(Instant::now()),
         })
     }
@@ -320,12 +316,13 @@ impl Sessions {
         let mut session = Session {
             name: user.to_string(),
             role: Role::Viewer,
-            via: Via::Nats { client, refused },
+            api: self.api(&client),
+            client,
+            via: Via::Nats { refused },
             last_seen: Mutex::new(Instant::now()),
         };
         // The probe: an empty pause changes nothing wherever it goes.
-        let pause = self.names.api_subject(endpoint::JOB_PAUSE);
-        let probe = session.request(&pause, Bytes::from_static(b"{}"));
+        let probe = session.request(endpoint::JOB_PAUSE, Bytes::from_static(b"{}"));
         if let Ok(Ok(reply)) = tokio::time::timeout(PROBE_LIMIT, probe).await
             && serde_json::from_slice::<serde_json::Value>(&reply).is_ok()
         {
